@@ -1,0 +1,66 @@
+"""The ``stream-unlearn`` command line: a thin dispatcher.
+
+Each subcommand lives in its own module, which provides an
+``add_*_arguments(parser)`` function and a ``main_*`` entry point returning
+an exit code; this module only wires them together.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+
+
+def _run_broker(args: argparse.Namespace) -> int:
+    from .broker import main_broker
+
+    return main_broker(args.port)
+
+
+def _run_produce(args: argparse.Namespace) -> int:
+    from .producer import main_produce
+
+    return main_produce(args)
+
+
+def _run_demo(args: argparse.Namespace) -> int:
+    from .demo import main_demo
+
+    return main_demo(args)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser with every subcommand registered."""
+    from .demo import add_demo_arguments
+    from .producer import add_produce_arguments
+
+    parser = argparse.ArgumentParser(
+        prog="stream-unlearn",
+        description="Exact machine unlearning for k-means on Kafka streams.",
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("broker", help="run an embedded Kafka-protocol broker (Tansu, in memory)")
+    p.add_argument("--port", type=int, default=9092, help="port on 127.0.0.1 (0 = any free port; default %(default)s)")
+    p.set_defaults(func=_run_broker)
+
+    p = sub.add_parser("produce", help="send insert/delete events from files")
+    add_produce_arguments(p)
+    p.set_defaults(func=_run_produce)
+
+    p = sub.add_parser("demo", help="stream the paper's Gaussian mixture, delete, verify, report")
+    add_demo_arguments(p)
+    p.set_defaults(func=_run_demo)
+
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Parse ``argv`` (default ``sys.argv[1:]``), run the subcommand, return its exit code."""
+    args = build_parser().parse_args(argv)
+    return int(args.func(args))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

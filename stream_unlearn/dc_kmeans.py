@@ -1,0 +1,246 @@
+"""DC-k-means: divide-and-conquer k-means over a fixed tree (DESIGN section 2).
+
+A point's leaf is fixed by its id: ``partition, h(seed, id) mod n_leaves``.
+Each node solves a weighted k-means on its items (a leaf: its points, weight
+1; an internal node: its children's centroids weighted by cluster weight).
+Levels group ``fanout`` nodes until one node per partition; the root clusters
+the partition nodes. The first level under the root is the Kafka partition,
+so workers that own different partitions own disjoint subtrees.
+
+An event dirties one leaf; ``flush`` recomputes dirty nodes level by level,
+each level in one batched numpy call, so a batch of events costs one
+recompute per dirty node.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from . import state as state_format
+from .base import UnlearningModel
+from .hashing import combine, murmur2_partition, seed_key
+from .lloyd import fit_batch, fit_one
+from .validation import MAX_ID_BYTES
+
+_BATCH_BYTES = 32 << 20
+
+
+class DCKMeans(UnlearningModel):
+    """Deletion-efficient k-means by divide and conquer, exact under the contract."""
+
+    algorithm = "dc"
+
+    def __init__(
+        self,
+        k: int = 8,
+        seed: int = 0,
+        n_leaves: int = 256,
+        fanout: int = 16,
+        n_partitions: int = 1,
+        max_iter: int = 10,
+        root_max_iter: int = 30,
+        max_id_bytes: int = MAX_ID_BYTES,
+    ) -> None:
+        for name, value, low in (("n_leaves", n_leaves, 1), ("fanout", fanout, 2), ("n_partitions", n_partitions, 1),
+                                 ("max_iter", max_iter, 1), ("root_max_iter", root_max_iter, 1)):
+            if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < low:
+                raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")
+        self.n_leaves = int(n_leaves)
+        self.fanout = int(fanout)
+        self.n_partitions = int(n_partitions)
+        self.max_iter = int(max_iter)
+        self.root_max_iter = int(root_max_iter)
+        super().__init__(k=k, seed=seed, max_id_bytes=max_id_bytes)
+        widths = [self.n_leaves]
+        while widths[-1] > 1:
+            widths.append(-(-widths[-1] // self.fanout))
+        self.level_widths_ = widths
+        self._dirty_nodes: list[set[int]] = [set() for _ in widths]
+        self._node_centroids: list[np.ndarray | None] = [None] * len(widths)
+        self._node_weights: list[np.ndarray | None] = [None] * len(widths)
+        self._root_weights = np.zeros(self.k)
+
+    def get_params(self) -> dict[str, Any]:
+        return {
+            "k": self.k, "seed": self.seed, "n_leaves": self.n_leaves, "fanout": self.fanout,
+            "n_partitions": self.n_partitions, "max_iter": self.max_iter,
+            "root_max_iter": self.root_max_iter, "max_id_bytes": self.max_id_bytes,
+        }
+
+    # -- bucketing ------------------------------------------------------------------
+    def _n_buckets(self) -> int:
+        return self.n_partitions * self.n_leaves
+
+    def _n_partitions(self) -> int:
+        return self.n_partitions
+
+    def _buckets_for(self, ids: Sequence[str], keys: np.ndarray, partitions: np.ndarray | None) -> np.ndarray:
+        if partitions is None:
+            if self.n_partitions == 1:
+                partitions = np.zeros(len(ids), dtype=np.int64)
+            else:
+                partitions = np.fromiter((murmur2_partition(i, self.n_partitions) for i in ids), np.int64, len(ids))
+        leaf = (keys % np.uint64(self.n_leaves)).astype(np.int64)
+        return partitions * self.n_leaves + leaf
+
+    def _partition_of_bucket(self, buckets: np.ndarray) -> np.ndarray:
+        return buckets // self.n_leaves
+
+    # -- events -----------------------------------------------------------------------
+    def _added(self, ids: Sequence[str], keys: np.ndarray, X: np.ndarray, buckets: np.ndarray) -> None:
+        self._dirty_nodes[0].update(np.unique(buckets).tolist())
+        self._dirty = True
+
+    def _removed(self, point_id: str, key: np.uint64, vector: np.ndarray, bucket: int) -> None:
+        self._dirty_nodes[0].add(bucket)
+        self._dirty = True
+
+    # -- recomputation ------------------------------------------------------------------
+    def _ensure_arrays(self) -> None:
+        if self._node_centroids[0] is not None:
+            return
+        d = self._store.n_features or 0
+        for level, width in enumerate(self.level_widths_):
+            self._node_centroids[level] = np.zeros((self.n_partitions * width, self.k, d))
+            self._node_weights[level] = np.zeros((self.n_partitions * width, self.k))
+
+    def _recompute(self) -> np.ndarray:
+        if self._store.n_features is None:
+            return np.empty((0, 0))
+        self._ensure_arrays()
+        self._fit_leaves(sorted(self._dirty_nodes[0]))
+        self._dirty_nodes[0].clear()
+        for level in range(1, len(self.level_widths_)):
+            self._fit_internal(level, sorted(self._dirty_nodes[level]))
+            self._dirty_nodes[level].clear()
+        return self._fit_root()
+
+    def _mark_parents(self, level: int, nodes: list[int]) -> None:
+        if level + 1 < len(self.level_widths_):
+            width, parent_width = self.level_widths_[level], self.level_widths_[level + 1]
+            self._dirty_nodes[level + 1].update(
+                (n // width) * parent_width + (n % width) // self.fanout for n in nodes
+            )
+
+    def _fit_leaves(self, leaves: list[int]) -> None:
+        """Recompute dirty leaves, batching leaves of similar size together."""
+        if not leaves:
+            return
+        C, W = self._node_centroids[0], self._node_weights[0]
+        assert C is not None and W is not None
+        d = C.shape[2]
+        data = []
+        for leaf in leaves:
+            bucket = self._store.buckets[leaf]
+            if bucket is None:
+                C[leaf], W[leaf] = 0.0, 0.0
+            else:
+                data.append((leaf, *bucket.canonical()[:2]))
+        data.sort(key=lambda item: len(item[1]))
+        salt = seed_key(self.seed, 100)
+        start = 0
+        while start < len(data):
+            smallest = len(data[start][1])
+            stop = start + 1
+            while (
+                stop < len(data)
+                and len(data[stop][1]) <= max(smallest * 5 // 4, smallest + 8)
+                and (stop - start + 1) * len(data[stop][1]) * d * 8 <= _BATCH_BYTES
+            ):
+                stop += 1
+            group = data[start:stop]
+            m = len(group[-1][1])
+            X = np.zeros((len(group), m, d))
+            w = np.zeros((len(group), m))
+            keys = np.zeros((len(group), m), dtype=np.uint64)
+            for row, (_, leaf_keys, leaf_X) in enumerate(group):
+                X[row, : len(leaf_X)] = leaf_X
+                w[row, : len(leaf_X)] = 1.0
+                keys[row, : len(leaf_keys)] = leaf_keys
+            result = fit_batch(X, w, keys, self.k, self.max_iter, salt)
+            index = [leaf for leaf, _, _ in group]
+            C[index], W[index] = result.centroids, result.weights
+            start = stop
+        self._mark_parents(0, leaves)
+
+    def _item_keys(self, level: int) -> np.ndarray:
+        """Hash keys of the items of every node at ``level`` (children x clusters)."""
+        width = self.level_widths_[level]
+        slots = np.arange(width * self.fanout * self.k, dtype=np.uint64)
+        return combine(seed_key(self.seed, 200 + level), slots).reshape(width, self.fanout * self.k)
+
+    def _fit_internal(self, level: int, nodes: list[int]) -> None:
+        """Recompute dirty internal nodes of one level in one batch."""
+        if not nodes:
+            return
+        child_C, child_W = self._node_centroids[level - 1], self._node_weights[level - 1]
+        C, W = self._node_centroids[level], self._node_weights[level]
+        assert child_C is not None and child_W is not None and C is not None and W is not None
+        width, child_width = self.level_widths_[level], self.level_widths_[level - 1]
+        f, k, d = self.fanout, self.k, child_C.shape[2]
+        X = np.zeros((len(nodes), f, k, d))
+        w = np.zeros((len(nodes), f, k))
+        for row, node in enumerate(nodes):
+            partition, local = divmod(node, width)
+            first = partition * child_width + local * f
+            count = min(f, child_width - local * f)
+            X[row, :count] = child_C[first : first + count]
+            w[row, :count] = child_W[first : first + count]
+        keys = self._item_keys(level)[[node % width for node in nodes]]
+        result = fit_batch(X.reshape(len(nodes), f * k, d), w.reshape(len(nodes), f * k), keys, k,
+                           self.max_iter, seed_key(self.seed, 100 + level))
+        C[nodes], W[nodes] = result.centroids, result.weights
+        self._mark_parents(level, nodes)
+
+    def partition_summaries(self) -> tuple[np.ndarray, np.ndarray]:
+        """Centroids (P, k, d) and weights (P, k) of each partition's subtree root."""
+        self.flush()
+        top_C, top_W = self._node_centroids[-1], self._node_weights[-1]
+        assert top_C is not None and top_W is not None
+        return top_C.copy(), top_W.copy()
+
+    def _fit_root(self) -> np.ndarray:
+        top_C, top_W = self._node_centroids[-1], self._node_weights[-1]
+        assert top_C is not None and top_W is not None
+        return merge_partitions(top_C, top_W, self.k, self.seed, self.root_max_iter)[0]
+
+    def _cache_state(self) -> dict[str, Any]:
+        if self._store.n_features is not None:
+            self._ensure_arrays()
+        return {
+            "centroids": [state_format.pack_array(c) for c in self._node_centroids if c is not None],
+            "weights": [state_format.pack_array(w) for w in self._node_weights if w is not None],
+        }
+
+    def _load_cache(self, cache: dict[str, Any]) -> None:
+        centroids = [state_format.unpack_array(c) for c in cache.get("centroids", [])]
+        weights = [state_format.unpack_array(w) for w in cache.get("weights", [])]
+        if not centroids:
+            return
+        if len(centroids) != len(self.level_widths_) or len(weights) != len(centroids):
+            raise state_format.StateError("DC tree cache does not match the tree shape")
+        d = self._store.n_features or 0
+        for level, width in enumerate(self.level_widths_):
+            rows = self.n_partitions * width
+            if centroids[level].shape != (rows, self.k, d) or weights[level].shape != (rows, self.k):
+                raise state_format.StateError(f"DC tree cache level {level} has the wrong shape")
+        self._node_centroids = [c.astype(np.float64) for c in centroids]
+        self._node_weights = [w.astype(np.float64) for w in weights]
+
+
+def merge_partitions(centroids: np.ndarray, weights: np.ndarray, k: int, seed: int, max_iter: int) -> tuple[np.ndarray, np.ndarray]:
+    """The global root from partition summaries (P, k, d) and (P, k).
+
+    A pure function of the summaries, so any worker or reader that holds the
+    same summaries computes the same global model.
+    """
+    P, _, d = centroids.shape
+    keys = combine(seed_key(seed, 300), np.arange(P * k, dtype=np.uint64))
+    w = weights.reshape(P * k)
+    if not np.any(w > 0):
+        return np.empty((0, d)), np.zeros(0)
+    result = fit_one(centroids.reshape(P * k, d), w, keys, k, max_iter, seed_key(seed, 301))
+    return result.centroids[0], result.weights[0]

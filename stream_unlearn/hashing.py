@@ -1,0 +1,101 @@
+"""Keyed 64-bit hashing of point ids and counter-based uniforms.
+
+Everything random in the models is a pure function of ``(seed, id, step)``,
+never of a global RNG, so that a model is a function of the SET of points it
+holds (DESIGN section 1). The hash is vectorised over ids: one numpy pass per
+8 bytes of id length instead of one Python call per id.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+
+_GOLDEN = np.uint64(0x9E3779B97F4A7C15)
+_M1 = np.uint64(0xBF58476D1CE4E5B9)
+_M2 = np.uint64(0x94D049BB133111EB)
+_S30, _S27, _S31 = np.uint64(30), np.uint64(27), np.uint64(31)
+_TWO_POW_MINUS_53 = 2.0**-53
+
+
+def mix64(z: np.ndarray) -> np.ndarray:
+    """The splitmix64 finaliser: a bijective avalanche of uint64 values."""
+    z = np.asarray(z, dtype=np.uint64)
+    z = (z ^ (z >> _S30)) * _M1  # uint64 arrays wrap silently, as intended
+    z = (z ^ (z >> _S27)) * _M2
+    return z ^ (z >> _S31)
+
+
+def seed_key(seed: int, domain: int = 0) -> np.uint64:
+    """A 64-bit key for ``seed`` in a named domain (leaves, races, phases...)."""
+    raw = np.array([(seed * 0x2545F4914F6CDD1D + domain) & 0xFFFFFFFFFFFFFFFF], dtype=np.uint64)
+    return mix64(mix64(raw) ^ _GOLDEN)[0]
+
+
+def combine(key: np.ndarray | np.uint64, value: np.ndarray | int) -> np.ndarray:
+    """Hash of the pair ``(key, value)``; both may be arrays that broadcast."""
+    v = np.atleast_1d(np.asarray(value).astype(np.uint64))
+    return mix64(np.asarray(key, dtype=np.uint64) ^ mix64(v + _GOLDEN))
+
+
+def id_keys(ids: Sequence[str], seed: int) -> np.ndarray:
+    """``h(seed, id)`` for every id: uint64, fixed by the id bytes alone."""
+    n = len(ids)
+    if n == 0:
+        return np.empty(0, dtype=np.uint64)
+    encoded = [s.encode("utf-8") for s in ids]
+    lengths = np.fromiter((len(b) for b in encoded), dtype=np.uint64, count=n)
+    width = max(8, -(-int(lengths.max()) // 8) * 8)
+    raw = np.array(encoded, dtype=f"S{width}").view(np.uint8).reshape(n, width)
+    words = raw.view("<u8")
+    h = combine(seed_key(seed, 1), lengths)
+    for col in range(words.shape[1]):
+        h = mix64(h ^ words[:, col] ^ mix64(np.array([col + 1], dtype=np.uint64)))
+    return h
+
+
+def uniforms(keys: np.ndarray, salt: np.uint64 | np.ndarray) -> np.ndarray:
+    """A float in the open interval (0, 1) per key, for the given salt."""
+    bits = combine(np.asarray(keys, dtype=np.uint64), salt) >> np.uint64(11)
+    return (bits.astype(np.float64) + 0.5) * _TWO_POW_MINUS_53
+
+
+def canonical_order(keys: np.ndarray, ids: Sequence[str]) -> np.ndarray:
+    """Indices sorting points by ``(key, id)``: an order fixed by the points alone."""
+    order = np.argsort(keys, kind="stable")
+    sorted_keys = keys[order]
+    if len(sorted_keys) > 1 and np.any(sorted_keys[1:] == sorted_keys[:-1]):
+        # A 64-bit collision: break ties by the id itself (rare, so Python is fine).
+        order = np.array(sorted(range(len(ids)), key=lambda i: (int(keys[i]), ids[i])), dtype=np.intp)
+    return order
+
+
+def murmur2_partition(point_id: str, n_partitions: int) -> int:
+    """Kafka's default partitioner for the key ``point_id`` (UTF-8 bytes).
+
+    Matches the Java client and kafka-python, so that without explicit
+    partitions a model buckets a point exactly where Kafka routes its events.
+    """
+    data = point_id.encode("utf-8")
+    length = len(data)
+    m, r, mask = 0x5BD1E995, 24, 0xFFFFFFFF
+    h = (0x9747B28C ^ length) & mask
+    tail = length & ~3
+    for i in range(0, tail, 4):
+        k = (data[i] | data[i + 1] << 8 | data[i + 2] << 16 | data[i + 3] << 24) * m & mask
+        k ^= k >> r
+        k = k * m & mask
+        h = (h * m & mask) ^ k
+    rest = length & 3
+    if rest == 3:
+        h ^= data[tail + 2] << 16
+    if rest >= 2:
+        h ^= data[tail + 1] << 8
+    if rest >= 1:
+        h ^= data[tail]
+        h = h * m & mask
+    h ^= h >> 13
+    h = h * m & mask
+    h ^= h >> 15
+    return (h & 0x7FFFFFFF) % n_partitions

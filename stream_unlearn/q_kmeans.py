@@ -1,0 +1,228 @@
+"""Q-k-means: quantized Lloyd whose deletions are certified (DESIGN section 3).
+
+After each Lloyd update every balance-corrected centroid is snapped to a grid
+of spacing ``eps`` shifted by that iteration's phase. The model keeps each
+iteration's exact cluster sums, so removing (or adding) a point costs
+O(T k d): redo its effect on the sums and check that every snapped centroid,
+and the seeding, come out the same with room to spare for rounding. Then the
+model is unchanged and still bit-identical to a fresh fit; otherwise it
+refits. ``eps`` is in data units: scale features first (see
+``stream_unlearn.scaling``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from . import state as state_format
+from .base import UnlearningModel
+from .hashing import seed_key
+from .lloyd import ClusterSums, assign, default_candidates, race_log_uniforms, race_seeds, sq_dist_to
+from .quantize import UNIT_ROUNDOFF, corrected_centroids, phases, rounding_bound, snap
+from .validation import MAX_ID_BYTES
+
+_ARRAYS = ("centres", "sums", "counts", "abs_sums", "seed_vectors", "candidate_vectors",
+           "potentials", "chosen", "last_scores")
+
+
+class QKMeans(UnlearningModel):
+    """Quantized k-means with O(T k d) certified inserts and deletes."""
+
+    algorithm = "q"
+
+    def __init__(
+        self,
+        k: int = 8,
+        seed: int = 0,
+        eps: float = 0.5,
+        gamma: float = 0.2,
+        max_iter: int = 10,
+        n_candidates: int | None = None,
+        max_id_bytes: int = MAX_ID_BYTES,
+    ) -> None:
+        if not (isinstance(eps, (int, float)) and np.isfinite(eps) and eps > 0):
+            raise ValueError(f"eps must be a positive finite number, got {eps!r}")
+        if not (isinstance(gamma, (int, float)) and 0 <= gamma <= 1):
+            raise ValueError(f"gamma must lie in [0, 1], got {gamma!r}")
+        if max_iter < 1:
+            raise ValueError("max_iter must be >= 1")
+        self.eps = float(eps)
+        self.gamma = float(gamma)
+        self.max_iter = int(max_iter)
+        self.n_candidates = None if n_candidates is None else int(n_candidates)
+        super().__init__(k=k, seed=seed, max_id_bytes=max_id_bytes)
+        self.certificates_passed_ = 0
+        self.certificates_failed_ = 0
+        self.refits_ = 0
+        self._fitted = False
+        self._n_model = 0
+        self._ops = 0
+        self._candidate_ids: set[str] = set()
+        self._arrays: dict[str, np.ndarray] = {}
+        self._theta: np.ndarray | None = None
+
+    def get_params(self) -> dict[str, Any]:
+        return {"k": self.k, "seed": self.seed, "eps": self.eps, "gamma": self.gamma, "max_iter": self.max_iter,
+                "n_candidates": self.n_candidates, "max_id_bytes": self.max_id_bytes}
+
+    @property
+    def certificate_pass_rate_(self) -> float:
+        """Share of certificates that passed (NaN before any was tried)."""
+        tried = self.certificates_passed_ + self.certificates_failed_
+        return self.certificates_passed_ / tried if tried else float("nan")
+
+    def _L(self) -> int:
+        return default_candidates(self.k) if self.n_candidates is None else self.n_candidates
+
+    # -- events ----------------------------------------------------------------------
+    def _added(self, ids: Sequence[str], keys: np.ndarray, X: np.ndarray, buckets: np.ndarray) -> None:
+        for i in range(len(ids)):
+            self._certify(keys[i], X[i], ids[i], +1)
+
+    def _removed(self, point_id: str, key: np.uint64, vector: np.ndarray, bucket: int) -> None:
+        self._certify(key, vector, point_id, -1)
+
+    def _certify(self, key: np.uint64, x: np.ndarray, point_id: str, sign: int) -> None:
+        """Apply one insert (+1) or delete (-1) without refitting if provably exact."""
+        if not self._fitted:
+            self._dirty = True
+            return
+        if self._seeding_holds(key, x, point_id, sign) and self._lloyd_holds(x, sign):
+            self.certificates_passed_ += 1
+            return
+        self.certificates_failed_ += 1
+        self._fitted = False
+        self._dirty = True
+
+    def _seeding_holds(self, key: np.uint64, x: np.ndarray, point_id: str, sign: int) -> bool:
+        a = self._arrays
+        if a["fallback"] or (sign < 0 and point_id in self._candidate_ids):
+            return False
+        k = self.k
+        seeds = a["seed_vectors"]
+        d2_seeds = sq_dist_to(np.broadcast_to(x, (k, 1, len(x))), seeds)[:, 0]
+        d2_prev = np.concatenate([[np.inf], np.minimum.accumulate(d2_seeds)[:-1]])
+        if sign > 0:
+            logu = race_log_uniforms(np.array([[key]], dtype=np.uint64), k, seed_key(self.seed, 2))[:, 0, 0]
+            with np.errstate(divide="ignore"):
+                score = logu / np.where(np.isinf(d2_prev), 1.0, d2_prev)
+            if np.any(score >= a["last_scores"]):
+                return False
+        cand = a["candidate_vectors"]
+        L = cand.shape[1]
+        d2_cand = sq_dist_to(np.broadcast_to(x, (k * L, 1, len(x))), cand.reshape(k * L, -1))[:, 0].reshape(k, L)
+        contribution = np.where(np.isinf(d2_prev)[:, None], d2_cand, np.minimum(d2_cand, d2_prev[:, None]))
+        pots = a["potentials"] + sign * contribution
+        finite = np.isfinite(pots)
+        best = np.where(finite, pots, np.inf).argmin(axis=1)
+        if not np.array_equal(best, a["chosen"]):
+            return False
+        runner_up = np.where(finite, pots, np.inf)
+        runner_up[np.arange(k), best] = np.inf
+        gap = runner_up.min(axis=1) - pots[np.arange(k), best]
+        tol = 4.0 * (self._n_model + self._ops + 2) * UNIT_ROUNDOFF * np.where(finite, np.abs(pots), 0).max(axis=1)
+        return bool(np.all(gap > tol))
+
+    def _lloyd_holds(self, x: np.ndarray, sign: int) -> bool:
+        a = self._arrays
+        centres = a["centres"]
+        T = self.max_iter
+        labels = assign(np.broadcast_to(x, (T, 1, len(x))), centres[:-1])[:, 0]
+        steps = np.arange(T)
+        sums, counts, abs_sums = a["sums"].copy(), a["counts"].copy(), a["abs_sums"].copy()
+        sums[steps, labels] += sign * x
+        counts[steps, labels] += sign
+        abs_sums[steps, labels] += sign * np.abs(x)
+        n = self._n_model + sign
+        centre, mean = corrected_centroids(sums, counts, centres[:-1], n, self.k, self.gamma)
+        snapped, slack, z = snap(centre, self.eps, self._theta[:, None, :])
+        if not np.array_equal(snapped, centres[1:]):
+            return False
+        bound = rounding_bound(np.abs(abs_sums) * 1.0001, counts, mean, centres[:-1], z,
+                               max(n, self._n_model) + self._ops + 1, self.eps)
+        if not np.all(slack > bound):
+            return False
+        a["sums"], a["counts"], a["abs_sums"] = sums, counts, abs_sums
+        self._n_model = n
+        self._ops += 1
+        return True
+
+    # -- fitting ------------------------------------------------------------------------
+    def _recompute(self) -> np.ndarray:
+        bucket = self._store.buckets[0]
+        d = self._store.n_features or 0
+        if bucket is None:
+            self._fitted = False
+            self._n_model = 0
+            return np.empty((0, d))
+        if self._fitted:
+            return self._arrays["centres"][-1].copy()
+        self._fit(*bucket.canonical())
+        return self._arrays["centres"][-1].copy()
+
+    def _fit(self, keys: np.ndarray, X: np.ndarray, ids: list[str]) -> None:
+        n, d = X.shape
+        k, T = self.k, self.max_iter
+        w = np.ones((1, n))
+        seeds = race_seeds(X[None], w, keys[None], k, seed_key(self.seed, 2), self._L())
+        self._theta = phases(self.seed, T, d)
+        centres = np.empty((T + 1, k, d))
+        centres[0] = X[seeds.index[0]]
+        sums = np.empty((T, k, d))
+        abs_sums = np.empty((T, k, d))
+        counts = np.empty((T, k))
+        acc, abs_acc = ClusterSums(X[None], w, k), ClusterSums(np.abs(X)[None], w, k)
+        for t in range(T):
+            labels = assign(X[None], centres[t][None])
+            s, c = acc.sums(labels)
+            sums[t], counts[t] = s[0], c[0]
+            abs_sums[t] = abs_acc.sums(labels)[0][0]
+            centre, _ = corrected_centroids(sums[t], counts[t], centres[t], n, k, self.gamma)
+            centres[t + 1] = snap(centre, self.eps, self._theta[t][None, :])[0]
+        cand = seeds.candidates[0]
+        self._candidate_ids = {ids[i] for i in cand.ravel() if i >= 0}
+        # With fewer runners than L any newcomer would join the race: never certify then.
+        last = np.where(cand[:, -1] >= 0, seeds.scores[0][:, -1], -np.inf)
+        self._arrays = {
+            "centres": centres, "sums": sums, "counts": counts, "abs_sums": abs_sums,
+            "seed_vectors": X[seeds.index[0]], "candidate_vectors": X[np.maximum(cand, 0)],
+            "potentials": seeds.potentials[0], "chosen": np.argmax(
+                cand == seeds.index[0][:, None], axis=1), "last_scores": last,
+            "fallback": np.array(bool(seeds.fallback.any())),
+        }
+        self._n_model = n
+        self._ops = 0
+        self._fitted = True
+        self.refits_ += 1
+
+    # -- persistence ----------------------------------------------------------------------
+    def _cache_state(self) -> dict[str, Any]:
+        if not self._fitted:
+            return {"fitted": False}
+        return {
+            "fitted": True, "n_model": self._n_model, "ops": self._ops,
+            "candidate_ids": sorted(self._candidate_ids),
+            "fallback": bool(self._arrays["fallback"]),
+            "arrays": {name: state_format.pack_array(self._arrays[name]) for name in _ARRAYS},
+            "stats": [self.certificates_passed_, self.certificates_failed_, self.refits_],
+        }
+
+    def _load_cache(self, cache: dict[str, Any]) -> None:
+        if not cache.get("fitted"):
+            return
+        arrays = {name: state_format.unpack_array(cache["arrays"][name]) for name in _ARRAYS}
+        arrays["fallback"] = np.array(bool(cache["fallback"]))
+        T, k, d = self.max_iter, self.k, self._store.n_features or 0
+        if arrays["centres"].shape != (T + 1, k, d) or arrays["sums"].shape != (T, k, d):
+            raise state_format.StateError("Q-k-means cache does not match k, max_iter and dimension")
+        self._arrays = arrays
+        self._candidate_ids = set(cache["candidate_ids"])
+        self._n_model = int(cache["n_model"])
+        self._ops = int(cache["ops"])
+        self._theta = phases(self.seed, T, d)
+        self.certificates_passed_, self.certificates_failed_, self.refits_ = (int(v) for v in cache["stats"])
+        self._fitted = True
+

@@ -1,0 +1,69 @@
+"""Q-k-means arithmetic: balance-corrected centroids snapped to a shifted grid.
+
+Shared by the fit and by the certificates so both run the very same
+elementwise operations (IEEE results do not depend on array shape).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .hashing import combine, seed_key, uniforms
+
+UNIT_ROUNDOFF = 2.0**-53
+
+
+def phases(seed: int, n_iter: int, n_features: int) -> np.ndarray:
+    """Grid offsets theta (n_iter, d) in [0, 1): a function of (seed, iteration, feature)."""
+    rows = combine(seed_key(seed, 400), np.arange(1, n_iter + 1, dtype=np.uint64))
+    return uniforms(rows[:, None], np.arange(n_features, dtype=np.uint64)[None, :])
+
+
+def corrected_centroids(
+    sums: np.ndarray, counts: np.ndarray, previous: np.ndarray, n: int, k: int, gamma: float
+) -> tuple[np.ndarray, np.ndarray]:
+    """Cluster means pulled toward the previous centre when a cluster is small.
+
+    With ``M = gamma n / k``, a cluster of ``m < M`` points moves to
+    ``(m/M) mean + (1 - m/M) previous`` (the paper's balance correction); an
+    empty cluster keeps its centre. Returns the centres and the means.
+    """
+    filled = counts > 0
+    mean = sums / np.where(filled, counts, 1.0)[..., None]
+    balance = gamma * n / k
+    if balance > 0:
+        ratio = (counts / balance)[..., None]
+        centre = np.where(ratio < 1.0, ratio * mean + (1.0 - ratio) * previous, mean)
+    else:
+        centre = mean
+    return np.where(filled[..., None], centre, previous), mean
+
+
+def snap(centre: np.ndarray, eps: float, theta: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Nearest point of the grid ``eps (Z^d + theta)``; also the distance to a cell edge.
+
+    Returns (snapped, slack, z): slack is how far (in data units) ``centre``
+    lies inside its cell, the room rounding error has before the snap flips.
+    """
+    z = centre / eps - theta
+    cell = np.floor(z + 0.5)
+    snapped = eps * (cell + theta)
+    slack = (0.5 - np.abs(z - cell)) * eps
+    return snapped, slack, z
+
+
+def rounding_bound(
+    abs_sums: np.ndarray, counts: np.ndarray, mean: np.ndarray, previous: np.ndarray, z: np.ndarray,
+    n_terms: int, eps: float,
+) -> np.ndarray:
+    """A bound on how far two computations of one centre may differ by rounding.
+
+    Sums of up to ``n_terms`` additions in different orders differ by at most
+    ``2 n_terms u sum|x|`` (twice the recursive-summation bound); dividing,
+    blending and snapping add a few ulps of each operand.
+    """
+    m = np.where(counts > 0, counts, 1.0)[..., None]
+    u = UNIT_ROUNDOFF
+    return (2.0 * (n_terms + 2) * u * abs_sums / m
+            + 8.0 * u * (np.abs(mean) + np.abs(previous))
+            + 4.0 * u * eps * (np.abs(z) + 1.0))

@@ -1,0 +1,156 @@
+"""Held points: contiguous vectors grouped in buckets (DC leaves), found by id.
+
+Each bucket keeps its vectors in one C-contiguous float64 block that grows by
+a quarter at a time, so the vectors cost at most ~1.25x their raw bytes.
+Deletion swaps the last row into the hole: O(d), no gaps, no compaction.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+
+from .hashing import canonical_order
+
+_GROWTH = 1.25
+_ROW_BITS = 40
+
+
+class Bucket:
+    """The points of one leaf: ids, 64-bit keys and vectors, in insertion order."""
+
+    __slots__ = ("ids", "keys", "vectors", "size")
+
+    def __init__(self, n_features: int) -> None:
+        self.ids: list[str] = []
+        self.keys = np.empty(0, dtype=np.uint64)
+        self.vectors = np.empty((0, n_features))
+        self.size = 0
+
+    def reserve(self, extra: int) -> None:
+        """Make room for ``extra`` more rows, growing geometrically."""
+        need = self.size + extra
+        if need <= len(self.keys):
+            return
+        cap = max(need, int(len(self.keys) * _GROWTH) + 4)
+        vectors = np.empty((cap, self.vectors.shape[1]))
+        vectors[: self.size] = self.vectors[: self.size]
+        keys = np.empty(cap, dtype=np.uint64)
+        keys[: self.size] = self.keys[: self.size]
+        self.vectors, self.keys = vectors, keys
+
+    def canonical(self) -> tuple[np.ndarray, np.ndarray, list[str]]:
+        """Keys, vectors and ids in canonical ``(key, id)`` order: fresh copies."""
+        keys = self.keys[: self.size]
+        order = canonical_order(keys, self.ids)
+        return keys[order], self.vectors[: self.size][order], [self.ids[i] for i in order]
+
+
+class PointStore:
+    """All held points, bucketed; an id maps to (bucket, row) in one dict."""
+
+    def __init__(self, n_buckets: int, n_features: int | None = None) -> None:
+        self.n_buckets = n_buckets
+        self.n_features = n_features
+        self.buckets: list[Bucket | None] = [None] * n_buckets
+        self._where: dict[str, int] = {}
+
+    def __len__(self) -> int:
+        return len(self._where)
+
+    def __contains__(self, point_id: str) -> bool:
+        return point_id in self._where
+
+    def bucket_of(self, point_id: str) -> int | None:
+        """The bucket holding ``point_id``, or None."""
+        loc = self._where.get(point_id)
+        return None if loc is None else loc >> _ROW_BITS
+
+    def vector(self, point_id: str) -> np.ndarray:
+        """A copy of the vector held for ``point_id``."""
+        loc = self._where[point_id]
+        return self.buckets[loc >> _ROW_BITS].vectors[loc & ((1 << _ROW_BITS) - 1)].copy()
+
+    def key(self, point_id: str) -> np.uint64:
+        """The hash key held for ``point_id``."""
+        loc = self._where[point_id]
+        return self.buckets[loc >> _ROW_BITS].keys[loc & ((1 << _ROW_BITS) - 1)]
+
+    def _bucket(self, b: int) -> Bucket:
+        bucket = self.buckets[b]
+        if bucket is None:
+            assert self.n_features is not None
+            bucket = self.buckets[b] = Bucket(self.n_features)
+        return bucket
+
+    def add(self, ids: Sequence[str], keys: np.ndarray, X: np.ndarray, buckets: np.ndarray) -> None:
+        """Add new points (none of the ids may be held)."""
+        if self.n_features is None:
+            self.n_features = X.shape[1]
+        order = np.argsort(buckets, kind="stable")
+        sorted_buckets = buckets[order]
+        cuts = np.flatnonzero(np.diff(sorted_buckets)) + 1
+        for group in np.split(order, cuts):
+            if not len(group):
+                continue
+            b = int(buckets[group[0]])
+            bucket = self._bucket(b)
+            bucket.reserve(len(group))
+            start = bucket.size
+            bucket.vectors[start : start + len(group)] = X[group]
+            bucket.keys[start : start + len(group)] = keys[group]
+            base = b << _ROW_BITS
+            for offset, i in enumerate(group.tolist()):
+                bucket.ids.append(ids[i])
+                self._where[ids[i]] = base | (start + offset)
+            bucket.size += len(group)
+
+    def replace(self, point_id: str, vector: np.ndarray) -> None:
+        """Overwrite the vector of a held point in place."""
+        loc = self._where[point_id]
+        self.buckets[loc >> _ROW_BITS].vectors[loc & ((1 << _ROW_BITS) - 1)] = vector
+
+    def remove(self, point_id: str) -> int:
+        """Drop a held point; returns its bucket."""
+        loc = self._where.pop(point_id)
+        b, row = loc >> _ROW_BITS, loc & ((1 << _ROW_BITS) - 1)
+        bucket = self.buckets[b]
+        last = bucket.size - 1
+        if row != last:
+            moved = bucket.ids[last]
+            bucket.ids[row] = moved
+            bucket.vectors[row] = bucket.vectors[last]
+            bucket.keys[row] = bucket.keys[last]
+            self._where[moved] = (b << _ROW_BITS) | row
+        bucket.ids.pop()
+        bucket.size = last
+        if bucket.size == 0:
+            self.buckets[b] = None
+        elif bucket.size * 8 < len(bucket.keys) * 5:
+            self._shrink(bucket)
+        return b
+
+    @staticmethod
+    def _shrink(bucket: Bucket) -> None:
+        cap = max(4, int(bucket.size * _GROWTH))
+        bucket.vectors = bucket.vectors[:cap].copy()
+        bucket.keys = bucket.keys[:cap].copy()
+
+    def items(self) -> tuple[list[str], np.ndarray, np.ndarray]:
+        """All ids, vectors and bucket numbers (a copy, bucket by bucket)."""
+        ids: list[str] = []
+        parts, owners = [], []
+        for b, bucket in enumerate(self.buckets):
+            if bucket is None:
+                continue
+            ids.extend(bucket.ids)
+            parts.append(bucket.vectors[: bucket.size])
+            owners.append(np.full(bucket.size, b, dtype=np.int64))
+        d = self.n_features or 0
+        X = np.concatenate(parts) if parts else np.empty((0, d))
+        return ids, X, np.concatenate(owners) if owners else np.empty(0, dtype=np.int64)
+
+    def vector_bytes(self) -> int:
+        """Bytes allocated for vectors and keys across buckets."""
+        return sum(b.vectors.nbytes + b.keys.nbytes for b in self.buckets if b is not None)

@@ -1,0 +1,71 @@
+"""Input checks shared by every model: a bad call raises ValueError and changes nothing."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+
+import numpy as np
+
+MAX_ID_BYTES = 256
+
+
+def normalize_id(raw: object, max_id_bytes: int = MAX_ID_BYTES) -> str:
+    """An id as its canonical string: str as is, int as its decimal form."""
+    if isinstance(raw, bool) or not isinstance(raw, (str, int, np.integer)):
+        raise ValueError(f"an id must be a str or an int, not {type(raw).__name__}")
+    text = raw if isinstance(raw, str) else str(int(raw))
+    if not text:
+        raise ValueError("an id must not be empty")
+    if len(text) > max_id_bytes or len(text.encode("utf-8", "surrogatepass")) > max_id_bytes:
+        raise ValueError(f"id longer than {max_id_bytes} bytes: {text[:40]!r}...")
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise ValueError(f"id is not valid unicode: {text[:40]!r}") from exc
+    return text
+
+
+def normalize_ids(ids: Iterable[object], max_id_bytes: int = MAX_ID_BYTES) -> list[str]:
+    """A list of distinct canonical ids; a lone str is refused as ambiguous."""
+    if isinstance(ids, (str, bytes)):
+        raise ValueError("ids must be a sequence of ids, not a single string; wrap it in a list")
+    out = [normalize_id(i, max_id_bytes) for i in ids]
+    if len(set(out)) != len(out):
+        seen: set[str] = set()
+        dup = next(i for i in out if i in seen or seen.add(i))  # type: ignore[func-returns-value]
+        raise ValueError(f"duplicate id within one call: {dup!r}")
+    return out
+
+
+def as_points(X: object, n_rows: int, n_features: int | None) -> np.ndarray:
+    """``X`` as a C-contiguous float64 (n_rows, d) array of finite values."""
+    try:
+        arr = np.asarray(X, dtype=np.float64)
+    except (ValueError, TypeError) as exc:
+        raise ValueError(f"X is not a rectangular array of numbers: {exc}") from exc
+    if arr.ndim != 2:
+        if arr.ndim == 1 and n_rows == 0 and arr.size == 0:
+            return np.empty((0, n_features or 0))
+        raise ValueError(f"X must be 2-D (n_points, n_features), got shape {arr.shape}")
+    if arr.shape[0] != n_rows:
+        raise ValueError(f"X has {arr.shape[0]} rows but {n_rows} ids were given")
+    if n_rows and arr.shape[1] == 0:
+        raise ValueError("X must have at least one feature")
+    if n_features is not None and n_rows and arr.shape[1] != n_features:
+        raise ValueError(f"X has {arr.shape[1]} features, the model holds {n_features}")
+    if not np.all(np.isfinite(arr)):
+        raise ValueError("X contains NaN or infinity")
+    return np.ascontiguousarray(arr)
+
+
+def as_partitions(partitions: Sequence[int] | np.ndarray | None, n_rows: int, n_partitions: int) -> np.ndarray | None:
+    """Validated partition numbers in ``[0, n_partitions)``, or None."""
+    if partitions is None:
+        return None
+    arr = np.asarray(partitions)
+    if arr.shape != (n_rows,) or (n_rows and not np.issubdtype(arr.dtype, np.integer)):
+        raise ValueError(f"partitions must be {n_rows} integers")
+    arr = arr.astype(np.int64)
+    if n_rows and (arr.min() < 0 or arr.max() >= n_partitions):
+        raise ValueError(f"partitions must lie in [0, {n_partitions})")
+    return arr

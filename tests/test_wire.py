@@ -1,0 +1,296 @@
+"""Wire format: round trips, every bad-record reason, ids, vectors, limits."""
+
+from __future__ import annotations
+
+import math
+
+import msgpack
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from stream_unlearn.wire import (
+    BAD_RECORD_REASONS,
+    BadRecord,
+    DeleteEvent,
+    InsertEvent,
+    decode_delete,
+    decode_insert,
+    encode_delete,
+    encode_insert,
+    key_bytes,
+)
+
+RECORD_TS = 1_700_000_000.5
+
+
+def pack(obj: object) -> bytes:
+    return msgpack.packb(obj, use_bin_type=True)
+
+
+def f32(values: list[float]) -> bytes:
+    return np.asarray(values, dtype="<f4").tobytes()
+
+
+# -- round trips ---------------------------------------------------------------
+
+ids = st.one_of(
+    st.text(min_size=1, max_size=40),  # at most 160 UTF-8 bytes: under the limit
+    st.integers(min_value=-(2**63), max_value=2**64 - 1),  # msgpack's int range
+)
+finite64 = st.floats(allow_nan=False, allow_infinity=False)
+finite32 = st.floats(allow_nan=False, allow_infinity=False, width=32)
+tss = st.one_of(st.none(), st.floats(allow_nan=False, allow_infinity=False))
+
+
+@settings(max_examples=200)
+@given(pid=ids, vec=st.lists(finite64, min_size=1, max_size=50), ts=tss)
+def test_insert_round_trip_list_is_exact(pid: str | int, vec: list[float], ts: float | None) -> None:
+    value = encode_insert(pid, vec, ts, binary=False)
+    ev = decode_insert(value, dim=len(vec), record_ts=RECORD_TS, key=key_bytes(pid))
+    assert ev.id == str(pid)
+    assert ev.vec.dtype == np.float64 and ev.vec.shape == (len(vec),)
+    assert np.array_equal(ev.vec, np.asarray(vec))
+    assert ev.ts == (RECORD_TS if ts is None else ts)
+
+
+@settings(max_examples=200)
+@given(pid=ids, vec=st.lists(finite32, min_size=1, max_size=50), ts=tss)
+def test_insert_round_trip_bin_equals_list(pid: str | int, vec: list[float], ts: float | None) -> None:
+    as_bin = decode_insert(encode_insert(pid, vec, ts, binary=True), dim=None, record_ts=RECORD_TS)
+    as_list = decode_insert(encode_insert(pid, vec, ts, binary=False), dim=None, record_ts=RECORD_TS)
+    assert as_bin == as_list
+    assert as_bin.vec.dtype == np.float64
+    assert np.array_equal(as_bin.vec, np.asarray(vec))
+
+
+@settings(max_examples=200)
+@given(pid=ids, ts=tss)
+def test_delete_round_trip(pid: str | int, ts: float | None) -> None:
+    ev = decode_delete(encode_delete(pid, ts), record_ts=RECORD_TS, key=key_bytes(pid))
+    assert ev == DeleteEvent(str(pid), RECORD_TS if ts is None else ts)
+
+
+def test_binary_rounds_to_float32() -> None:
+    x = np.array([0.1, 1 / 3, 1e-3])
+    ev = decode_insert(encode_insert("a", x), dim=3, record_ts=0.0)
+    assert np.array_equal(ev.vec, x.astype(np.float32).astype(np.float64))
+    assert not np.array_equal(ev.vec, x)
+
+
+def test_decoded_vector_is_owned_and_writable() -> None:
+    ev = decode_insert(encode_insert("a", [1.0, 2.0]), dim=2, record_ts=0.0)
+    assert ev.vec.flags.writeable and ev.vec.flags.owndata
+
+
+# -- ids, ts and extra fields -----------------------------------------------------
+
+
+@pytest.mark.parametrize("raw_id, expected", [(42, "42"), (-7, "-7"), (0, "0"), (2**64 - 1, str(2**64 - 1))])
+def test_int_ids_mean_their_decimal_string(raw_id: int, expected: str) -> None:
+    ev = decode_insert(pack({"id": raw_id, "vec": [1.0]}), dim=1, record_ts=0.0, key=expected.encode())
+    assert ev.id == expected
+    assert decode_delete(pack({"id": raw_id}), record_ts=0.0).id == expected
+    assert key_bytes(raw_id) == expected.encode()
+
+
+def test_int_id_and_string_id_encode_identically() -> None:
+    assert encode_insert(5, [1.0], 1.0) == encode_insert("5", [1.0], 1.0)
+    assert encode_delete(np.int64(5)) == encode_delete("5")
+
+
+def test_ts_missing_or_nil_uses_record_ts_and_int_ts_is_accepted() -> None:
+    assert decode_delete(pack({"id": "a"}), record_ts=12.5).ts == 12.5
+    assert decode_delete(pack({"id": "a", "ts": None}), record_ts=12.5).ts == 12.5
+    ev = decode_delete(pack({"id": "a", "ts": 1_700_000_000}), record_ts=12.5)
+    assert ev.ts == 1_700_000_000.0 and isinstance(ev.ts, float)
+
+
+def test_unknown_fields_are_ignored() -> None:
+    value = pack({"id": "a", "vec": [1, 2.5], "ts": 3.0, "source": "crm", "v": 2, "extra": {"x": [1]}})
+    assert decode_insert(value, dim=2, record_ts=0.0) == InsertEvent("a", np.array([1.0, 2.5]), 3.0)
+    # a delete ignores a vector, even a malformed one
+    assert decode_delete(pack({"id": "a", "vec": "junk"}), record_ts=1.0) == DeleteEvent("a", 1.0)
+
+
+def test_int_elements_in_list_vector() -> None:
+    ev = decode_insert(pack({"id": "a", "vec": [1, -2, 3.5]}), dim=3, record_ts=0.0)
+    assert ev.vec.dtype == np.float64 and ev.vec.tolist() == [1.0, -2.0, 3.5]
+
+
+def test_no_key_is_fine_and_utf8_key_matches() -> None:
+    value = encode_delete("ünïcødé")
+    assert decode_delete(value, record_ts=0.0).id == "ünïcødé"
+    assert decode_delete(value, record_ts=0.0, key="ünïcødé".encode()).id == "ünïcødé"
+
+
+def test_huge_but_finite_values_pass_the_finiteness_check() -> None:
+    x = [1e300, -1e300, 1e308]  # x.x overflows, the values are still finite
+    ev = decode_insert(encode_insert("a", x, binary=False), dim=3, record_ts=0.0)
+    assert ev.vec.tolist() == x
+
+
+# -- every bad-record reason, each from a real malformed value ------------------
+
+NESTED = b"\x91" * 5000 + b"\x01"  # 5000 nested arrays: past msgpack's depth limit
+BAD = [
+    # (reason, value, kind, extra kwargs)
+    ("empty_value", b"", "insert", {}),
+    ("empty_value", None, "delete", {}),
+    ("oversized", pack({"id": "a", "vec": [1.0] * 100}), "insert", {"max_value_bytes": 100}),
+    ("oversized", pack({"id": "a" * 5000}), "delete", {}),  # string over the parse limit
+    ("oversized", pack({f"k{i}": i for i in range(100)} | {"id": "a"}), "delete", {}),  # map
+    ("not_msgpack", b"\xc1", "insert", {}),  # the one never-used msgpack byte
+    ("not_msgpack", pack({"id": "a", "vec": [1.0]})[:-3], "insert", {}),  # truncated
+    ("not_msgpack", pack({"id": "a"}) + b"\x00", "delete", {}),  # trailing bytes
+    ("not_msgpack", b"\x81\xa2id\xa2\xff\xfe", "delete", {}),  # invalid UTF-8 string
+    ("not_msgpack", pack({1: "a"}), "delete", {}),  # non-string map key
+    ("not_msgpack", b"\x81\xa2id\xd4\x01\x00", "delete", {}),  # ext type
+    ("not_msgpack", NESTED, "delete", {}),
+    ("not_msgpack", b'{"id": "a", "vec": [1.0]}', "insert", {}),  # JSON is not msgpack
+    ("not_a_map", pack(["a", [1.0]]), "insert", {}),
+    ("not_a_map", pack("a"), "delete", {}),
+    ("not_a_map", pack(17), "delete", {}),
+    ("missing_field", pack({"vec": [1.0]}), "insert", {}),
+    ("missing_field", pack({"id": "a"}), "insert", {}),
+    ("missing_field", pack({"ts": 1.0}), "delete", {}),
+    ("wrong_type", pack({"id": 1.5, "vec": [1.0]}), "insert", {}),
+    ("wrong_type", pack({"id": True}), "delete", {}),  # bool is not an int id
+    ("wrong_type", pack({"id": None}), "delete", {}),
+    ("wrong_type", pack({"id": b"a"}), "delete", {}),  # bin is not a str
+    ("wrong_type", pack({"id": "a", "vec": "1.0,2.0"}), "insert", {}),
+    ("wrong_type", pack({"id": "a", "vec": {"0": 1.0}}), "insert", {}),
+    ("wrong_type", pack({"id": "a", "vec": 1.0}), "insert", {}),
+    ("wrong_type", pack({"id": "a", "ts": "2024-01-01"}), "delete", {}),
+    ("wrong_type", pack({"id": "a", "ts": False}), "delete", {}),
+    ("bad_id", pack({"id": "", "vec": [1.0]}), "insert", {}),
+    ("bad_id", pack({"id": ""}), "delete", {}),
+    ("id_too_long", pack({"id": "x" * 257}), "delete", {}),
+    ("id_too_long", pack({"id": "é" * 129}), "delete", {}),  # 129 chars, 258 bytes
+    ("id_too_long", pack({"id": 123456}), "delete", {"max_id_bytes": 5}),
+    ("key_mismatch", pack({"id": "a", "vec": [1.0]}), "insert", {"key": b"b"}),
+    ("key_mismatch", pack({"id": 7}), "delete", {"key": b"07"}),
+    ("key_mismatch", pack({"id": "a"}), "delete", {"key": b""}),
+    ("bad_vector", pack({"id": "a", "vec": []}), "insert", {}),
+    ("bad_vector", pack({"id": "a", "vec": b""}), "insert", {}),
+    ("bad_vector", pack({"id": "a", "vec": b"\x00\x00\x80"}), "insert", {}),  # 3 bytes
+    ("bad_vector", pack({"id": "a", "vec": [1.0, "2.0"]}), "insert", {}),  # numpy would parse it
+    ("bad_vector", pack({"id": "a", "vec": [1.0, True]}), "insert", {}),  # numpy would make it 1.0
+    ("bad_vector", pack({"id": "a", "vec": [1.0, None]}), "insert", {}),
+    ("bad_vector", pack({"id": "a", "vec": [[1.0, 2.0]]}), "insert", {}),
+    ("wrong_dimension", pack({"id": "a", "vec": [1.0, 2.0]}), "insert", {"dim": 3}),
+    ("wrong_dimension", pack({"id": "a", "vec": f32([1.0, 2.0, 3.0, 4.0])}), "insert", {"dim": 3}),
+    ("non_finite", pack({"id": "a", "vec": [1.0, math.nan]}), "insert", {}),
+    ("non_finite", pack({"id": "a", "vec": [-math.inf, 1.0]}), "insert", {}),
+    ("non_finite", pack({"id": "a", "vec": f32([1.0, math.inf])}), "insert", {}),
+    ("non_finite", pack({"id": "a", "vec": f32([math.nan])}), "insert", {}),
+    ("bad_ts", pack({"id": "a", "ts": math.nan}), "delete", {}),
+    ("bad_ts", pack({"id": "a", "vec": [1.0], "ts": math.inf}), "insert", {}),
+]
+
+
+def _decode(value: bytes | None, kind: str, kwargs: dict) -> object:
+    kwargs = dict(kwargs)
+    if kind == "insert":
+        return decode_insert(value, dim=kwargs.pop("dim", None), record_ts=0.0, **kwargs)
+    kwargs.pop("dim", None)
+    return decode_delete(value, record_ts=0.0, **kwargs)
+
+
+@pytest.mark.parametrize("reason, value, kind, kwargs", BAD, ids=[f"{i}-{b[0]}" for i, b in enumerate(BAD)])
+def test_bad_records_raise_with_their_reason(reason: str, value: bytes | None, kind: str, kwargs: dict) -> None:
+    with pytest.raises(BadRecord) as info:
+        _decode(value, kind, kwargs)
+    assert info.value.reason == reason, info.value.detail
+    assert info.value.detail
+    assert isinstance(info.value, ValueError)
+
+
+def test_every_reason_is_exercised() -> None:
+    assert {b[0] for b in BAD} == set(BAD_RECORD_REASONS)
+    assert len(BAD_RECORD_REASONS) == len(set(BAD_RECORD_REASONS))
+
+
+@settings(max_examples=300)
+@given(st.binary(max_size=200))
+def test_arbitrary_bytes_never_raise_anything_but_bad_record(value: bytes) -> None:
+    for kind in ("insert", "delete"):
+        try:
+            _decode(value, kind, {"dim": 3})
+        except BadRecord as exc:
+            assert exc.reason in BAD_RECORD_REASONS
+
+
+def test_bad_record_pickles() -> None:
+    import pickle
+
+    exc = pickle.loads(pickle.dumps(BadRecord("bad_id", "id is empty")))
+    assert (exc.reason, exc.detail) == ("bad_id", "id is empty")
+
+
+# -- limits ------------------------------------------------------------------------
+
+
+def test_limits_are_inclusive() -> None:
+    assert decode_delete(pack({"id": "x" * 256}), record_ts=0.0).id == "x" * 256
+    value = pack({"id": "a", "vec": [1.0] * 100})
+    assert decode_insert(value, dim=100, record_ts=0.0, max_value_bytes=len(value)).vec.size == 100
+    with pytest.raises(BadRecord, match="oversized"):
+        decode_insert(value, dim=100, record_ts=0.0, max_value_bytes=len(value) - 1)
+
+
+def test_large_ids_allowed_by_a_raised_limit() -> None:
+    pid = "x" * 10_000
+    assert decode_delete(pack({"id": pid}), record_ts=0.0, max_id_bytes=10_000).id == pid
+
+
+def test_a_lying_length_header_does_not_allocate() -> None:
+    # array32 / bin32 / str32 headers claiming 4 GiB, with no payload behind them
+    for header in (b"\xdd\xff\xff\xff\xff", b"\xc6\xff\xff\xff\xff", b"\xdb\xff\xff\xff\xff"):
+        with pytest.raises(BadRecord) as info:
+            decode_insert(b"\x82\xa2id\xa1a\xa3vec" + header, dim=None, record_ts=0.0)
+        assert info.value.reason in ("oversized", "not_msgpack")
+
+
+def test_wide_vectors_within_the_default_value_limit() -> None:
+    x = np.random.default_rng(0).standard_normal(784)
+    for binary in (True, False):
+        ev = decode_insert(encode_insert("img-1", x, 1.0, binary=binary), dim=784, record_ts=0.0)
+        assert ev.vec.shape == (784,)
+
+
+# -- encoders refuse what decoders would reject ----------------------------------
+
+
+@pytest.mark.parametrize(
+    "args, exc",
+    [
+        (("", [1.0]), ValueError),
+        ((True, [1.0]), TypeError),
+        ((1.5, [1.0]), TypeError),
+        (("a", []), ValueError),
+        (("a", [[1.0], [2.0]]), ValueError),
+        (("a", [math.nan]), ValueError),
+        (("a", [1e300]), ValueError),  # overflows float32 in binary mode
+        (("a", [1.0], math.inf), ValueError),
+        (("a", [1.0], "now"), TypeError),
+    ],
+)
+def test_encode_insert_rejects(args: tuple, exc: type[Exception]) -> None:
+    with pytest.raises(exc):
+        encode_insert(*args)
+
+
+def test_encode_list_keeps_float64_range() -> None:
+    ev = decode_insert(encode_insert("a", [1e300], binary=False), dim=1, record_ts=0.0)
+    assert ev.vec[0] == 1e300
+
+
+def test_encode_delete_rejects() -> None:
+    with pytest.raises(ValueError):
+        encode_delete("")
+    with pytest.raises(TypeError):
+        encode_delete(None)  # type: ignore[arg-type]
+    with pytest.raises(ValueError):
+        encode_delete("a", math.nan)
