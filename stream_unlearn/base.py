@@ -175,6 +175,8 @@ class UnlearningModel(ABC):
 
     def verify(self) -> bool:
         """Proof of erasure: a fresh fit on the held points gives bit-identical centroids."""
+        if len(self._store) == 0:
+            return len(self.centroids_) == 0
         return bool(np.array_equal(self.centroids_, self.refit().centroids_))
 
     # -- persistence --------------------------------------------------------------
