@@ -1,0 +1,167 @@
+"""The model API: defined edge cases, clear errors that change nothing, state safety."""
+
+from __future__ import annotations
+
+import msgpack
+import numpy as np
+import pytest
+
+from models import CONFIGS
+from stream_unlearn import DCKMeans, KMeans, QKMeans, StateError, load_model
+
+ALL = sorted(CONFIGS)
+
+
+def blobs(n: int, d: int = 3, seed: int = 0) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    return rng.normal(0, 8, size=(4, d))[rng.integers(0, 4, n)] + rng.normal(size=(n, d))
+
+
+@pytest.fixture(params=ALL)
+def model(request):
+    m = CONFIGS[request.param](3, 1)
+    m.insert([f"p{i}" for i in range(50)], blobs(50))
+    m.flush()
+    return m
+
+
+@pytest.mark.parametrize(
+    "ids, X, message",
+    [
+        (["a", "b"], [[1.0, 2.0, np.nan], [0, 0, 0]], "NaN"),
+        (["a"], [[1.0, np.inf, 0.0]], "NaN or infinity"),
+        (["a"], [[1.0, 2.0]], "features"),
+        (["a", "b"], [[1.0, 2.0, 3.0], [1.0]], "rectangular"),
+        (["a", "a"], [[1.0, 2.0, 3.0]] * 2, "duplicate"),
+        (["x" * 257], [[1.0, 2.0, 3.0]], "longer than"),
+        ([True], [[1.0, 2.0, 3.0]], "str or an int"),
+        ([""], [[1.0, 2.0, 3.0]], "empty"),
+        ("abc", [[1.0, 2.0, 3.0]] * 3, "single string"),
+        (["a", "b"], [[1.0, 2.0, 3.0]], "rows"),
+        (["a"], [1.0, 2.0, 3.0], "2-D"),
+        ([1.5], [[1.0, 2.0, 3.0]], "str or an int"),
+    ],
+)
+def test_bad_insert_raises_and_changes_nothing(model, ids, X, message):
+    before = model.to_state()
+    with pytest.raises(ValueError, match=message):
+        model.insert(ids, X)
+    assert model.to_state() == before
+
+
+def test_bad_delete_raises_and_changes_nothing(model):
+    before = model.to_state()
+    with pytest.raises(ValueError, match="duplicate"):
+        model.delete(["p1", "p1"])
+    with pytest.raises(ValueError):
+        model.delete([None])
+    assert model.to_state() == before
+
+
+def test_delete_counts_held_and_ignores_unknown(model):
+    assert model.delete(["p1", "p2", "nobody"]) == 2
+    assert "p1" not in model and "p3" in model
+    assert model.n_points_ == 48
+
+
+def test_int_ids_mean_their_decimal_string():
+    m = DCKMeans(k=2, seed=0)
+    m.insert([7, np.int64(8)], [[0.0], [1.0]])
+    assert "7" in m and 8 in m and m.delete(["8"]) == 1
+
+
+def test_reinsert_replaces_the_vector(model):
+    model.insert(["p0"], [[100.0, 100.0, 100.0]])
+    ids, X, _ = model.held()
+    assert X[ids.index("p0")].tolist() == [100.0, 100.0, 100.0]
+    assert model.n_points_ == 50
+    assert model.verify()
+
+
+@pytest.mark.parametrize("config", ALL)
+@pytest.mark.parametrize("n", [1, 2, 3])
+def test_fewer_points_than_k_is_defined(config, n):
+    m = CONFIGS[config](4, 0)
+    m.insert(range(n), np.arange(n * 2, dtype=float).reshape(n, 2))
+    C = m.centroids_
+    assert C.shape == (4, 2) and np.all(np.isfinite(C))
+    assert m.verify()
+
+
+@pytest.mark.parametrize("config", ALL)
+def test_duplicate_vectors_and_zero_variance_columns(config):
+    m = CONFIGS[config](3, 0)
+    X = np.zeros((30, 4))
+    X[:10, 1] = 5.0
+    m.insert(range(30), X)
+    assert np.all(np.isfinite(m.centroids_)) and m.verify()
+    m.delete(range(10))
+    assert m.verify()
+
+
+def test_empty_model_has_no_centroids_and_predict_refuses():
+    m = KMeans(k=2)
+    assert m.centroids_.shape == (0, 0) and m.loss() == 0.0 and m.verify()
+    with pytest.raises(ValueError, match="no points"):
+        m.predict([[1.0]])
+
+
+def test_predict_and_loss(model):
+    labels = model.predict(blobs(10, seed=3))
+    assert labels.shape == (10,) and labels.min() >= 0 and labels.max() < 3
+    assert model.loss() > 0
+
+
+@pytest.mark.parametrize("bad", [b"", b"garbage", msgpack.packb({"format": "other"}),
+                                 msgpack.packb({"format": "stream-unlearn-model", "version": 99})])
+def test_state_that_is_not_ours_is_refused(bad):
+    with pytest.raises(StateError):
+        load_model(bad)
+
+
+def test_state_of_another_algorithm_is_refused(model):
+    other = QKMeans if not isinstance(model, QKMeans) else DCKMeans
+    with pytest.raises(StateError, match="not"):
+        other.from_state(model.to_state())
+
+
+def test_state_with_tampered_arrays_is_refused(model):
+    body = msgpack.unpackb(model.to_state())
+    body["vectors"]["data"] = body["vectors"]["data"][:-8]
+    with pytest.raises(StateError):
+        load_model(msgpack.packb(body, use_bin_type=True))
+
+
+def test_load_model_dispatches_on_algorithm(model):
+    restored = load_model(model.to_state())
+    assert type(restored) is type(model)
+    assert np.array_equal(restored.centroids_, model.centroids_)
+
+
+@pytest.mark.parametrize("kwargs", [{"k": 0}, {"k": True}, {"seed": -1}, {"k": 2.5}])
+def test_bad_config_is_refused(kwargs):
+    with pytest.raises(ValueError):
+        DCKMeans(**kwargs)
+
+
+@pytest.mark.parametrize("kwargs", [{"eps": 0}, {"eps": float("nan")}, {"gamma": 2.0}])
+def test_bad_q_config_is_refused(kwargs):
+    with pytest.raises(ValueError):
+        QKMeans(**kwargs)
+
+
+def test_dc_partitions_follow_kafka_default_partitioner():
+    from kafka.partitioner.default import murmur2
+
+    from stream_unlearn.hashing import murmur2_partition
+
+    for key in ["", "a", "ab", "abc", "abcd", "user-1", "élan", "x" * 77]:
+        assert murmur2_partition(key, 7) == (murmur2(key.encode()) & 0x7FFFFFFF) % 7
+
+
+def test_dc_explicit_partitions_are_validated():
+    m = DCKMeans(k=2, n_partitions=2)
+    with pytest.raises(ValueError, match="partitions"):
+        m.insert(["a"], [[1.0]], partitions=[2])
+    m.insert(["a", "b"], [[1.0], [2.0]], partitions=[0, 1])
+    assert m.held()[2].tolist() == [0, 1]
