@@ -86,7 +86,8 @@ class UnlearningModel(ABC):
             return
         keys = id_keys(ids, self.seed)
         buckets = self._buckets_for(ids, keys, parts)
-        for point_id in [i for i in ids if i in self._store]:
+        held = self._store.held_among(ids)
+        for point_id in (i for i in ids if i in held):  # in call order, so Q certifies deterministically
             self._remove_one(point_id)
         self._store.add(ids, keys, X, buckets)
         self._added(ids, keys, X, buckets)

@@ -22,7 +22,7 @@ import numpy as np
 from . import state as state_format
 from .base import UnlearningModel
 from .hashing import combine, murmur2_partition, seed_key
-from .lloyd import fit_batch, fit_one
+from .lloyd import fit_batch, fit_one, race_log_uniforms
 from .validation import MAX_ID_BYTES
 
 _BATCH_BYTES = 32 << 20
@@ -61,7 +61,7 @@ class DCKMeans(UnlearningModel):
         self._dirty_nodes: list[set[int]] = [set() for _ in widths]
         self._node_centroids: list[np.ndarray | None] = [None] * len(widths)
         self._node_weights: list[np.ndarray | None] = [None] * len(widths)
-        self._root_weights = np.zeros(self.k)
+        self._races: dict[int, tuple[np.ndarray, np.ndarray]] = {}
 
     def get_params(self) -> dict[str, Any]:
         return {
@@ -138,7 +138,7 @@ class DCKMeans(UnlearningModel):
             if bucket is None:
                 C[leaf], W[leaf] = 0.0, 0.0
             else:
-                data.append((leaf, *bucket.canonical()[:2]))
+                data.append((leaf, *bucket.canonical(with_ids=False)[:2]))
         data.sort(key=lambda item: len(item[1]))
         salt = seed_key(self.seed, 100)
         start = 0
@@ -166,11 +166,17 @@ class DCKMeans(UnlearningModel):
             start = stop
         self._mark_parents(0, leaves)
 
-    def _item_keys(self, level: int) -> np.ndarray:
-        """Hash keys of the items of every node at ``level`` (children x clusters)."""
-        width = self.level_widths_[level]
-        slots = np.arange(width * self.fanout * self.k, dtype=np.uint64)
-        return combine(seed_key(self.seed, 200 + level), slots).reshape(width, self.fanout * self.k)
+    def _item_races(self, level: int) -> tuple[np.ndarray, np.ndarray]:
+        """Hash keys (width, f k) of the items of every node at ``level`` and their race log-uniforms.
+
+        Internal items are slots (child, cluster) fixed by the tree shape, so both are computed once.
+        """
+        if level not in self._races:
+            width = self.level_widths_[level]
+            slots = np.arange(width * self.fanout * self.k, dtype=np.uint64)
+            keys = combine(seed_key(self.seed, 200 + level), slots).reshape(width, self.fanout * self.k)
+            self._races[level] = (keys, race_log_uniforms(keys, self.k, seed_key(self.seed, 100 + level)))
+        return self._races[level]
 
     def _fit_internal(self, level: int, nodes: list[int]) -> None:
         """Recompute dirty internal nodes of one level in one batch."""
@@ -189,9 +195,10 @@ class DCKMeans(UnlearningModel):
             count = min(f, child_width - local * f)
             X[row, :count] = child_C[first : first + count]
             w[row, :count] = child_W[first : first + count]
-        keys = self._item_keys(level)[[node % width for node in nodes]]
-        result = fit_batch(X.reshape(len(nodes), f * k, d), w.reshape(len(nodes), f * k), keys, k,
-                           self.max_iter, seed_key(self.seed, 100 + level))
+        keys, logu = self._item_races(level)
+        local = [node % width for node in nodes]
+        result = fit_batch(X.reshape(len(nodes), f * k, d), w.reshape(len(nodes), f * k), keys[local], k,
+                           self.max_iter, seed_key(self.seed, 100 + level), logu=logu[:, local])
         C[nodes], W[nodes] = result.centroids, result.weights
         self._mark_parents(level, nodes)
 
@@ -238,6 +245,9 @@ def merge_partitions(centroids: np.ndarray, weights: np.ndarray, k: int, seed: i
     same summaries computes the same global model.
     """
     P, _, d = centroids.shape
+    if P == 1:
+        # One partition: the root's items are k centres already, so they ARE the root.
+        return (centroids[0].copy(), weights[0].copy()) if np.any(weights > 0) else (np.empty((0, d)), np.zeros(0))
     keys = combine(seed_key(seed, 300), np.arange(P * k, dtype=np.uint64))
     w = weights.reshape(P * k)
     if not np.any(w > 0):

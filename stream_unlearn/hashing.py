@@ -45,7 +45,7 @@ def id_keys(ids: Sequence[str], seed: int) -> np.ndarray:
     if n == 0:
         return np.empty(0, dtype=np.uint64)
     encoded = [s.encode("utf-8") for s in ids]
-    lengths = np.fromiter((len(b) for b in encoded), dtype=np.uint64, count=n)
+    lengths = np.fromiter(map(len, encoded), dtype=np.uint64, count=n)
     width = max(8, -(-int(lengths.max()) // 8) * 8)
     raw = np.array(encoded, dtype=f"S{width}").view(np.uint8).reshape(n, width)
     words = raw.view("<u8")

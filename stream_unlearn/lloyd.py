@@ -28,15 +28,16 @@ class BatchResult:
     n_iter: np.ndarray
 
 
-def assign(X: np.ndarray, C: np.ndarray) -> np.ndarray:
+def assign(X: np.ndarray, C: np.ndarray, cc: np.ndarray | None = None) -> np.ndarray:
     """Nearest centre (B, m) for items (B, m, d) among centres (B, k, d).
 
     Ranks ``|c|^2 - 2 x.c``, which orders centres as the squared distance does.
     The one assignment rule of every model: fits, certificates and predict.
+    ``cc`` may pass ``row_norms(C)`` when the centres are reused.
     """
     scores = np.einsum("bmd,bkd->bmk", X, C)
     scores *= -2.0
-    scores += np.einsum("bkd,bkd->bk", C, C)[:, None, :]
+    scores += (row_norms(C) if cc is None else cc)[:, None, :]
     return np.argmin(scores, axis=2)
 
 
@@ -49,10 +50,32 @@ def sq_dists(X: np.ndarray, C: np.ndarray) -> np.ndarray:
     return np.maximum(d2, 0.0, out=d2)
 
 
-def sq_dist_to(X: np.ndarray, c: np.ndarray) -> np.ndarray:
-    """Squared distance (B, m) of each item to one centre per problem (B, d)."""
-    diff = X - c[:, None, :]
-    return np.einsum("bmd,bmd->bm", diff, diff)
+def row_norms(X: np.ndarray) -> np.ndarray:
+    """Squared norms (B, m) of items (B, m, d)."""
+    return np.einsum("bmd,bmd->bm", X, X)
+
+
+def sq_dist_to(X: np.ndarray, c: np.ndarray, xx: np.ndarray | None = None) -> np.ndarray:
+    """Squared distance (B, m) of each item (B, m, d) to one centre per problem (B, d).
+
+    Uses ``|x|^2 - 2 x.c + |c|^2`` (clamped at 0): one contraction instead of
+    a difference array; ``xx`` are the items' precomputed squared norms.
+    """
+    return sq_dist_to_many(X, c[:, None, :], xx)[:, 0, :]
+
+
+def sq_dist_to_many(
+    X: np.ndarray, C: np.ndarray, xx: np.ndarray | None = None, cc: np.ndarray | None = None
+) -> np.ndarray:
+    """Squared distance (B, L, m) of each item (B, m, d) to each of L centres (B, L, d).
+
+    ``xx`` and ``cc`` may pass precomputed ``row_norms`` of X and C.
+    """
+    d2 = np.einsum("bmd,bld->blm", X, C)
+    d2 *= -2.0
+    d2 += (row_norms(X) if xx is None else xx)[:, None, :]
+    d2 += (row_norms(C) if cc is None else cc)[:, :, None]
+    return np.maximum(d2, 0.0, out=d2)
 
 
 def race_log_uniforms(keys: np.ndarray, k: int, salt: np.uint64) -> np.ndarray:
@@ -90,7 +113,10 @@ def ordered_sum(values: np.ndarray) -> np.ndarray:
     return np.cumsum(values, axis=-1)[..., -1]
 
 
-def race_seeds(X: np.ndarray, w: np.ndarray, keys: np.ndarray, k: int, salt: np.uint64, n_candidates: int) -> Seeds:
+def race_seeds(
+    X: np.ndarray, w: np.ndarray, keys: np.ndarray, k: int, salt: np.uint64, n_candidates: int,
+    logu: np.ndarray | None = None,
+) -> Seeds:
     """Greedy k-means++ seeding as exponential races keyed by item hash.
 
     Step j runs a race: each item's key is ``log(u_j) / (w * D^2)`` with
@@ -99,12 +125,16 @@ def race_seeds(X: np.ndarray, w: np.ndarray, keys: np.ndarray, k: int, salt: np.
     (Efraimidis-Spirakis), i.e. k-means++ candidates. As in scikit-learn's
     greedy k-means++, the candidate that leaves the lowest weighted cost
     wins. A step where every ``w * D^2`` is 0 (fewer distinct items than k)
-    draws a duplicate by weight alone.
+    draws a duplicate by weight alone. ``logu`` may be passed precomputed
+    (``race_log_uniforms(keys, k, salt)``) when the keys never change.
     """
     B, m, _ = X.shape
     L = max(1, min(n_candidates, m))
     rows = np.arange(B)
-    logu = race_log_uniforms(keys, k, salt)
+    rows_L = rows[:, None]
+    if logu is None:
+        logu = race_log_uniforms(keys, k, salt)
+    xx = row_norms(X)
     mass = w
     d2 = np.zeros_like(w)
     index = np.zeros((B, k), dtype=np.intp)
@@ -115,19 +145,12 @@ def race_seeds(X: np.ndarray, w: np.ndarray, keys: np.ndarray, k: int, salt: np.
     with np.errstate(divide="ignore", invalid="ignore"):
         for j in range(k):
             race = logu[j] / mass
-            cand = np.empty((B, L), dtype=np.intp)
-            cand_score = np.empty((B, L))
-            for slot in range(L):
-                pick = np.argmax(race, axis=1)
-                cand[:, slot] = pick
-                cand_score[:, slot] = race[rows, pick]
-                race[rows, pick] = -np.inf
+            cand, cand_score = top_candidates(race, L)
             runs = cand_score > -np.inf
-            dists = np.stack([sq_dist_to(X, X[rows, cand[:, slot]]) for slot in range(L)], axis=1)
+            dists = sq_dist_to_many(X, X[rows_L, cand], xx)
             if j:
                 np.minimum(dists, d2[:, None, :], out=dists)
-            pots = ordered_sum(dists * w[:, None, :])
-            pots = np.where(runs, pots, np.inf)
+            pots = np.where(runs, ordered_sum(dists * w[:, None, :]), np.inf)
             best = np.argmin(pots, axis=1)
             pick = cand[rows, best]
             dead = ~runs[:, 0]
@@ -139,10 +162,25 @@ def race_seeds(X: np.ndarray, w: np.ndarray, keys: np.ndarray, k: int, salt: np.
             candidates[:, j] = np.where(runs, cand, -1)
             scores[:, j] = cand_score
             potentials[:, j] = pots
-            chosen = np.where(dead, 0, best)
-            d2 = np.where(dead[:, None], sq_dist_to(X, X[rows, pick]) if j == 0 else np.minimum(d2, sq_dist_to(X, X[rows, pick])), dists[rows, chosen])
-            mass = w * d2
+            if j + 1 < k:
+                # The winner's distances were computed in the race unless the step fell back.
+                chosen = dists[rows, np.where(dead, 0, best)]
+                if dead.any():
+                    raw = sq_dist_to(X, X[rows, pick], xx)
+                    chosen = np.where(dead[:, None], raw if j == 0 else np.minimum(d2, raw), chosen)
+                d2 = chosen
+                mass = w * d2
     return Seeds(index, candidates, scores, potentials, fallback)
+
+
+def top_candidates(race: np.ndarray, L: int) -> tuple[np.ndarray, np.ndarray]:
+    """The L highest race keys per row, best first (ties: lower index first)."""
+    B, m = race.shape
+    rows = np.arange(B)[:, None]
+    top = np.argpartition(race, m - L, axis=1)[:, m - L :] if L < m else np.broadcast_to(np.arange(m), race.shape)
+    top_scores = race[rows, top]
+    order = np.lexsort((top, -top_scores), axis=1)
+    return top[rows, order], top_scores[rows, order]
 
 
 class ClusterSums:
@@ -172,7 +210,8 @@ class ClusterSums:
 
 
 def fit_batch(
-    X: np.ndarray, w: np.ndarray, keys: np.ndarray, k: int, max_iter: int, salt: np.uint64, n_candidates: int | None = None
+    X: np.ndarray, w: np.ndarray, keys: np.ndarray, k: int, max_iter: int, salt: np.uint64,
+    n_candidates: int | None = None, logu: np.ndarray | None = None,
 ) -> BatchResult:
     """Weighted k-means on each of B padded problems; see the module docstring.
 
@@ -182,7 +221,8 @@ def fit_batch(
     B, m, d = X.shape
     if m == 0:
         return BatchResult(np.zeros((B, k, d)), np.zeros((B, k)), np.zeros(B, dtype=np.int64))
-    seeds = race_seeds(X, w, keys, k, salt, default_candidates(k) if n_candidates is None else n_candidates)
+    L = default_candidates(k) if n_candidates is None else n_candidates
+    seeds = race_seeds(X, w, keys, k, salt, L, logu)
     C = X[np.arange(B)[:, None], seeds.index]
     acc = ClusterSums(X, w, k)
     labels = assign(X, C)

@@ -1,7 +1,9 @@
 """Q-k-means: quantized Lloyd whose deletions are certified (DESIGN section 3).
 
 After each Lloyd update every balance-corrected centroid is snapped to a grid
-of spacing ``eps`` shifted by that iteration's phase. The model keeps each
+of spacing ``eps`` shifted by a random phase (one per model, so quantized
+Lloyd can reach an exact fixpoint and stop there: fewer iterations to
+certify, and a cheaper refit). The model keeps each
 iteration's exact cluster sums, so removing (or adding) a point costs
 O(T k d): redo its effect on the sums and check that every snapped centroid,
 and the seeding, come out the same with room to spare for rounding. Then the
@@ -20,12 +22,11 @@ import numpy as np
 from . import state as state_format
 from .base import UnlearningModel
 from .hashing import seed_key
-from .lloyd import ClusterSums, assign, default_candidates, race_log_uniforms, race_seeds, sq_dist_to
-from .quantize import UNIT_ROUNDOFF, corrected_centroids, phases, rounding_bound, snap
+from .lloyd import ClusterSums, assign, default_candidates, race_log_uniforms, race_seeds, row_norms, sq_dist_to_many
+from .quantize import UNIT_ROUNDOFF, corrected_centroids, phase, rounding_bound, snap
 from .validation import MAX_ID_BYTES
 
-_ARRAYS = ("centres", "sums", "counts", "abs_sums", "seed_vectors", "candidate_vectors",
-           "potentials", "chosen", "last_scores")
+_ARRAYS = ("centres", "sums", "counts", "max_abs", "candidate_vectors", "potentials", "chosen", "last_scores")
 
 
 class QKMeans(UnlearningModel):
@@ -63,6 +64,7 @@ class QKMeans(UnlearningModel):
         self._candidate_ids: set[str] = set()
         self._arrays: dict[str, np.ndarray] = {}
         self._theta: np.ndarray | None = None
+        self.n_iter_ = 0
 
     def get_params(self) -> dict[str, Any]:
         return {"k": self.k, "seed": self.seed, "eps": self.eps, "gamma": self.gamma, "max_iter": self.max_iter,
@@ -90,7 +92,7 @@ class QKMeans(UnlearningModel):
         if not self._fitted:
             self._dirty = True
             return
-        if self._seeding_holds(key, x, point_id, sign) and self._lloyd_holds(x, sign):
+        if self._seeding_holds(key, x, point_id, sign) and self._lloyd_holds(x[None, None, :], sign):
             self.certificates_passed_ += 1
             return
         self.certificates_failed_ += 1
@@ -102,18 +104,18 @@ class QKMeans(UnlearningModel):
         if a["fallback"] or (sign < 0 and point_id in self._candidate_ids):
             return False
         k = self.k
-        seeds = a["seed_vectors"]
-        d2_seeds = sq_dist_to(np.broadcast_to(x, (k, 1, len(x))), seeds)[:, 0]
-        d2_prev = np.concatenate([[np.inf], np.minimum.accumulate(d2_seeds)[:-1]])
+        cand = a["candidate_vectors"]
+        # x's distance to every candidate, computed exactly as the fit's race did.
+        xs = x[None, None, :].repeat(k, axis=0)
+        d2_cand = sq_dist_to_many(xs, cand, row_norms(xs), a["candidate_norms"])[:, :, 0]
+        d2_seed = d2_cand[np.arange(k), a["chosen"]]
+        d2_prev = np.concatenate([[np.inf], np.minimum.accumulate(d2_seed)[:-1]])
         if sign > 0:
             logu = race_log_uniforms(np.array([[key]], dtype=np.uint64), k, seed_key(self.seed, 2))[:, 0, 0]
             with np.errstate(divide="ignore"):
                 score = logu / np.where(np.isinf(d2_prev), 1.0, d2_prev)
             if np.any(score >= a["last_scores"]):
                 return False
-        cand = a["candidate_vectors"]
-        L = cand.shape[1]
-        d2_cand = sq_dist_to(np.broadcast_to(x, (k * L, 1, len(x))), cand.reshape(k * L, -1))[:, 0].reshape(k, L)
         contribution = np.where(np.isinf(d2_prev)[:, None], d2_cand, np.minimum(d2_cand, d2_prev[:, None]))
         pots = a["potentials"] + sign * contribution
         finite = np.isfinite(pots)
@@ -126,26 +128,27 @@ class QKMeans(UnlearningModel):
         tol = 4.0 * (self._n_model + self._ops + 2) * UNIT_ROUNDOFF * np.where(finite, np.abs(pots), 0).max(axis=1)
         return bool(np.all(gap > tol))
 
-    def _lloyd_holds(self, x: np.ndarray, sign: int) -> bool:
+    def _lloyd_holds(self, x_row: np.ndarray, sign: int) -> bool:
         a = self._arrays
         centres = a["centres"]
-        T = self.max_iter
-        labels = assign(np.broadcast_to(x, (T, 1, len(x))), centres[:-1])[:, 0]
+        T = len(a["sums"])
+        labels = assign(x_row.repeat(T, axis=0), centres[:-1], a["centre_norms"])[:, 0]
+        x = x_row[0, 0]
         steps = np.arange(T)
-        sums, counts, abs_sums = a["sums"].copy(), a["counts"].copy(), a["abs_sums"].copy()
+        sums, counts = a["sums"].copy(), a["counts"].copy()
         sums[steps, labels] += sign * x
         counts[steps, labels] += sign
-        abs_sums[steps, labels] += sign * np.abs(x)
         n = self._n_model + sign
         centre, mean = corrected_centroids(sums, counts, centres[:-1], n, self.k, self.gamma)
-        snapped, slack, z = snap(centre, self.eps, self._theta[:, None, :])
+        snapped, slack, z = snap(centre, self.eps, self._theta)
         if not np.array_equal(snapped, centres[1:]):
             return False
-        bound = rounding_bound(np.abs(abs_sums) * 1.0001, counts, mean, centres[:-1], z,
+        max_abs = np.maximum(a["max_abs"], np.abs(x)) if sign > 0 else a["max_abs"]
+        bound = rounding_bound(counts[..., None] * max_abs, counts, mean, centres[:-1], z,
                                max(n, self._n_model) + self._ops + 1, self.eps)
         if not np.all(slack > bound):
             return False
-        a["sums"], a["counts"], a["abs_sums"] = sums, counts, abs_sums
+        a["sums"], a["counts"], a["max_abs"] = sums, counts, max_abs
         self._n_model = n
         self._ops += 1
         return True
@@ -158,45 +161,52 @@ class QKMeans(UnlearningModel):
             self._fitted = False
             self._n_model = 0
             return np.empty((0, d))
-        if self._fitted:
-            return self._arrays["centres"][-1].copy()
-        self._fit(*bucket.canonical())
+        if not self._fitted:
+            self._fit(*bucket.canonical())
         return self._arrays["centres"][-1].copy()
 
     def _fit(self, keys: np.ndarray, X: np.ndarray, ids: list[str]) -> None:
+        """Seed, then quantized Lloyd until the snapped centres repeat or ``max_iter``."""
         n, d = X.shape
-        k, T = self.k, self.max_iter
+        k = self.k
         w = np.ones((1, n))
         seeds = race_seeds(X[None], w, keys[None], k, seed_key(self.seed, 2), self._L())
-        self._theta = phases(self.seed, T, d)
-        centres = np.empty((T + 1, k, d))
-        centres[0] = X[seeds.index[0]]
-        sums = np.empty((T, k, d))
-        abs_sums = np.empty((T, k, d))
-        counts = np.empty((T, k))
-        acc, abs_acc = ClusterSums(X[None], w, k), ClusterSums(np.abs(X)[None], w, k)
-        for t in range(T):
-            labels = assign(X[None], centres[t][None])
+        self._theta = phase(self.seed, d)
+        centres = [X[seeds.index[0]]]
+        sums, counts = [], []
+        acc = ClusterSums(X[None], w, k)
+        for _ in range(self.max_iter):
+            labels = assign(X[None], centres[-1][None])
             s, c = acc.sums(labels)
-            sums[t], counts[t] = s[0], c[0]
-            abs_sums[t] = abs_acc.sums(labels)[0][0]
-            centre, _ = corrected_centroids(sums[t], counts[t], centres[t], n, k, self.gamma)
-            centres[t + 1] = snap(centre, self.eps, self._theta[t][None, :])[0]
+            centre, _ = corrected_centroids(s[0], c[0], centres[-1], n, k, self.gamma)
+            sums.append(s[0])
+            counts.append(c[0])
+            centres.append(snap(centre, self.eps, self._theta)[0])
+            if np.array_equal(centres[-1], centres[-2]):
+                break  # an exact fixpoint: every further update would repeat it
+        self.n_iter_ = len(sums)
         cand = seeds.candidates[0]
         self._candidate_ids = {ids[i] for i in cand.ravel() if i >= 0}
         # With fewer runners than L any newcomer would join the race: never certify then.
         last = np.where(cand[:, -1] >= 0, seeds.scores[0][:, -1], -np.inf)
         self._arrays = {
-            "centres": centres, "sums": sums, "counts": counts, "abs_sums": abs_sums,
-            "seed_vectors": X[seeds.index[0]], "candidate_vectors": X[np.maximum(cand, 0)],
-            "potentials": seeds.potentials[0], "chosen": np.argmax(
-                cand == seeds.index[0][:, None], axis=1), "last_scores": last,
+            "centres": np.stack(centres), "sums": np.stack(sums), "counts": np.stack(counts),
+            "max_abs": np.abs(X).max(axis=0),
+            "candidate_vectors": X[np.maximum(cand, 0)], "potentials": seeds.potentials[0],
+            "chosen": np.argmax(cand == seeds.index[0][:, None], axis=1), "last_scores": last,
             "fallback": np.array(bool(seeds.fallback.any())),
         }
+        self._derive_norms()
         self._n_model = n
         self._ops = 0
         self._fitted = True
         self.refits_ += 1
+
+    def _derive_norms(self) -> None:
+        """Squared norms of stored centres and candidates, as the fit's own calls compute them."""
+        a = self._arrays
+        a["centre_norms"] = row_norms(a["centres"][:-1])
+        a["candidate_norms"] = row_norms(a["candidate_vectors"])
 
     # -- persistence ----------------------------------------------------------------------
     def _cache_state(self) -> dict[str, Any]:
@@ -215,14 +225,16 @@ class QKMeans(UnlearningModel):
             return
         arrays = {name: state_format.unpack_array(cache["arrays"][name]) for name in _ARRAYS}
         arrays["fallback"] = np.array(bool(cache["fallback"]))
-        T, k, d = self.max_iter, self.k, self._store.n_features or 0
-        if arrays["centres"].shape != (T + 1, k, d) or arrays["sums"].shape != (T, k, d):
+        T, k, d = len(arrays["sums"]), self.k, self._store.n_features or 0
+        if not 1 <= T <= self.max_iter or arrays["centres"].shape != (T + 1, k, d) or arrays["sums"].shape != (T, k, d):
             raise state_format.StateError("Q-k-means cache does not match k, max_iter and dimension")
         self._arrays = arrays
+        self._derive_norms()
         self._candidate_ids = set(cache["candidate_ids"])
         self._n_model = int(cache["n_model"])
         self._ops = int(cache["ops"])
-        self._theta = phases(self.seed, T, d)
+        self._theta = phase(self.seed, d)
+        self.n_iter_ = T
         self.certificates_passed_, self.certificates_failed_, self.refits_ = (int(v) for v in cache["stats"])
         self._fitted = True
 

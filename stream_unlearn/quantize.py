@@ -8,15 +8,14 @@ from __future__ import annotations
 
 import numpy as np
 
-from .hashing import combine, seed_key, uniforms
+from .hashing import seed_key, uniforms
 
 UNIT_ROUNDOFF = 2.0**-53
 
 
-def phases(seed: int, n_iter: int, n_features: int) -> np.ndarray:
-    """Grid offsets theta (n_iter, d) in [0, 1): a function of (seed, iteration, feature)."""
-    rows = combine(seed_key(seed, 400), np.arange(1, n_iter + 1, dtype=np.uint64))
-    return uniforms(rows[:, None], np.arange(n_features, dtype=np.uint64)[None, :])
+def phase(seed: int, n_features: int) -> np.ndarray:
+    """The grid offset theta (d,) in [0, 1): a function of (seed, feature)."""
+    return uniforms(seed_key(seed, 400), np.arange(n_features, dtype=np.uint64))
 
 
 def corrected_centroids(

@@ -40,11 +40,12 @@ class Bucket:
         keys[: self.size] = self.keys[: self.size]
         self.vectors, self.keys = vectors, keys
 
-    def canonical(self) -> tuple[np.ndarray, np.ndarray, list[str]]:
-        """Keys, vectors and ids in canonical ``(key, id)`` order: fresh copies."""
+    def canonical(self, with_ids: bool = True) -> tuple[np.ndarray, np.ndarray, list[str]]:
+        """Keys, vectors and (if asked) ids in canonical ``(key, id)`` order: fresh copies."""
         keys = self.keys[: self.size]
         order = canonical_order(keys, self.ids)
-        return keys[order], self.vectors[: self.size][order], [self.ids[i] for i in order]
+        ids = [self.ids[i] for i in order] if with_ids else []
+        return keys[order], self.vectors[: self.size][order], ids
 
 
 class PointStore:
@@ -61,6 +62,10 @@ class PointStore:
 
     def __contains__(self, point_id: str) -> bool:
         return point_id in self._where
+
+    def held_among(self, ids: Sequence[str]) -> set[str]:
+        """Those of ``ids`` that are held."""
+        return self._where.keys() & ids
 
     def bucket_of(self, point_id: str) -> int | None:
         """The bucket holding ``point_id``, or None."""
@@ -100,10 +105,10 @@ class PointStore:
             start = bucket.size
             bucket.vectors[start : start + len(group)] = X[group]
             bucket.keys[start : start + len(group)] = keys[group]
-            base = b << _ROW_BITS
-            for offset, i in enumerate(group.tolist()):
-                bucket.ids.append(ids[i])
-                self._where[ids[i]] = base | (start + offset)
+            members = [ids[i] for i in group.tolist()]
+            base = (b << _ROW_BITS) | start
+            bucket.ids.extend(members)
+            self._where.update(zip(members, range(base, base + len(members))))
             bucket.size += len(group)
 
     def replace(self, point_id: str, vector: np.ndarray) -> None:

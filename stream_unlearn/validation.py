@@ -29,12 +29,22 @@ def normalize_ids(ids: Iterable[object], max_id_bytes: int = MAX_ID_BYTES) -> li
     """A list of distinct canonical ids; a lone str is refused as ambiguous."""
     if isinstance(ids, (str, bytes)):
         raise ValueError("ids must be a sequence of ids, not a single string; wrap it in a list")
-    out = [normalize_id(i, max_id_bytes) for i in ids]
+    out = list(ids)
+    if not _plain_short_strings(out, max_id_bytes):
+        out = [normalize_id(i, max_id_bytes) for i in out]
     if len(set(out)) != len(out):
         seen: set[str] = set()
         dup = next(i for i in out if i in seen or seen.add(i))  # type: ignore[func-returns-value]
         raise ValueError(f"duplicate id within one call: {dup!r}")
     return out
+
+
+def _plain_short_strings(ids: list[object], max_id_bytes: int) -> bool:
+    """Fast path: non-empty str ids too short to exceed the limit even as 4-byte UTF-8."""
+    if not ids or set(map(type, ids)) != {str}:
+        return False
+    lengths = list(map(len, ids))  # type: ignore[arg-type]
+    return min(lengths) > 0 and max(lengths) * 4 <= max_id_bytes and all(map(str.isascii, ids))  # type: ignore[arg-type]
 
 
 def as_points(X: object, n_rows: int, n_features: int | None) -> np.ndarray:

@@ -11,7 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from stream_unlearn.hashing import id_keys, seed_key
-from stream_unlearn.lloyd import ClusterSums, assign, fit_batch, fit_one, sq_dist_to
+from stream_unlearn.lloyd import ClusterSums, assign, fit_batch, fit_one, sq_dist_to, sq_dist_to_many
 
 
 def misaligned(a: np.ndarray) -> np.ndarray:
@@ -35,6 +35,9 @@ def test_distances_are_row_independent(m, d, k, seed):
     assert np.all(assign(stacked, np.repeat(C, 3, axis=0))[:, 0] == labels[i])
     d2 = sq_dist_to(X, C[:, 0])
     assert sq_dist_to(X[:, i : i + 1], C[:, 0])[0, 0] == d2[0, i]
+    many = sq_dist_to_many(X, C)
+    alone = sq_dist_to_many(np.broadcast_to(X[0, i], (2, 1, d)), np.repeat(C, 2, axis=0))
+    assert np.array_equal(alone[1, :, 0], many[0, :, i])
 
 
 @settings(max_examples=30, deadline=None)
