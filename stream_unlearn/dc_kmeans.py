@@ -209,6 +209,14 @@ class DCKMeans(UnlearningModel):
         assert top_C is not None and top_W is not None
         return top_C.copy(), top_W.copy()
 
+    def partition_sizes(self) -> np.ndarray:
+        """Points held per partition (P,)."""
+        sizes = np.zeros(self.n_partitions, dtype=np.int64)
+        for b, bucket in enumerate(self._store.buckets):
+            if bucket is not None:
+                sizes[b // self.n_leaves] += bucket.size
+        return sizes
+
     def _fit_root(self) -> np.ndarray:
         top_C, top_W = self._node_centroids[-1], self._node_weights[-1]
         assert top_C is not None and top_W is not None
