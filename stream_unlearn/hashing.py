@@ -40,7 +40,12 @@ def combine(key: np.ndarray | np.uint64, value: np.ndarray | int) -> np.ndarray:
 
 
 def id_keys(ids: Sequence[str], seed: int) -> np.ndarray:
-    """``h(seed, id)`` for every id: uint64, fixed by the id bytes alone."""
+    """``h(seed, id)`` for every id: uint64, fixed by the id's own bytes alone.
+
+    Ids are packed into zero-padded 8-byte words; each id mixes in only the
+    words that overlap its own bytes (and its length), so the key never
+    depends on which other ids share the call.
+    """
     n = len(ids)
     if n == 0:
         return np.empty(0, dtype=np.uint64)
@@ -51,7 +56,8 @@ def id_keys(ids: Sequence[str], seed: int) -> np.ndarray:
     words = raw.view("<u8")
     h = combine(seed_key(seed, 1), lengths)
     for col in range(words.shape[1]):
-        h = mix64(h ^ words[:, col] ^ mix64(np.array([col + 1], dtype=np.uint64)))
+        mixed = mix64(h ^ words[:, col] ^ mix64(np.array([col + 1], dtype=np.uint64)))
+        h = np.where(lengths > np.uint64(col * 8), mixed, h)
     return h
 
 

@@ -35,8 +35,8 @@ def make_vectors(shape: str, rng: np.random.Generator, n: int, d: int) -> np.nda
 
 
 def point_id(i: int) -> object:
-    """Ids mixing str and int forms (int i means the string of i)."""
-    return i if i % 3 == 0 else f"user-{i}"
+    """Ids mixing str and int forms (int i means the string of i) and many lengths."""
+    return i if i % 3 == 0 else f"user-{i}" + "x" * (i % 23)
 
 
 def fresh_fit(model, order_seed: int, batch: int):

@@ -91,3 +91,16 @@ def test_seeding_follows_k_means_plus_plus_on_separated_blobs():
         result = fit_one(X, np.ones(400), keys, 5, 20, seed_key(trial, 1))
         misses += int(np.any(result.weights[0] < 20))
     assert misses <= 2
+
+
+@settings(max_examples=50, deadline=None)
+@given(st.lists(st.text(min_size=1, max_size=40), min_size=1, max_size=20, unique=True), st.integers(0, 2**40))
+def test_an_id_key_depends_on_that_id_alone(ids, seed):
+    """Keys fix leaves and canonical order: they must not depend on the other ids in a call."""
+    try:
+        together = id_keys(ids, seed)
+    except UnicodeEncodeError:
+        return
+    for i, point_id in enumerate(ids):
+        assert id_keys([point_id], seed)[0] == together[i]
+        assert id_keys([point_id, point_id + "-" * 30], seed)[0] == together[i]
