@@ -30,9 +30,29 @@ def _run_demo(args: argparse.Namespace) -> int:
     return main_demo(args)
 
 
+def _run_worker(args: argparse.Namespace) -> int:
+    from .worker import main_worker
+
+    return main_worker(args)
+
+
+def _run_inspect(args: argparse.Namespace) -> int:
+    from .inspect_cmd import main_inspect
+
+    return main_inspect(args)
+
+
+def _run_verify(args: argparse.Namespace) -> int:
+    from .inspect_cmd import main_verify
+
+    return main_verify(args)
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser with every subcommand registered."""
+    from .config import add_worker_arguments
     from .demo import add_demo_arguments
+    from .inspect_cmd import add_inspect_arguments, add_verify_arguments
     from .producer import add_produce_arguments
 
     parser = argparse.ArgumentParser(
@@ -48,6 +68,18 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("produce", help="send insert/delete events from files")
     add_produce_arguments(p)
     p.set_defaults(func=_run_produce)
+
+    p = sub.add_parser("worker", help="consume insert/delete topics into an exactly-forgetting model")
+    add_worker_arguments(p)
+    p.set_defaults(func=_run_worker)
+
+    p = sub.add_parser("inspect", help="show a snapshot (centroids, points, offsets); read-only")
+    add_inspect_arguments(p)
+    p.set_defaults(func=_run_inspect)
+
+    p = sub.add_parser("verify", help="refit a snapshot's points and compare bit for bit (exit 0 if equal)")
+    add_verify_arguments(p)
+    p.set_defaults(func=_run_verify)
 
     p = sub.add_parser("demo", help="stream the paper's Gaussian mixture, delete, verify, report")
     add_demo_arguments(p)

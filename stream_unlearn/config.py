@@ -1,0 +1,290 @@
+"""Configuration of ``stream-unlearn worker``: flags, environment, validation.
+
+Every option is a command-line flag and a ``STREAM_UNLEARN_<UPPER_SNAKE>``
+environment variable (``--snapshot-dir`` <-> ``STREAM_UNLEARN_SNAPSHOT_DIR``);
+a flag wins over the environment, which wins over the default. The result
+is one frozen :class:`WorkerConfig`, validated as a whole, so the worker
+never starts with a value it would choke on later.
+
+Conventions worth knowing:
+
+* ``--metrics-port 0`` disables the Prometheus endpoint (there is no way to
+  discover a random port from outside, so "0 = any port" would be useless).
+* ``--tombstone-horizon inf`` keeps tombstones forever (exact semantics for
+  arbitrarily late events, memory grows with distinct deleted ids).
+* ``--dim 0`` takes the vector dimension from the first valid insert.
+* ``--partitions`` only matters when the worker creates the input topics.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, fields
+from typing import Any
+
+from .wire import (
+    DEFAULT_MAX_ID_BYTES,
+    DEFAULT_MAX_VALUE_BYTES,
+    TOPIC_DEAD_LETTER,
+    TOPIC_DELETES,
+    TOPIC_INSERTS,
+    TOPIC_MODEL,
+    TOPIC_RECEIPTS,
+)
+
+__all__ = [
+    "ALGORITHMS",
+    "ConfigError",
+    "ENV_PREFIX",
+    "WorkerConfig",
+    "add_worker_arguments",
+    "config_from_args",
+    "env_name",
+]
+
+ENV_PREFIX = "STREAM_UNLEARN_"
+ALGORITHMS = ("dc", "q")
+_TOPIC_RE = re.compile(r"^[A-Za-z0-9._-]{1,249}$")
+
+
+class ConfigError(ValueError):
+    """An invalid worker configuration (the CLI exits with status 2)."""
+
+
+@dataclass(frozen=True)
+class WorkerConfig:
+    """Everything the worker needs to know; validated on construction."""
+
+    bootstrap_servers: str = "127.0.0.1:9092"
+    insert_topic: str = TOPIC_INSERTS
+    delete_topic: str = TOPIC_DELETES
+    dead_letter_topic: str = TOPIC_DEAD_LETTER
+    receipts_topic: str = TOPIC_RECEIPTS
+    model_topic: str = TOPIC_MODEL
+    group_id: str = "stream-unlearn"
+    algorithm: str = "dc"
+    k: int = 5
+    seed: int = 0
+    eps: float = 0.5
+    n_leaves: int = 256
+    fanout: int = 16
+    dim: int = 0
+    snapshot_dir: str = "snapshots"
+    snapshot_interval: float = 5.0
+    model_publish_interval: float = 1.0
+    tombstone_horizon: float = 7 * 24 * 3600.0
+    metrics_port: int = 9464
+    metrics_addr: str = "127.0.0.1"
+    max_batch: int = 5000
+    max_id_bytes: int = DEFAULT_MAX_ID_BYTES
+    max_value_bytes: int = DEFAULT_MAX_VALUE_BYTES
+    create_topics: bool = True
+    partitions: int = 3
+    log_level: str = "INFO"
+
+    def __post_init__(self) -> None:
+        _validate(self)
+
+    @property
+    def bootstrap_list(self) -> list[str]:
+        """``bootstrap_servers`` split on commas."""
+        return [s.strip() for s in self.bootstrap_servers.split(",") if s.strip()]
+
+    @property
+    def input_topics(self) -> tuple[str, str]:
+        """The two co-partitioned input topics: (inserts, deletes)."""
+        return (self.insert_topic, self.delete_topic)
+
+    def to_argv(self) -> list[str]:
+        """Flags reproducing this configuration (to start a worker process)."""
+        argv: list[str] = []
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if isinstance(value, bool):
+                argv.append(_flag(f.name) if value else "--no-" + _flag(f.name)[2:])
+            else:
+                argv += [_flag(f.name), repr(value) if isinstance(value, float) else str(value)]
+        return argv
+
+    def model_params(self) -> dict[str, Any]:
+        """Constructor arguments of the model (without ``n_partitions``)."""
+        if self.algorithm == "dc":
+            return {"k": self.k, "seed": self.seed, "n_leaves": self.n_leaves,
+                    "fanout": self.fanout, "max_id_bytes": self.max_id_bytes}
+        return {"k": self.k, "seed": self.seed, "eps": self.eps, "max_id_bytes": self.max_id_bytes}
+
+
+def _validate(c: WorkerConfig) -> None:
+    def need(ok: bool, what: str) -> None:
+        if not ok:
+            raise ConfigError(what)
+
+    need(bool(c.bootstrap_list), "--bootstrap-servers must name at least one host:port")
+    topics = {"--insert-topic": c.insert_topic, "--delete-topic": c.delete_topic,
+              "--dead-letter-topic": c.dead_letter_topic, "--receipts-topic": c.receipts_topic,
+              "--model-topic": c.model_topic}
+    for flag, name in topics.items():
+        need(bool(_TOPIC_RE.match(name)) and name not in (".", ".."),
+             f"{flag}: {name!r} is not a valid Kafka topic name")
+    need(len(set(topics.values())) == len(topics), f"the five topics must be distinct, got {sorted(topics.values())}")
+    need(bool(c.group_id.strip()), "--group-id must not be empty")
+    need(c.algorithm in ALGORITHMS, f"--algorithm must be one of {ALGORITHMS}, got {c.algorithm!r}")
+    need(c.k >= 1, f"--k must be >= 1, got {c.k}")
+    need(0 <= c.seed < 2**63, f"--seed must lie in [0, 2**63), got {c.seed}")
+    need(math.isfinite(c.eps) and c.eps > 0, f"--eps must be a positive finite number, got {c.eps}")
+    need(c.n_leaves >= 1, f"--n-leaves must be >= 1, got {c.n_leaves}")
+    need(c.fanout >= 2, f"--fanout must be >= 2, got {c.fanout}")
+    need(c.dim >= 0, f"--dim must be >= 0 (0 = from the first insert), got {c.dim}")
+    need(bool(c.snapshot_dir), "--snapshot-dir must not be empty")
+    need(math.isfinite(c.snapshot_interval) and c.snapshot_interval > 0,
+         f"--snapshot-interval must be a positive number of seconds, got {c.snapshot_interval}")
+    need(math.isfinite(c.model_publish_interval) and c.model_publish_interval >= 0,
+         f"--model-publish-interval must be >= 0 seconds, got {c.model_publish_interval}")
+    need(c.tombstone_horizon > 0 and not math.isnan(c.tombstone_horizon),
+         f"--tombstone-horizon must be > 0 seconds (or inf), got {c.tombstone_horizon}")
+    need(0 <= c.metrics_port <= 65535, f"--metrics-port must lie in [0, 65535] (0 = off), got {c.metrics_port}")
+    need(bool(c.metrics_addr), "--metrics-addr must not be empty")
+    need(1 <= c.max_batch <= 1_000_000, f"--max-batch must lie in [1, 1000000], got {c.max_batch}")
+    need(1 <= c.max_id_bytes <= 65536, f"--max-id-bytes must lie in [1, 65536], got {c.max_id_bytes}")
+    need(64 <= c.max_value_bytes <= 64 << 20, f"--max-value-bytes must lie in [64, 64 MiB], got {c.max_value_bytes}")
+    need(1 <= c.partitions <= 10000, f"--partitions must lie in [1, 10000], got {c.partitions}")
+    need(c.log_level.upper() in ("DEBUG", "INFO", "WARNING", "ERROR"),
+         f"--log-level must be DEBUG, INFO, WARNING or ERROR, got {c.log_level!r}")
+
+
+# --------------------------------------------------------------------------
+# parsing (shared by flags and environment variables)
+
+
+def _int(text: str) -> int:
+    try:
+        return int(text.strip(), 10)
+    except ValueError:
+        raise ValueError(f"{text!r} is not an integer") from None
+
+
+def _float(text: str) -> float:
+    try:
+        value = float(text.strip())
+    except ValueError:
+        raise ValueError(f"{text!r} is not a number") from None
+    if math.isnan(value):
+        raise ValueError("NaN is not allowed")
+    return value
+
+
+def _str(text: str) -> str:
+    return text.strip()
+
+
+def _bool(text: str) -> bool:
+    low = text.strip().lower()
+    if low in ("1", "true", "yes", "on"):
+        return True
+    if low in ("0", "false", "no", "off"):
+        return False
+    raise ValueError(f"{text!r} is not a boolean (use true/false)")
+
+
+def _argparse_type(parse: Callable[[str], Any]) -> Callable[[str], Any]:
+    """Wrap ``parse`` so argparse reports its message (exit status 2)."""
+
+    def convert(text: str) -> Any:
+        try:
+            return parse(text)
+        except ValueError as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from None
+
+    convert.__name__ = parse.__name__.lstrip("_")
+    return convert
+
+
+_PARSERS: dict[type, Callable[[str], Any]] = {int: _int, float: _float, str: _str, bool: _bool}
+
+_HELP: dict[str, str] = {
+    "bootstrap_servers": "Kafka bootstrap address(es), comma-separated",
+    "insert_topic": "topic of insert events",
+    "delete_topic": "topic of delete events (same partition count as the insert topic)",
+    "dead_letter_topic": "topic for records that fail validation",
+    "receipts_topic": "topic for erasure receipts",
+    "model_topic": "topic for the latest centroids",
+    "group_id": "consumer group the worker commits its offsets to (for lag tools)",
+    "algorithm": "dc (divide and conquer) or q (quantized Lloyd)",
+    "k": "number of clusters",
+    "seed": "model seed",
+    "eps": "q: quantization grid spacing, in data units",
+    "n_leaves": "dc: leaves per partition",
+    "fanout": "dc: children per internal node",
+    "dim": "vector dimension (0 = take it from the first valid insert)",
+    "snapshot_dir": "directory of snapshots (created mode 0700)",
+    "snapshot_interval": "seconds between snapshots (and erasure receipts)",
+    "model_publish_interval": "minimum seconds between centroid messages on the model topic",
+    "tombstone_horizon": "seconds of event time a delete is remembered; later events are dropped (inf = forever)",
+    "metrics_port": "Prometheus port (0 = no endpoint)",
+    "metrics_addr": "address the Prometheus endpoint binds to",
+    "max_batch": "maximum records per poll (one model update per poll)",
+    "max_id_bytes": "longest accepted id in UTF-8 bytes",
+    "max_value_bytes": "largest accepted record value in bytes",
+    "create_topics": "create missing topics on start",
+    "partitions": "partitions of the input topics when the worker creates them",
+    "log_level": "DEBUG, INFO, WARNING or ERROR",
+}
+
+
+def env_name(field_name: str) -> str:
+    """``snapshot_dir`` -> ``STREAM_UNLEARN_SNAPSHOT_DIR``."""
+    return ENV_PREFIX + field_name.upper()
+
+
+def _flag(field_name: str) -> str:
+    return "--" + field_name.replace("_", "-")
+
+
+def add_worker_arguments(parser: argparse.ArgumentParser) -> None:
+    """Add one flag per :class:`WorkerConfig` field to ``parser``.
+
+    Defaults are ``None`` here so that :func:`config_from_args` can tell an
+    explicit flag from an absent one and fall back to the environment.
+    """
+    defaults = WorkerConfig()
+    for f in fields(WorkerConfig):
+        default = getattr(defaults, f.name)
+        help_text = f"{_HELP[f.name]} (env {env_name(f.name)}; default {default})"
+        kind = _field_type(f.name)
+        if kind is bool:
+            parser.add_argument(_flag(f.name), dest=f.name, action=argparse.BooleanOptionalAction,
+                                default=None, help=help_text)
+            continue
+        kwargs: dict[str, Any] = {"dest": f.name, "default": None, "help": help_text,
+                                  "type": _argparse_type(_PARSERS[kind])}
+        if f.name == "algorithm":
+            kwargs["choices"] = ALGORITHMS
+        parser.add_argument(_flag(f.name), **kwargs)
+
+
+def _field_type(name: str) -> type:
+    value = getattr(WorkerConfig(), name)
+    return type(value)
+
+
+def config_from_args(args: argparse.Namespace, environ: Mapping[str, str] | None = None) -> WorkerConfig:
+    """Resolve flag > environment > default and validate; raise :class:`ConfigError`."""
+    env = os.environ if environ is None else environ
+    values: dict[str, Any] = {}
+    for f in fields(WorkerConfig):
+        value = getattr(args, f.name, None)
+        if value is None and env.get(env_name(f.name), "").strip():
+            raw = env[env_name(f.name)]
+            try:
+                value = _PARSERS[_field_type(f.name)](raw)
+            except ValueError as exc:
+                raise ConfigError(f"{env_name(f.name)}: {exc}") from None
+            if f.name == "algorithm" and value not in ALGORITHMS:
+                raise ConfigError(f"{env_name(f.name)}: must be one of {ALGORITHMS}, got {value!r}")
+        if value is not None:
+            values[f.name] = value
+    return WorkerConfig(**values)

@@ -1,0 +1,161 @@
+"""``stream-unlearn inspect`` and ``stream-unlearn verify``: read-only views of snapshots.
+
+``SNAPSHOT_DIR`` is either a snapshot root (the newest valid snapshot in it
+is used; corrupt ones are reported and never loaded) or one ``snap-*``
+directory. Nothing is created, changed or removed, so both commands are
+safe next to a running worker.
+
+``verify`` is the offline proof of erasure: it refits the model from the
+points the snapshot holds and compares the centroids bit for bit with the
+stored ones. Exit status: 0 equal, 1 different, 2 no valid snapshot.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from . import load_model
+from .base import UnlearningModel
+from .semantics import EventTimeState, SemanticsError
+from .snapshot import MANIFEST_NAME, Snapshot, SnapshotError, SnapshotStore, load_snapshot
+from .state import StateError
+from .worker import MODEL_PART, SEMANTICS_PART
+
+__all__ = ["add_inspect_arguments", "add_verify_arguments", "load_for_reading", "main_inspect", "main_verify"]
+
+
+class NoSnapshot(Exception):
+    """No valid snapshot where the user pointed."""
+
+
+def add_inspect_arguments(parser: argparse.ArgumentParser) -> None:
+    """Flags of ``inspect``."""
+    parser.add_argument("snapshot_dir", metavar="SNAPSHOT_DIR", help="snapshot root or one snap-* directory")
+    parser.add_argument("--json", action="store_true", help="print one JSON object instead of text")
+
+
+def add_verify_arguments(parser: argparse.ArgumentParser) -> None:
+    """Flags of ``verify``."""
+    parser.add_argument("snapshot_dir", metavar="SNAPSHOT_DIR", help="snapshot root or one snap-* directory")
+
+
+def load_for_reading(path: str | Path, retries: int = 3) -> tuple[Snapshot, list[str]]:
+    """The snapshot at ``path`` (a root: its newest valid one) and warnings.
+
+    A running worker may prune a snapshot while it is being read; reading
+    the root is retried a few times before giving up.
+    """
+    p = Path(path)
+    if (p / MANIFEST_NAME).exists() or p.name.startswith("snap-"):
+        try:
+            return load_snapshot(p), []
+        except SnapshotError as exc:
+            raise NoSnapshot(str(exc)) from None
+    try:
+        store = SnapshotStore(p, readonly=True)
+    except SnapshotError as exc:
+        raise NoSnapshot(str(exc)) from None
+    for attempt in range(retries):
+        snap = store.load_latest()
+        warnings = [f"invalid snapshot skipped: {s.path}: {s.reason}" for s in store.skipped]
+        if snap is not None:
+            return snap, warnings
+        if attempt + 1 < retries:
+            time.sleep(0.2)
+    raise NoSnapshot(f"no valid snapshot in {p}" + "".join(f"\n  {w}" for w in warnings))
+
+
+def _model(snap: Snapshot) -> UnlearningModel:
+    try:
+        return load_model(snap.parts[MODEL_PART])
+    except (KeyError, StateError) as exc:
+        raise NoSnapshot(f"{snap.path}: no readable model: {exc}") from None
+
+
+def describe(snap: Snapshot) -> dict[str, Any]:
+    """Everything ``inspect`` shows, JSON-ready (no ids of people)."""
+    model = _model(snap)
+    meta = snap.meta if isinstance(snap.meta, dict) else {}
+    tombstones: int | None = None
+    try:
+        tombstones = EventTimeState.from_bytes(snap.parts[SEMANTICS_PART]).n_tombstones
+    except (KeyError, SemanticsError):
+        pass
+    centroids = model.centroids_
+    return {
+        "path": str(snap.path),
+        "seq": snap.seq,
+        "created_at": snap.created_at,
+        "algorithm": model.algorithm,
+        "k": model.k,
+        "seed": model.seed,
+        "params": model.get_params(),
+        "n_points": model.n_points_,
+        "dim": model.n_features_in_,
+        "partitions": meta.get("partitions"),
+        "offsets": {str(t): {str(p): int(o) for p, o in parts.items()} for t, parts in meta.get("offsets", {}).items()},
+        "model_version": meta.get("model_version"),
+        "tombstones": tombstones,
+        "pending_receipts": len(meta.get("pending_receipts") or []),
+        "size_bytes": snap.size_bytes,
+        "centroids": centroids.tolist(),
+    }
+
+
+def _text(info: dict[str, Any], warnings: list[str]) -> str:
+    created = dt.datetime.fromtimestamp(info["created_at"], tz=dt.timezone.utc).isoformat(timespec="seconds")
+    lines = [
+        f"snapshot     {info['path']} (seq {info['seq']}, {info['size_bytes']:,} bytes)",
+        f"created_at   {created} ({info['created_at']:.3f})",
+        f"model        {info['algorithm']} k={info['k']} seed={info['seed']} "
+        + " ".join(f"{k}={v}" for k, v in info["params"].items() if k not in ("k", "seed")),
+        f"n_points     {info['n_points']:,} (dim {info['dim']}, {info['partitions']} partition(s))",
+        f"tombstones   {info['tombstones']}   pending receipts {info['pending_receipts']}",
+        "offsets      " + ", ".join(f"{t}[{p}]={o}" for t, parts in info["offsets"].items() for p, o in parts.items()),
+        "centroids",
+    ]
+    with np.printoptions(precision=4, suppress=True, linewidth=120, threshold=2000):
+        for j, row in enumerate(info["centroids"]):
+            lines.append(f"  {j:3d} {np.array(row)}")
+    return "\n".join([*(f"warning: {w}" for w in warnings), *lines])
+
+
+def main_inspect(args: argparse.Namespace) -> int:
+    """Print a snapshot; 0 on success, 2 if there is no valid snapshot."""
+    try:
+        snap, warnings = load_for_reading(args.snapshot_dir)
+        info = describe(snap)
+    except NoSnapshot as exc:
+        print(f"stream-unlearn inspect: {exc}", file=sys.stderr)
+        return 2
+    if args.json:
+        print(json.dumps({**info, "warnings": warnings}))
+    else:
+        print(_text(info, warnings))
+    return 0
+
+
+def main_verify(args: argparse.Namespace) -> int:
+    """Refit from the snapshot's points and compare bit for bit (0 equal, 1 not, 2 none)."""
+    try:
+        snap, warnings = load_for_reading(args.snapshot_dir)
+        model = _model(snap)
+    except NoSnapshot as exc:
+        print(f"stream-unlearn verify: {exc}", file=sys.stderr)
+        return 2
+    for w in warnings:
+        print(f"warning: {w}", file=sys.stderr)
+    started = time.perf_counter()
+    ok = model.verify()
+    seconds = time.perf_counter() - started
+    verdict = "OK: bit-identical to a fresh fit on the held points" if ok else "FAILED: centroids differ from a fresh fit"
+    print(f"{snap.path}: {model.n_points_:,} points, {model.algorithm} k={model.k}: {verdict} ({seconds:.2f}s)")
+    return 0 if ok else 1

@@ -1,0 +1,209 @@
+"""Crashes and damaged snapshots: nothing lost, nothing applied twice, nothing corrupt loaded."""
+
+from __future__ import annotations
+
+import os
+import random
+import shutil
+import signal
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from stream_unlearn import load_model
+from stream_unlearn.inspect_cmd import load_for_reading
+from stream_unlearn.producer import EventProducer
+from stream_unlearn.receipts import decode_receipt
+from stream_unlearn.snapshot import MANIFEST_NAME, SnapshotStore
+from stream_unlearn.worker import MODEL_PART
+
+from worker_support import (
+    Topics,
+    create_topics,
+    fresh_fit,
+    ids,
+    make_config,
+    running_worker,
+    snapshot_position,
+    spawn_worker,
+    wait_consumed,
+    wait_until,
+)
+
+
+def make_stream(n: int, seed: int) -> tuple[list[tuple], dict[str, np.ndarray], int]:
+    """Steps (kind, ids, X|None, ts), the survivors, and the number of deletes."""
+    rng = np.random.default_rng(seed)
+    names = ids("crash", n)
+    X = rng.normal(size=(n, 4))
+    steps: list[tuple] = []
+    survivors = {names[i]: X[i] for i in range(n)}
+    early = list(range(0, n, 25))  # deleted before they are inserted
+    steps.append(("delete", [names[i] for i in early], None, 50.0))
+    steps.append(("insert", names, X, 10.0))
+    later = [i for i in range(3, n, 9)]
+    steps.append(("delete", [names[i] for i in later], None, 60.0))
+    back = later[::4]
+    steps.append(("insert", [names[i] for i in back], X[back] + 5.0, 70.0))
+    for i in early + later:
+        survivors.pop(names[i], None)
+    for i in back:
+        survivors[names[i]] = X[i] + 5.0
+    return steps, survivors, len(early) + len(later)
+
+
+def send(config, steps) -> int:
+    sent = 0
+    with EventProducer(config.bootstrap_servers, insert_topic=config.insert_topic,
+                       delete_topic=config.delete_topic, binary=False) as p:
+        for kind, names, X, ts in steps:
+            sent += p.insert(names, X, ts=ts) if kind == "insert" else p.delete(names, ts=ts)
+    return sent
+
+
+def chunks(steps: list[tuple], parts: int) -> list[list[tuple]]:
+    """Split every step into ``parts`` pieces, keeping their order within each piece."""
+    out: list[list[tuple]] = [[] for _ in range(parts)]
+    for kind, names, X, ts in steps:
+        bounds = np.linspace(0, len(names), parts + 1).astype(int)
+        for j in range(parts):
+            lo, hi = bounds[j], bounds[j + 1]
+            if hi > lo:
+                out[j].append((kind, names[lo:hi], None if X is None else X[lo:hi], ts))
+    return out
+
+
+def test_kill_9_at_random_moments_changes_nothing(broker, unique_topic, tmp_path, consume):
+    topics = Topics.fresh(unique_topic)
+    snaps = tmp_path / "crashing"
+    config = make_config(broker, topics, snaps, snapshot_interval=0.1, max_batch=10)
+    create_topics(config)
+    steps, survivors, n_deletes = make_stream(1500, seed=11)
+    rounds = chunks(steps, 6)
+    rng = random.Random(1234)
+    log = tmp_path / "worker.log"
+    total = 0
+    for chunk in rounds[:-1]:
+        before = snapshot_position(snaps)
+        total += send(config, chunk)
+        proc = spawn_worker(config, log)
+        try:
+            wait_until(lambda: snapshot_position(snaps) > before or proc.poll() is not None, 60, "progress")
+            assert proc.poll() is None, log.read_text()[-2000:]
+            # Kill somewhere in the middle of consuming, snapshotting or sending receipts.
+            time.sleep(rng.uniform(0.0, 0.3))
+            proc.kill()
+        finally:
+            proc.wait(10)
+        assert proc.returncode == -signal.SIGKILL
+    total += send(config, rounds[-1])
+    proc = spawn_worker(config, log)
+    try:
+        wait_until(lambda: snapshot_position(snaps) == total, 90, "the restarted worker to catch up")
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(30) == 0, log.read_text()[-2000:]
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    snap, warnings = load_for_reading(snaps)
+    crashed = load_model(snap.parts[MODEL_PART])
+
+    # The same topics consumed once, without crashes.
+    clean_config = make_config(broker, topics, tmp_path / "clean")
+    with running_worker(clean_config) as worker:
+        wait_consumed(worker, total)
+    uncrashed = worker.model.centroids_
+
+    assert np.array_equal(crashed.centroids_, uncrashed)
+    assert np.array_equal(crashed.centroids_, fresh_fit(config, survivors))
+    held_ids, held_X, _ = crashed.held()
+    assert {i: tuple(v) for i, v in zip(held_ids, held_X)} == {i: tuple(v) for i, v in survivors.items()}
+    assert crashed.verify()
+    # Receipts are at-least-once: every delete has one, whatever the crashes did.
+    receipts = {(r.id, r.deleted_ts) for r in map(lambda rec: decode_receipt(rec.value),
+                                                  consume(broker, config.receipts_topic, n_deletes))}
+    assert len(receipts) == n_deletes
+
+
+def test_sigterm_finishes_the_batch_and_snapshots(broker, unique_topic, tmp_path):
+    topics = Topics.fresh(unique_topic)
+    snaps = tmp_path / "snaps"
+    config = make_config(broker, topics, snaps, snapshot_interval=30.0, max_batch=50, log_level="INFO")
+    create_topics(config)
+    steps, survivors, _ = make_stream(600, seed=3)
+    total = send(config, steps)
+    log = tmp_path / "worker.log"
+    proc = spawn_worker(config, log)
+    try:
+        # The only snapshot the worker writes with a 30 s interval is the one on SIGTERM.
+        wait_until(lambda: b"worker started" in log.read_bytes(), 30, "start")
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(30) == 0, log.read_text()[-2000:]
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert b"stopped cleanly" in log.read_bytes()
+    snap, _ = load_for_reading(snaps)
+    assert snap.meta["pending_receipts"] == []  # receipts went out, then their ids left the disk
+    # A restart continues from there to exactly the right model.
+    with running_worker(config) as worker:
+        assert worker.restored_seq == snap.seq
+        wait_consumed(worker, total)
+    assert np.array_equal(worker.model.centroids_, fresh_fit(config, survivors))
+
+
+def _flip_part(snap: Path) -> None:
+    path = snap / MODEL_PART
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0x01
+    path.write_bytes(bytes(data))
+
+
+def _truncate_part(snap: Path) -> None:
+    path = snap / MODEL_PART
+    path.write_bytes(path.read_bytes()[:-100])
+
+
+def _truncate_manifest(snap: Path) -> None:
+    path = snap / MANIFEST_NAME
+    path.write_bytes(path.read_bytes()[:20])
+
+
+def _remove_manifest(snap: Path) -> None:
+    (snap / MANIFEST_NAME).unlink()
+
+
+@pytest.mark.parametrize("damage", [_flip_part, _truncate_part, _truncate_manifest, _remove_manifest])
+def test_corrupt_or_truncated_snapshot_is_never_loaded(broker, unique_topic, tmp_path, damage):
+    topics = Topics.fresh(unique_topic)
+    snaps = tmp_path / "snaps"
+    config = make_config(broker, topics, snaps)
+    create_topics(config)
+    steps, survivors, _ = make_stream(400, seed=7)
+    first, second = chunks(steps, 2)
+    total = send(config, first)
+    with running_worker(config) as worker:
+        wait_consumed(worker, total)
+    older, _ = load_for_reading(snaps)
+    backup = tmp_path / older.path.name
+    shutil.copytree(older.path, backup)
+    total += send(config, second)
+    with running_worker(config) as worker:
+        wait_consumed(worker, total)
+    newest, _ = load_for_reading(snaps)
+    assert newest.seq > older.seq and not older.path.exists()  # pruned once a newer one was durable
+    shutil.copytree(backup, older.path)
+    damage(newest.path)
+
+    store = SnapshotStore(snaps, readonly=True)
+    assert store.load_latest().seq == older.seq and [s.path for s in store.skipped] == [newest.path]
+    with running_worker(config) as worker:
+        assert worker.restored_seq == older.seq  # the damaged newer one was skipped
+        wait_consumed(worker, total)
+    assert np.array_equal(worker.model.centroids_, fresh_fit(config, survivors))
+    assert not newest.path.exists() and not older.path.exists()  # both gone once a new one is durable
+    assert sorted(p.name for p in snaps.iterdir() if not p.name.startswith(".")) == [
+        f"snap-{load_for_reading(snaps)[0].seq:012d}"]
+    assert os.stat(snaps).st_mode & 0o077 == 0

@@ -1,0 +1,262 @@
+"""The worker end to end through a real broker: semantics, dead letters, receipts, model topic, config."""
+
+from __future__ import annotations
+
+import math
+import struct
+
+import msgpack
+import numpy as np
+import pytest
+from kafka import KafkaProducer
+
+from stream_unlearn import DCKMeans
+from stream_unlearn.cli import build_parser, main
+from stream_unlearn.config import ConfigError, WorkerConfig, config_from_args
+from stream_unlearn.producer import EventProducer
+from stream_unlearn.receipts import decode_receipt
+from stream_unlearn.worker import Worker, WorkerError
+from stream_unlearn.wire import BAD_RECORD_REASONS
+
+from worker_support import (
+    Topics,
+    create_topics,
+    fresh_fit,
+    files_containing,
+    ids,
+    make_config,
+    running_worker,
+    wait_consumed,
+    wait_until,
+)
+
+
+def producer(config: WorkerConfig) -> EventProducer:
+    """Exact float64 vectors; topics created first (auto-creation would pick its own partition count)."""
+    create_topics(config)
+    return EventProducer(config.bootstrap_servers, insert_topic=config.insert_topic,
+                         delete_topic=config.delete_topic, binary=False)
+
+
+def test_out_of_order_deletes_reinserts_and_redelivery(broker, unique_topic, tmp_path, consume):
+    config = make_config(broker, Topics.fresh(unique_topic), tmp_path / "snaps")
+    rng = np.random.default_rng(3)
+    names = ids("p", 300)
+    X = rng.normal(size=(300, 4))
+    t = 1_000.0
+    survivors = {names[i]: X[i] for i in range(300)}
+    with producer(config) as p:
+        # 1. deletes that overtake their inserts: the late inserts are older, so dropped
+        p.delete(names[:30], ts=t + 10)
+        p.insert(names, X, ts=t)
+        for i in range(30):
+            del survivors[names[i]]
+        # 2. plain deletes, then re-inserts with a new vector and a newer time
+        p.delete(names[30:60], ts=t + 20)
+        p.insert(names[50:60], X[50:60] + 1.0, ts=t + 30)
+        for i in range(30, 60):
+            del survivors[names[i]]
+        for i in range(50, 60):
+            survivors[names[i]] = X[i] + 1.0
+        # 3. at-least-once redelivery and replacement of held points
+        p.insert(names[100:120], X[100:120], ts=t)
+        p.insert(names[120:130], X[120:130] * 2, ts=t + 5)
+        for i in range(120, 130):
+            survivors[names[i]] = X[i] * 2
+        # 4. a stale delete (older than the held insert) changes nothing
+        p.delete(names[120:125], ts=t + 1)
+        p.flush()
+    n_records = 30 + 300 + 30 + 10 + 20 + 10 + 5
+
+    with running_worker(config) as worker:
+        wait_consumed(worker, n_records)
+    # The model is read once the worker thread has stopped (models are not thread-safe).
+    held_ids, held_X, _ = worker.model.held()
+    assert {i: tuple(v) for i, v in zip(held_ids, held_X)} == {i: tuple(v) for i, v in survivors.items()}
+    assert np.array_equal(worker.model.centroids_, fresh_fit(config, survivors))
+    assert worker.model.verify()
+    receipts = [decode_receipt(r.value) for r in consume(broker, config.receipts_topic, 35 + 30)]
+    assert {(r.id, r.deleted_ts) for r in receipts} == {(names[i], t + 10) for i in range(30)} | {
+        (names[i], t + 20) for i in range(30, 60)} | {(names[i], t + 1) for i in range(120, 125)}
+
+
+def malformed_corpus(dim: int) -> list[tuple[bytes | None, bytes | None, str]]:
+    """(key, value, expected reason) for the insert topic."""
+    pack = lambda obj: msgpack.packb(obj, use_bin_type=True)  # noqa: E731
+    good = [0.0] * dim
+    return [
+        (b"g1", b"\x00\x01garbage\xff", "not_msgpack"),
+        (b"g2", b"", "empty_value"),
+        (b"g3", None, "empty_value"),
+        (b"g4", pack("just a string"), "not_a_map"),
+        (b"g5", pack({"vec": good}), "missing_field"),
+        (b"g6", pack({"id": "g6"}), "missing_field"),
+        (b"g7", pack({"id": ["g7"], "vec": good}), "wrong_type"),
+        (b"g8", pack({"id": "g8", "vec": "1,2,3,4"}), "wrong_type"),
+        (b"g9", pack({"id": "g9", "vec": [math.nan] * dim}), "non_finite"),
+        (b"g10", pack({"id": "g10", "vec": struct.pack("<4f", math.inf, 0, 0, 0)}), "non_finite"),
+        (b"g11", pack({"id": "g11", "vec": good[:-1]}), "wrong_dimension"),
+        (None, pack({"id": "h" * 1000, "vec": good}), "id_too_long"),
+        (b"g13", pack({"id": "", "vec": good}), "bad_id"),
+        (b"g14", pack({"id": "g14", "vec": [True] * dim}), "bad_vector"),
+        (b"g15", pack({"id": "g15", "vec": good, "ts": math.inf}), "bad_ts"),
+        (b"g16", pack({"id": "g16", "vec": good, "ts": "now"}), "wrong_type"),
+        (b"wrong", pack({"id": "g17", "vec": good}), "key_mismatch"),
+        (b"g18", b"\x01" * 5000, "oversized"),
+    ]
+
+
+def test_malformed_records_go_to_dead_letter_and_the_worker_goes_on(broker, unique_topic, tmp_path, consume):
+    config = make_config(broker, Topics.fresh(unique_topic), tmp_path / "snaps", dim=4, max_value_bytes=4096)
+    corpus = malformed_corpus(4)
+    assert {reason for _, _, reason in corpus} <= set(BAD_RECORD_REASONS)
+    create_topics(config)
+    raw = KafkaProducer(bootstrap_servers=broker)
+    sent = [raw.send(config.insert_topic, key=k, value=v if v is not None or k else b"", partition=0)
+            for k, v, _ in corpus]
+    raw.send(config.delete_topic, key=b"d1", value=b"\xc1", partition=1)
+    raw.flush()
+    offsets = [f.get(timeout=10).offset for f in sent]
+    with producer(config) as p:
+        p.insert(ids("ok", 5), np.ones((5, 4)))
+    with running_worker(config) as worker:
+        wait_consumed(worker, len(corpus) + 1 + 5)
+    assert worker.model.n_points_ == 5
+    dead = consume(broker, config.dead_letter_topic, len(corpus) + 1)
+    assert len(dead) == len(corpus) + 1
+    by_offset = {}
+    for record in dead:
+        headers = dict(record.headers)
+        assert set(headers) == {"reason", "detail", "source_topic", "source_partition", "source_offset"}
+        assert headers["detail"]
+        if headers["source_topic"] == config.delete_topic.encode():
+            assert headers["reason"] == b"not_msgpack" and headers["source_partition"] == b"1"
+            continue
+        assert headers["source_topic"] == config.insert_topic.encode() and headers["source_partition"] == b"0"
+        by_offset[int(headers["source_offset"])] = (record.key, record.value, headers["reason"].decode())
+    for (key, value, reason), offset in zip(corpus, offsets):
+        got_key, got_value, got_reason = by_offset[offset]
+        assert got_reason == reason, (key, got_reason)
+        assert got_key == key and (got_value or b"") == (value or b"")
+
+
+def test_after_a_receipt_no_file_holds_the_id_or_its_vector(broker, unique_topic, tmp_path, consume):
+    snaps = tmp_path / "snaps"
+    config = make_config(broker, Topics.fresh(unique_topic), snaps)
+    names = [f"{i}.secret" for i in ids("person", 60)]  # no id is a prefix of another
+    X = np.random.default_rng(5).normal(size=(60, 4))
+    with producer(config) as p:
+        p.insert(names, X, ts=1.0)
+        p.flush()
+        p.delete(names[:10], ts=2.0)
+        p.delete(["never-inserted-person"], ts=2.0)
+    with running_worker(config) as worker:
+        wait_consumed(worker, 71)
+        receipts = consume(broker, config.receipts_topic, 11)
+        gone = {decode_receipt(r.value).id for r in receipts}
+        assert gone == set(names[:10]) | {"never-inserted-person"}
+        snapshot = decode_receipt(receipts[0].value).snapshot
+        assert snapshot >= 1
+        # Checked while the worker still runs: the receipt is out, so the disk must be clean now.
+        needles = [n.encode() for n in gone] + [X[i].astype("<f8").tobytes() for i in range(10)]
+        needles += [X[i].astype("<f4").tobytes() for i in range(10)]
+        assert files_containing(snaps, needles) == []
+        # The scan does find what is still held.
+        assert files_containing(snaps, [names[20].encode(), X[20].astype("<f8").tobytes()])
+
+
+def test_model_topic_carries_the_latest_centroids(broker, unique_topic, tmp_path, consume):
+    config = make_config(broker, Topics.fresh(unique_topic), tmp_path / "snaps")
+    with producer(config) as p:
+        p.insert(ids("m", 100), np.random.default_rng(1).normal(size=(100, 3)))
+    with running_worker(config) as worker:
+        wait_consumed(worker, 100)
+    final = worker.model.centroids_
+    messages = [msgpack.unpackb(r.value) for r in consume(broker, config.model_topic, 1)]
+    last = max(messages, key=lambda m: m["version"])
+    C = np.frombuffer(last["centroids"], dtype="<f8").reshape(last["shape"])
+    assert np.array_equal(C, final) and last["n_points"] == 100 and last["algorithm"] == "dc"
+
+
+def test_q_kmeans_worker_is_exact_and_counts_certificates(broker, unique_topic, tmp_path):
+    config = make_config(broker, Topics.fresh(unique_topic), tmp_path / "snaps", algorithm="q", eps=0.5)
+    X = np.random.default_rng(2).normal(size=(200, 3)) * 3
+    names = ids("q", 200)
+    with producer(config) as p:
+        p.insert(names, X, ts=1.0)
+    with running_worker(config) as worker:
+        wait_consumed(worker, 200)
+        with producer(config) as p:
+            p.delete(names[:20], ts=2.0)
+        wait_consumed(worker, 220)
+    model = worker.model
+    assert model.n_points_ == 180 and model.verify()
+    assert model.certificates_passed_ + model.certificates_failed_ >= 1
+
+
+def test_topics_must_be_co_partitioned(broker, unique_topic, tmp_path):
+    from stream_unlearn.broker import ensure_topics
+
+    config = make_config(broker, Topics.fresh(unique_topic), tmp_path / "snaps", create_topics=False)
+    ensure_topics(broker, {config.insert_topic: 3, config.delete_topic: 2})
+    with pytest.raises(WorkerError, match="co-partitioned"):
+        Worker(config).run()
+
+
+def test_snapshot_of_another_configuration_is_refused(broker, unique_topic, tmp_path):
+    topics = Topics.fresh(unique_topic)
+    config = make_config(broker, topics, tmp_path / "snaps")
+    with producer(config) as p:
+        p.insert(ids("c", 10), np.ones((10, 2)))
+    with running_worker(config) as worker:
+        wait_consumed(worker, 10)
+    other = make_config(broker, topics, tmp_path / "snaps", k=4)
+    with pytest.raises(WorkerError, match="fresh --snapshot-dir"):
+        Worker(other).run()
+
+
+# -- configuration -----------------------------------------------------------
+
+
+def parse(argv: list[str], env: dict[str, str]) -> WorkerConfig:
+    return config_from_args(build_parser().parse_args(["worker", *argv]), env)
+
+
+def test_flags_win_over_environment_which_wins_over_defaults():
+    env = {"STREAM_UNLEARN_K": "7", "STREAM_UNLEARN_SEED": "3", "STREAM_UNLEARN_CREATE_TOPICS": "false",
+           "STREAM_UNLEARN_TOMBSTONE_HORIZON": "inf"}
+    config = parse(["--k", "9"], env)
+    assert (config.k, config.seed, config.create_topics, config.tombstone_horizon) == (9, 3, False, math.inf)
+    assert parse([], {}).metrics_port == 9464 and parse(["--create-topics"], env).create_topics
+
+
+@pytest.mark.parametrize("argv, env, message", [
+    (["--k", "0"], {}, "--k must be >= 1"),
+    (["--delete-topic", "unlearn.inserts"], {}, "distinct"),
+    (["--insert-topic", "bad topic"], {}, "not a valid Kafka topic"),
+    ([], {"STREAM_UNLEARN_SNAPSHOT_INTERVAL": "soon"}, "STREAM_UNLEARN_SNAPSHOT_INTERVAL"),
+    ([], {"STREAM_UNLEARN_ALGORITHM": "lloyd"}, "STREAM_UNLEARN_ALGORITHM"),
+    (["--metrics-port", "70000"], {}, "--metrics-port"),
+])
+def test_invalid_configuration_is_a_clear_error(argv, env, message):
+    with pytest.raises(ConfigError, match=message):
+        parse(argv, env)
+
+
+def test_invalid_configuration_exits_2(monkeypatch, capsys):
+    monkeypatch.setenv("STREAM_UNLEARN_FANOUT", "1")
+    assert main(["worker"]) == 2
+    assert "--fanout must be >= 2" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exc:
+        main(["worker", "--k", "many"])
+    assert exc.value.code == 2
+
+
+def test_fresh_fit_helper_matches_kafka_partitioning():
+    """The survivors' fresh fit partitions by murmur2, as Kafka's default partitioner."""
+    config = make_config("x:1", Topics("a", "b", "c", "d", "e"), "/tmp/unused")
+    X = np.random.default_rng(0).normal(size=(50, 2))
+    survivors = dict(zip(ids("f", 50), X))
+    model = DCKMeans(**config.model_params(), n_partitions=3)
+    model.insert(sorted(survivors), np.array([survivors[i] for i in sorted(survivors)]))
+    assert np.array_equal(model.centroids_, fresh_fit(config, survivors))

@@ -1,0 +1,152 @@
+"""Helpers for the worker tests: configs, a worker thread or process, waiting, scanning files."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from stream_unlearn import DCKMeans
+from stream_unlearn.broker import ensure_topics
+from stream_unlearn.config import WorkerConfig
+from stream_unlearn.inspect_cmd import NoSnapshot, load_for_reading
+from stream_unlearn.worker import Worker
+
+# Small trees, so that tests with a few hundred points exercise every level.
+SMALL = dict(k=3, n_leaves=4, fanout=2, partitions=3)
+
+
+def ids(prefix: str, n: int) -> list[str]:
+    """Ids of varying length (an id's hash must not depend on its batch-mates)."""
+    return [f"{prefix}-{i}" for i in range(n)]
+
+
+@dataclass(frozen=True)
+class Topics:
+    inserts: str
+    deletes: str
+    dead_letter: str
+    receipts: str
+    model: str
+
+    @classmethod
+    def fresh(cls, unique_topic: Callable[[str], str]) -> Topics:
+        return cls(*(unique_topic(n) for n in ("ins", "del", "dlq", "rec", "model")))
+
+
+def make_config(bootstrap: str, topics: Topics, snapshot_dir: Path, **overrides: Any) -> WorkerConfig:
+    values: dict[str, Any] = dict(
+        bootstrap_servers=bootstrap, insert_topic=topics.inserts, delete_topic=topics.deletes,
+        dead_letter_topic=topics.dead_letter, receipts_topic=topics.receipts, model_topic=topics.model,
+        snapshot_dir=str(snapshot_dir), snapshot_interval=0.3, model_publish_interval=0.0,
+        metrics_port=0, tombstone_horizon=float("inf"), log_level="WARNING", **SMALL,
+    )
+    values.update(overrides)
+    return WorkerConfig(**values)
+
+
+def create_topics(config: WorkerConfig) -> None:
+    ensure_topics(config.bootstrap_servers, {
+        config.insert_topic: config.partitions, config.delete_topic: config.partitions,
+        config.dead_letter_topic: 1, config.receipts_topic: 1, config.model_topic: 1})
+
+
+def wait_until(condition: Callable[[], Any], timeout: float = 30.0, what: str = "condition") -> Any:
+    """Poll ``condition`` until truthy; fail the test after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = condition()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(0.05)
+
+
+class WorkerThread:
+    """A :class:`Worker` running in a thread; errors re-raised on :meth:`stop`."""
+
+    def __init__(self, config: WorkerConfig) -> None:
+        self.worker = Worker(config)
+        self.error: BaseException | None = None
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        try:
+            self.worker.run(self._stop)
+        except BaseException as exc:
+            self.error = exc
+
+    def start(self) -> WorkerThread:
+        self._thread.start()
+        wait_until(lambda: self.worker.ready.is_set() or self.error, 30, "the worker to start")
+        if self.error:
+            raise self.error
+        return self
+
+    def alive(self) -> bool:
+        return self._thread.is_alive()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(60)
+        assert not self._thread.is_alive(), "worker did not stop"
+        if self.error:
+            raise self.error
+
+
+@contextlib.contextmanager
+def running_worker(config: WorkerConfig) -> Iterator[Worker]:
+    thread = WorkerThread(config).start()
+    try:
+        yield thread.worker
+    finally:
+        thread.stop()
+
+
+def wait_consumed(worker: Worker, n_records: int, timeout: float = 60.0) -> None:
+    wait_until(lambda: sum(worker.offsets.values()) >= n_records, timeout, f"{n_records} records consumed")
+
+
+def snapshot_position(snapshot_dir: Path) -> int:
+    """Records covered by the newest valid snapshot (sum of its offsets), 0 if none."""
+    try:
+        snap, _ = load_for_reading(snapshot_dir, retries=1)
+    except NoSnapshot:
+        return 0
+    return sum(o for parts in snap.meta["offsets"].values() for o in parts.values())
+
+
+def spawn_worker(config: WorkerConfig, log_path: Path) -> subprocess.Popen[bytes]:
+    """``stream-unlearn worker`` as a real process (for kill -9 and SIGTERM)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("STREAM_UNLEARN_")}
+    with open(log_path, "ab") as log:
+        return subprocess.Popen([sys.executable, "-m", "stream_unlearn.cli", "worker", *config.to_argv()],
+                                stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, env=env)
+
+
+def fresh_fit(config: WorkerConfig, survivors: dict[str, np.ndarray]) -> np.ndarray:
+    """Centroids of a fresh DC model on the survivors, partitioned as Kafka's default partitioner does."""
+    model = DCKMeans(**config.model_params(), n_partitions=config.partitions)
+    names = sorted(survivors)
+    model.insert(names, np.array([survivors[i] for i in names]))
+    return model.centroids_
+
+
+def files_containing(root: Path, needles: list[bytes]) -> list[tuple[str, bytes]]:
+    """Every (file, needle) such that the raw bytes of the file contain the needle."""
+    hits = []
+    for path in sorted(p for p in root.rglob("*") if p.is_file()):
+        data = path.read_bytes()
+        hits += [(str(path), n) for n in needles if n in data]
+    return hits
