@@ -22,10 +22,9 @@ import numpy as np
 from . import state as state_format
 from .base import UnlearningModel
 from .hashing import combine, murmur2_partition, seed_key
-from .lloyd import fit_batch, fit_one, race_log_uniforms
+from .lloyd import default_candidates, fit_batch, fit_one, fit_ragged, race_log_uniforms
 from .validation import MAX_ID_BYTES
 
-_BATCH_BYTES = 32 << 20
 
 
 class DCKMeans(UnlearningModel):
@@ -126,44 +125,22 @@ class DCKMeans(UnlearningModel):
             )
 
     def _fit_leaves(self, leaves: list[int]) -> None:
-        """Recompute dirty leaves, batching leaves of similar size together."""
+        """Recompute dirty leaves in one ragged batch (each leaf's points in canonical order)."""
         if not leaves:
             return
         C, W = self._node_centroids[0], self._node_weights[0]
         assert C is not None and W is not None
-        d = C.shape[2]
-        data = []
-        for leaf in leaves:
-            bucket = self._store.buckets[leaf]
-            if bucket is None:
-                C[leaf], W[leaf] = 0.0, 0.0
-            else:
-                data.append((leaf, *bucket.canonical(with_ids=False)[:2]))
-        data.sort(key=lambda item: len(item[1]))
-        salt = seed_key(self.seed, 100)
-        start = 0
-        while start < len(data):
-            smallest = len(data[start][1])
-            stop = start + 1
-            while (
-                stop < len(data)
-                and len(data[stop][1]) <= max(smallest * 5 // 4, smallest + 8)
-                and (stop - start + 1) * len(data[stop][1]) * d * 8 <= _BATCH_BYTES
-            ):
-                stop += 1
-            group = data[start:stop]
-            m = len(group[-1][1])
-            X = np.zeros((len(group), m, d))
-            w = np.zeros((len(group), m))
-            keys = np.zeros((len(group), m), dtype=np.uint64)
-            for row, (_, leaf_keys, leaf_X) in enumerate(group):
-                X[row, : len(leaf_X)] = leaf_X
-                w[row, : len(leaf_X)] = 1.0
-                keys[row, : len(leaf_keys)] = leaf_keys
-            result = fit_batch(X, w, keys, self.k, self.max_iter, salt)
-            index = [leaf for leaf, _, _ in group]
-            C[index], W[index] = result.centroids, result.weights
-            start = stop
+        held = [leaf for leaf in leaves if self._store.buckets[leaf] is not None]
+        empty = [leaf for leaf in leaves if self._store.buckets[leaf] is None]
+        C[empty], W[empty] = 0.0, 0.0
+        if held:
+            keys, X, sizes = self._store.gather(held)
+            offsets = np.zeros(len(sizes) + 1, dtype=np.int64)
+            np.cumsum(sizes, out=offsets[1:])
+            logu = race_log_uniforms(keys, self.k, seed_key(self.seed, 100))
+            result = fit_ragged(X, np.ones(len(keys)), logu, offsets, self.k, self.max_iter,
+                                default_candidates(self.k))
+            C[held], W[held] = result.centroids, result.weights
         self._mark_parents(0, leaves)
 
     def _item_races(self, level: int) -> tuple[np.ndarray, np.ndarray]:

@@ -39,10 +39,9 @@ class KMeans(UnlearningModel):
         self._dirty = True
 
     def _recompute(self) -> np.ndarray:
-        bucket = self._store.buckets[0]
-        if bucket is None:
+        if len(self._store) == 0:
             return np.empty((0, self._store.n_features or 0))
-        keys, X, _ = bucket.canonical()
+        keys, X, _ = self._store.canonical()
         result = fit_one(X, np.ones(len(X)), keys, self.k, self.max_iter, seed_key(self.seed, 2))
         self.n_iter_ = int(result.n_iter[0])
         return result.centroids[0]

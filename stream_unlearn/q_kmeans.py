@@ -22,10 +22,11 @@ import numpy as np
 from . import state as state_format
 from .base import UnlearningModel
 from .hashing import seed_key
-from .lloyd import ClusterSums, assign, default_candidates, race_log_uniforms, race_seeds, row_norms, sq_dist_to_many
+from .lloyd import assign, cluster_sums, default_candidates, dists_to_rows, nearest_in_each, race_log_uniforms, race_seeds
 from .quantize import UNIT_ROUNDOFF, corrected_centroids, phase, rounding_bound, snap
 from .validation import MAX_ID_BYTES
 
+_BUCKETS = 64
 _ARRAYS = ("centres", "sums", "counts", "max_abs", "candidate_vectors", "potentials", "chosen", "last_scores")
 
 
@@ -76,6 +77,13 @@ class QKMeans(UnlearningModel):
         tried = self.certificates_passed_ + self.certificates_failed_
         return self.certificates_passed_ / tried if tried else float("nan")
 
+    def _n_buckets(self) -> int:
+        # Many buckets so that growing one copies 1/64 of the vectors, not all of them.
+        return _BUCKETS
+
+    def _buckets_for(self, ids: Sequence[str], keys: np.ndarray, partitions: np.ndarray | None) -> np.ndarray:
+        return (keys % np.uint64(_BUCKETS)).astype(np.int64)
+
     def _L(self) -> int:
         return default_candidates(self.k) if self.n_candidates is None else self.n_candidates
 
@@ -92,7 +100,7 @@ class QKMeans(UnlearningModel):
         if not self._fitted:
             self._dirty = True
             return
-        if self._seeding_holds(key, x, point_id, sign) and self._lloyd_holds(x[None, None, :], sign):
+        if self._seeding_holds(key, x, point_id, sign) and self._lloyd_holds(x, sign):
             self.certificates_passed_ += 1
             return
         self.certificates_failed_ += 1
@@ -106,8 +114,7 @@ class QKMeans(UnlearningModel):
         k = self.k
         cand = a["candidate_vectors"]
         # x's distance to every candidate, computed exactly as the fit's race did.
-        xs = x[None, None, :].repeat(k, axis=0)
-        d2_cand = sq_dist_to_many(xs, cand, row_norms(xs), a["candidate_norms"])[:, :, 0]
+        d2_cand = dists_to_rows(x, cand.reshape(-1, cand.shape[2])).reshape(cand.shape[:2])
         d2_seed = d2_cand[np.arange(k), a["chosen"]]
         d2_prev = np.concatenate([[np.inf], np.minimum.accumulate(d2_seed)[:-1]])
         if sign > 0:
@@ -128,12 +135,11 @@ class QKMeans(UnlearningModel):
         tol = 4.0 * (self._n_model + self._ops + 2) * UNIT_ROUNDOFF * np.where(finite, np.abs(pots), 0).max(axis=1)
         return bool(np.all(gap > tol))
 
-    def _lloyd_holds(self, x_row: np.ndarray, sign: int) -> bool:
+    def _lloyd_holds(self, x: np.ndarray, sign: int) -> bool:
         a = self._arrays
         centres = a["centres"]
         T = len(a["sums"])
-        labels = assign(x_row.repeat(T, axis=0), centres[:-1], a["centre_norms"])[:, 0]
-        x = x_row[0, 0]
+        labels = nearest_in_each(x, centres[:-1])
         steps = np.arange(T)
         sums, counts = a["sums"].copy(), a["counts"].copy()
         sums[steps, labels] += sign * x
@@ -155,32 +161,30 @@ class QKMeans(UnlearningModel):
 
     # -- fitting ------------------------------------------------------------------------
     def _recompute(self) -> np.ndarray:
-        bucket = self._store.buckets[0]
         d = self._store.n_features or 0
-        if bucket is None:
+        if len(self._store) == 0:
             self._fitted = False
             self._n_model = 0
             return np.empty((0, d))
         if not self._fitted:
-            self._fit(*bucket.canonical())
+            self._fit(*self._store.canonical())
         return self._arrays["centres"][-1].copy()
 
     def _fit(self, keys: np.ndarray, X: np.ndarray, ids: list[str]) -> None:
         """Seed, then quantized Lloyd until the snapped centres repeat or ``max_iter``."""
         n, d = X.shape
         k = self.k
-        w = np.ones((1, n))
-        seeds = race_seeds(X[None], w, keys[None], k, seed_key(self.seed, 2), self._L())
+        w = np.ones(n)
+        seeds = race_seeds(X[None], w[None], keys[None], k, seed_key(self.seed, 2), self._L())
         self._theta = phase(self.seed, d)
         centres = [X[seeds.index[0]]]
         sums, counts = [], []
-        acc = ClusterSums(X[None], w, k)
         for _ in range(self.max_iter):
-            labels = assign(X[None], centres[-1][None])
-            s, c = acc.sums(labels)
-            centre, _ = corrected_centroids(s[0], c[0], centres[-1], n, k, self.gamma)
-            sums.append(s[0])
-            counts.append(c[0])
+            labels = assign(X[None], centres[-1][None])[0]
+            s, c = cluster_sums(X, w, labels, k)
+            centre, _ = corrected_centroids(s, c, centres[-1], n, k, self.gamma)
+            sums.append(s)
+            counts.append(c)
             centres.append(snap(centre, self.eps, self._theta)[0])
             if np.array_equal(centres[-1], centres[-2]):
                 break  # an exact fixpoint: every further update would repeat it
@@ -196,17 +200,10 @@ class QKMeans(UnlearningModel):
             "chosen": np.argmax(cand == seeds.index[0][:, None], axis=1), "last_scores": last,
             "fallback": np.array(bool(seeds.fallback.any())),
         }
-        self._derive_norms()
         self._n_model = n
         self._ops = 0
         self._fitted = True
         self.refits_ += 1
-
-    def _derive_norms(self) -> None:
-        """Squared norms of stored centres and candidates, as the fit's own calls compute them."""
-        a = self._arrays
-        a["centre_norms"] = row_norms(a["centres"][:-1])
-        a["candidate_norms"] = row_norms(a["candidate_vectors"])
 
     # -- persistence ----------------------------------------------------------------------
     def _cache_state(self) -> dict[str, Any]:
@@ -229,7 +226,6 @@ class QKMeans(UnlearningModel):
         if not 1 <= T <= self.max_iter or arrays["centres"].shape != (T + 1, k, d) or arrays["sums"].shape != (T, k, d):
             raise state_format.StateError("Q-k-means cache does not match k, max_iter and dimension")
         self._arrays = arrays
-        self._derive_norms()
         self._candidate_ids = set(cache["candidate_ids"])
         self._n_model = int(cache["n_model"])
         self._ops = int(cache["ops"])

@@ -95,21 +95,22 @@ class PointStore:
             self.n_features = X.shape[1]
         order = np.argsort(buckets, kind="stable")
         sorted_buckets = buckets[order]
-        cuts = np.flatnonzero(np.diff(sorted_buckets)) + 1
-        for group in np.split(order, cuts):
-            if not len(group):
-                continue
-            b = int(buckets[group[0]])
+        X_sorted, keys_sorted = X[order], keys[order]
+        ids_sorted = [ids[i] for i in order.tolist()]
+        bounds = np.flatnonzero(np.diff(sorted_buckets)) + 1
+        starts = [0, *bounds.tolist()]
+        stops = [*bounds.tolist(), len(order)]
+        for lo, hi, b in zip(starts, stops, sorted_buckets[starts].tolist()):
             bucket = self._bucket(b)
-            bucket.reserve(len(group))
+            bucket.reserve(hi - lo)
             start = bucket.size
-            bucket.vectors[start : start + len(group)] = X[group]
-            bucket.keys[start : start + len(group)] = keys[group]
-            members = [ids[i] for i in group.tolist()]
+            bucket.vectors[start : start + hi - lo] = X_sorted[lo:hi]
+            bucket.keys[start : start + hi - lo] = keys_sorted[lo:hi]
+            members = ids_sorted[lo:hi]
             base = (b << _ROW_BITS) | start
             bucket.ids.extend(members)
-            self._where.update(zip(members, range(base, base + len(members))))
-            bucket.size += len(group)
+            self._where.update(zip(members, range(base, base + hi - lo)))
+            bucket.size += hi - lo
 
     def replace(self, point_id: str, vector: np.ndarray) -> None:
         """Overwrite the vector of a held point in place."""
@@ -141,6 +142,31 @@ class PointStore:
         cap = max(4, int(bucket.size * _GROWTH))
         bucket.vectors = bucket.vectors[:cap].copy()
         bucket.keys = bucket.keys[:cap].copy()
+
+    def gather(self, buckets: Sequence[int]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Keys, vectors and sizes of the given non-empty buckets, each in canonical order, back to back."""
+        chosen = [self.buckets[b] for b in buckets]
+        sizes = np.array([c.size for c in chosen], dtype=np.int64)
+        keys = np.concatenate([c.keys[: c.size] for c in chosen])
+        X = np.concatenate([c.vectors[: c.size] for c in chosen])
+        owner = np.repeat(np.arange(len(chosen)), sizes)
+        order = np.lexsort((keys, owner))
+        keys, owner = keys[order], owner[order]
+        clash = np.flatnonzero((keys[1:] == keys[:-1]) & (owner[1:] == owner[:-1]))
+        if len(clash):  # a 64-bit collision inside a bucket: order those buckets by (key, id)
+            offsets = np.concatenate([[0], np.cumsum(sizes)])
+            for j in np.unique(owner[clash]).tolist():
+                local = canonical_order(chosen[j].keys[: chosen[j].size], chosen[j].ids)
+                order[offsets[j] : offsets[j + 1]] = offsets[j] + local
+            keys = np.concatenate([c.keys[: c.size] for c in chosen])[order]
+        return keys, X[order], sizes
+
+    def canonical(self) -> tuple[np.ndarray, np.ndarray, list[str]]:
+        """Keys, vectors and ids of all buckets together, in canonical ``(key, id)`` order."""
+        ids, X, _ = self.items()
+        keys = np.concatenate([b.keys[: b.size] for b in self.buckets if b is not None]) if ids else np.empty(0, np.uint64)
+        order = canonical_order(keys, ids)
+        return keys[order], X[order], [ids[i] for i in order]
 
     def items(self) -> tuple[list[str], np.ndarray, np.ndarray]:
         """All ids, vectors and bucket numbers (a copy, bucket by bucket)."""

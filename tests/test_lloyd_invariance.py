@@ -11,7 +11,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from stream_unlearn.hashing import id_keys, seed_key
-from stream_unlearn.lloyd import ClusterSums, assign, fit_batch, fit_one, sq_dist_to, sq_dist_to_many
+from stream_unlearn import kernels
+from stream_unlearn.lloyd import assign, cluster_sums, dists_to_rows, fit_batch, fit_one, fit_ragged, nearest_in_each, race_log_uniforms
 
 
 def misaligned(a: np.ndarray) -> np.ndarray:
@@ -29,28 +30,25 @@ def test_distances_are_row_independent(m, d, k, seed):
     X, C = rng.normal(size=(1, m, d)) * 100, rng.normal(size=(1, k, d)) * 100
     labels = assign(X, C)[0]
     i = int(rng.integers(0, m))
-    assert assign(X[:, i : i + 1], C)[0, 0] == labels[i]
+    assert assign(X[:, i : i + 1].copy(), C)[0, 0] == labels[i]
     assert assign(misaligned(X), misaligned(C))[0].tolist() == labels.tolist()
-    stacked = np.broadcast_to(X[0, i], (3, 1, d))
-    assert np.all(assign(stacked, np.repeat(C, 3, axis=0))[:, 0] == labels[i])
-    d2 = sq_dist_to(X, C[:, 0])
-    assert sq_dist_to(X[:, i : i + 1], C[:, 0])[0, 0] == d2[0, i]
-    many = sq_dist_to_many(X, C)
-    alone = sq_dist_to_many(np.broadcast_to(X[0, i], (2, 1, d)), np.repeat(C, 2, axis=0))
-    assert np.array_equal(alone[1, :, 0], many[0, :, i])
+    assert nearest_in_each(X[0, i].copy(), np.repeat(C, 3, axis=0)).tolist() == [labels[i]] * 3
+    in_place = np.empty(k)
+    kernels.dists_to_rows(X[0], i, C[0], in_place)
+    assert np.array_equal(dists_to_rows(misaligned(X[0, i : i + 1])[0], C[0]), in_place)
 
 
 @settings(max_examples=30, deadline=None)
 @given(st.integers(1, 200), st.integers(1, 10), st.integers(1, 5), st.integers(0, 300), st.integers(0, 2**31))
-def test_cluster_sums_ignore_trailing_zero_weight_padding(m, d, k, pad, seed):
+def test_cluster_sums_ignore_zero_weight_padding(m, d, k, pad, seed):
     rng = np.random.default_rng(seed)
-    X = rng.normal(size=(1, m, d))
-    labels = rng.integers(0, k, size=(1, m))
-    sums, counts = ClusterSums(X, np.ones((1, m)), k).sums(labels)
-    Xp = np.concatenate([X, np.zeros((1, pad, d))], axis=1)
-    wp = np.concatenate([np.ones((1, m)), np.zeros((1, pad))], axis=1)
-    lp = np.concatenate([labels, rng.integers(0, k, size=(1, pad))], axis=1)
-    sums_p, counts_p = ClusterSums(Xp, wp, k).sums(lp)
+    X = rng.normal(size=(m, d))
+    labels = rng.integers(0, k, size=m)
+    sums, counts = cluster_sums(X, np.ones(m), labels, k)
+    Xp = np.concatenate([X, rng.normal(size=(pad, d))])
+    wp = np.concatenate([np.ones(m), np.zeros(pad)])
+    lp = np.concatenate([labels, rng.integers(0, k, size=pad)])
+    sums_p, counts_p = cluster_sums(Xp, wp, lp, k)
     assert np.array_equal(sums, sums_p) and np.array_equal(counts, counts_p)
 
 
@@ -78,6 +76,12 @@ def test_a_problem_solves_the_same_alone_or_padded_in_a_batch(sizes, k, d, seed)
         alone = fit_one(X, np.ones(len(X)), keys, k, 10, salt)
         assert np.array_equal(alone.centroids[0], batch.centroids[i])
         assert np.array_equal(alone.weights[0], batch.weights[i])
+    # The same problems laid out ragged (no padding) solve the same.
+    flat_keys = np.concatenate([keys for _, keys in problems])
+    offsets = np.concatenate([[0], np.cumsum(sizes)])
+    ragged = fit_ragged(np.concatenate([X for X, _ in problems]), np.ones(sum(sizes)),
+                        race_log_uniforms(flat_keys, k, salt), offsets, k, 10, 2 + int(np.log(k)))
+    assert np.array_equal(ragged.centroids, batch.centroids) and np.array_equal(ragged.weights, batch.weights)
 
 
 def test_seeding_follows_k_means_plus_plus_on_separated_blobs():

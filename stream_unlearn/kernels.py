@@ -1,0 +1,222 @@
+"""Compiled k-means kernels (numba): one node's weighted k-means, sequentially.
+
+Why compiled: a DC-k-means delete refits a leaf and its ancestors, nodes of
+tens to hundreds of items, where numpy spends its time dispatching small
+calls. Why this is exact: every reduction is written out as a loop in a
+fixed order (distances with four interleaved accumulators combined in a
+fixed way, sums over items left to right), numba does not reassociate
+floating point without ``fastmath`` and does not fuse multiply-adds, so a
+node's result is a pure function of its items in the order given, however
+it is called. Items of weight 0 are skipped entirely (padding is inert).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numba import njit
+
+_OPTS = {"cache": True, "boundscheck": False, "nogil": True}
+
+
+@njit(inline="always", **_OPTS)
+def sqd(A: np.ndarray, i: int, B: np.ndarray, j: int) -> float:
+    """Squared distance between rows ``A[i]`` and ``B[j]``, in one fixed order."""
+    d = A.shape[1]
+    s0 = 0.0
+    s1 = 0.0
+    s2 = 0.0
+    s3 = 0.0
+    f = 0
+    while f + 4 <= d:
+        t0 = A[i, f] - B[j, f]
+        t1 = A[i, f + 1] - B[j, f + 1]
+        t2 = A[i, f + 2] - B[j, f + 2]
+        t3 = A[i, f + 3] - B[j, f + 3]
+        s0 += t0 * t0
+        s1 += t1 * t1
+        s2 += t2 * t2
+        s3 += t3 * t3
+        f += 4
+    while f < d:
+        t0 = A[i, f] - B[j, f]
+        s0 += t0 * t0
+        f += 1
+    return (s0 + s1) + (s2 + s3)
+
+
+@njit(inline="always", **_OPTS)
+def nearest(X: np.ndarray, i: int, C: np.ndarray) -> int:
+    """Index of the centre nearest to ``X[i]`` (first on ties)."""
+    best = 0
+    best_d = np.inf
+    for j in range(C.shape[0]):
+        dist = sqd(X, i, C, j)
+        if dist < best_d:
+            best_d = dist
+            best = j
+    return best
+
+
+@njit(**_OPTS)
+def assign_rows(X: np.ndarray, C: np.ndarray, out: np.ndarray) -> None:
+    """``out[i]`` = nearest centre of ``X[i]``."""
+    for i in range(X.shape[0]):
+        out[i] = nearest(X, i, C)
+
+
+@njit(**_OPTS)
+def dists_to_rows(X: np.ndarray, i: int, C: np.ndarray, out: np.ndarray) -> None:
+    """``out[j]`` = squared distance of ``X[i]`` to ``C[j]`` (what the race computes)."""
+    for j in range(C.shape[0]):
+        out[j] = sqd(X, i, C, j)
+
+
+@njit(**_OPTS)
+def seed_node(X, w, logu, k, L, seed_index, cand, cand_score, pots, fallback, d2):
+    """Greedy k-means++ by exponential races on one node's items.
+
+    Step j: the L items with the highest ``log(u_j) / (w D^2)`` (ties: lower
+    index) are k-means++ candidates (Efraimidis-Spirakis); the one leaving
+    the lowest weighted cost ``sum w min(D^2, |x - c|^2)`` wins. When no item
+    has positive mass (fewer distinct items than k) the step draws a
+    duplicate by weight alone and is flagged in ``fallback``.
+    """
+    m = X.shape[0]
+    topi = np.empty(L, np.int64)
+    tops = np.empty(L)
+    for j in range(k):
+        for slot in range(L):
+            topi[slot] = -1
+            tops[slot] = -np.inf
+        for i in range(m):
+            wi = w[i]
+            if wi <= 0.0:
+                continue
+            mass = wi if j == 0 else wi * d2[i]
+            if mass <= 0.0:
+                continue
+            score = logu[j, i] / mass
+            if score > tops[L - 1]:
+                p = L - 1
+                while p > 0 and score > tops[p - 1]:
+                    tops[p] = tops[p - 1]
+                    topi[p] = topi[p - 1]
+                    p -= 1
+                tops[p] = score
+                topi[p] = i
+        for slot in range(L):
+            cand[j, slot] = topi[slot]
+            cand_score[j, slot] = tops[slot]
+            pots[j, slot] = np.inf
+        pick = -1
+        if topi[0] < 0:
+            fallback[j] = True
+            best = -np.inf
+            for i in range(m):
+                if w[i] > 0.0:
+                    score = logu[j, i] / w[i]
+                    if score > best:
+                        best = score
+                        pick = i
+        else:
+            best_pot = np.inf
+            for slot in range(L):
+                c = topi[slot]
+                if c < 0:
+                    continue
+                pot = 0.0
+                for i in range(m):
+                    if w[i] <= 0.0:
+                        continue
+                    dist = sqd(X, i, X, c)
+                    if j > 0 and d2[i] < dist:
+                        dist = d2[i]
+                    pot += w[i] * dist
+                pots[j, slot] = pot
+                if pot < best_pot:
+                    best_pot = pot
+                    pick = c
+        seed_index[j] = pick
+        if pick < 0:
+            continue  # no item of positive weight at all
+        for i in range(m):
+            dist = sqd(X, i, X, pick)
+            if j == 0 or dist < d2[i]:
+                d2[i] = dist
+
+
+@njit(**_OPTS)
+def cluster_sums(X, w, labels, k, sums, counts):
+    """Weighted sums and weights per cluster, items left to right."""
+    sums[:] = 0.0
+    counts[:] = 0.0
+    d = X.shape[1]
+    for i in range(X.shape[0]):
+        wi = w[i]
+        if wi <= 0.0:
+            continue
+        lab = labels[i]
+        counts[lab] += wi
+        for f in range(d):
+            sums[lab, f] += wi * X[i, f]
+
+
+@njit(**_OPTS)
+def lloyd_node(X, w, C, max_iter, weights):
+    """Weighted Lloyd from centres ``C`` (updated in place) to an exact fixpoint or ``max_iter``.
+
+    An empty cluster keeps its centre. ``weights`` gets each cluster's total
+    item weight under the final assignment. Returns the updates run.
+    """
+    m, d = X.shape
+    k = C.shape[0]
+    labels = np.empty(m, np.int64)
+    for i in range(m):
+        labels[i] = nearest(X, i, C)
+    sums = np.empty((k, d))
+    counts = np.empty(k)
+    n_iter = 0
+    for _ in range(max_iter):
+        cluster_sums(X, w, labels, k, sums, counts)
+        n_iter += 1
+        same = True
+        for j in range(k):
+            if counts[j] > 0.0:
+                for f in range(d):
+                    value = sums[j, f] / counts[j]
+                    if value != C[j, f]:
+                        same = False
+                    C[j, f] = value
+        if same:
+            break
+        for i in range(m):
+            labels[i] = nearest(X, i, C)
+    weights[:] = 0.0
+    for i in range(m):
+        if w[i] > 0.0:
+            weights[labels[i]] += w[i]
+    return n_iter
+
+
+@njit(**_OPTS)
+def fit_nodes(X, w, logu, offsets, k, L, max_iter, centroids, weights, n_iter,
+              seed_index, cand, cand_score, pots, fallback):
+    """Fit every node b on items ``offsets[b]:offsets[b+1]`` (a ragged batch)."""
+    for b in range(len(offsets) - 1):
+        lo = offsets[b]
+        hi = offsets[b + 1]
+        Xb = X[lo:hi]
+        wb = w[lo:hi]
+        centroids[b] = 0.0
+        weights[b] = 0.0
+        n_iter[b] = 0
+        if hi - lo == 0:
+            continue
+        d2 = np.zeros(hi - lo)
+        seed_node(Xb, wb, logu[:, lo:hi], k, min(L, hi - lo), seed_index[b], cand[b], cand_score[b],
+                  pots[b], fallback[b], d2)
+        if seed_index[b, 0] < 0:
+            continue  # no item of positive weight
+        for j in range(k):
+            centroids[b, j] = Xb[seed_index[b, j]]
+        n_iter[b] = lloyd_node(Xb, wb, centroids[b], max_iter, weights[b])
