@@ -123,7 +123,7 @@ def run_dataset(name: str, args: argparse.Namespace) -> list[dict] | None:
     eps = args.eps if args.eps is not None else DEFAULT_EPS.get(name, 0.2)
     models = [
         (f"QKMeans eps={eps:g}", QKMeans(k=k, seed=args.seed, eps=eps, max_iter=args.q_iter)),
-        (f"DCKMeans w={args.leaves}", DCKMeans(k=k, seed=args.seed, n_leaves=args.leaves)),
+        (f"DCKMeans w={args.leaves}", DCKMeans(k=k, seed=args.seed, n_leaves=args.leaves, fanout=args.fanout)),
     ]
     for label, model in models:
         t = now()
@@ -179,7 +179,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--eps", type=float, default=None,
                         help=f"QKMeans eps for every dataset, z-score units (default per dataset: {DEFAULT_EPS})")
     parser.add_argument("--q-iter", type=int, default=10, help="QKMeans Lloyd iterations (default %(default)s)")
-    parser.add_argument("--leaves", type=int, default=256, help="DCKMeans leaves (default %(default)s)")
+    defaults = DCKMeans().get_params()
+    parser.add_argument("--leaves", type=int, default=defaults["n_leaves"], help="DCKMeans leaves (default %(default)s)")
+    parser.add_argument("--fanout", type=int, default=None, help="DCKMeans fanout (default: ~320 // k, 4..64)")
     parser.add_argument("--max-iter", type=int, default=100, help="KMeans/sklearn max_iter (default %(default)s)")
     parser.add_argument("--retrains", type=int, default=2, help="our KMeans refits timed (default %(default)s)")
     parser.add_argument("--sk-refits", type=int, default=5, help="sklearn refits timed (default %(default)s)")
@@ -212,7 +214,7 @@ def main(argv: list[str] | None = None) -> int:
           "column. sklearn: KMeans(n_init=1, init='k-means++', "
           f"max_iter={args.max_iter}, tol=0). QKMeans eps (method column) in z-score units, {args.q_iter} iterations, "
           "Q pass = share of certificates that passed (the rest refit); "
-          f"DCKMeans n_leaves={args.leaves}, fanout 16, max_iter 10. Loss ratio: mean squared distance on the "
+          f"DCKMeans n_leaves={args.leaves}, fanout {args.fanout or 'by k'}, max_iter 10. Loss ratio: mean squared distance on the "
           "survivors / our KMeans refit on the survivors.")
     print(table(rows, COLUMNS))
     print()

@@ -25,6 +25,7 @@ from .hashing import combine, murmur2_partition, seed_key
 from .lloyd import default_candidates, fit_batch, fit_one, fit_ragged, race_log_uniforms
 from .validation import MAX_ID_BYTES
 
+_INTERNAL_ITEMS = 320
 
 
 class DCKMeans(UnlearningModel):
@@ -37,12 +38,14 @@ class DCKMeans(UnlearningModel):
         k: int = 8,
         seed: int = 0,
         n_leaves: int = 4096,
-        fanout: int = 64,
+        fanout: int | None = None,
         n_partitions: int = 1,
         max_iter: int = 10,
         root_max_iter: int = 30,
         max_id_bytes: int = MAX_ID_BYTES,
     ) -> None:
+        if fanout is None:
+            fanout = default_fanout(k)
         for name, value, low in (("n_leaves", n_leaves, 1), ("fanout", fanout, 2), ("n_partitions", n_partitions, 1),
                                  ("max_iter", max_iter, 1), ("root_max_iter", root_max_iter, 1)):
             if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < low:
@@ -221,6 +224,18 @@ class DCKMeans(UnlearningModel):
                 raise state_format.StateError(f"DC tree cache level {level} has the wrong shape")
         self._node_centroids = [c.astype(np.float64) for c in centroids]
         self._node_weights = [w.astype(np.float64) for w in weights]
+
+
+def default_fanout(k: object) -> int:
+    """Children per internal node for ``k`` clusters: about 320 items per node.
+
+    An internal node solves k-means on fanout * k items with k seeding steps,
+    so its cost grows like k^2 * fanout; this keeps one node's refit well
+    under a millisecond whatever k is.
+    """
+    if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
+        return 2  # k itself is refused by the base class with a clear error
+    return max(4, min(64, _INTERNAL_ITEMS // int(k)))
 
 
 def merge_partitions(centroids: np.ndarray, weights: np.ndarray, k: int, seed: int, max_iter: int) -> tuple[np.ndarray, np.ndarray]:
