@@ -56,6 +56,9 @@ class UnlearningModel(ABC):
     def _partition_of_bucket(self, buckets: np.ndarray) -> np.ndarray:
         return np.zeros(len(buckets), dtype=np.int64)
 
+    def _expect_changes(self, count: int) -> None:
+        """Called before a call applies ``count`` point changes (a model may prefer one refit)."""
+
     @abstractmethod
     def _removed(self, point_id: str, key: np.uint64, vector: np.ndarray, bucket: int) -> None:
         """Called after a point left the store."""
@@ -87,6 +90,7 @@ class UnlearningModel(ABC):
         keys = id_keys(ids, self.seed)
         buckets = self._buckets_for(ids, keys, parts)
         held = self._store.held_among(ids)
+        self._expect_changes(len(ids) + len(held))
         for point_id in (i for i in ids if i in held):  # in call order, so Q certifies deterministically
             self._remove_one(point_id)
         self._store.add(ids, keys, X, buckets)
@@ -96,6 +100,7 @@ class UnlearningModel(ABC):
         """Forget points; returns how many were held (unknown ids are ignored)."""
         ids = normalize_ids(ids, self.max_id_bytes)
         held = [i for i in ids if i in self._store]
+        self._expect_changes(len(held))
         for point_id in held:
             self._remove_one(point_id)
         return len(held)
