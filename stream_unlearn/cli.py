@@ -48,11 +48,18 @@ def _run_verify(args: argparse.Namespace) -> int:
     return main_verify(args)
 
 
+def _run_model(args: argparse.Namespace) -> int:
+    from .model_cmd import main_model
+
+    return main_model(args)
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser with every subcommand registered."""
     from .config import add_worker_arguments
     from .demo import add_demo_arguments
     from .inspect_cmd import add_inspect_arguments, add_verify_arguments
+    from .model_cmd import add_model_arguments
     from .producer import add_produce_arguments
 
     parser = argparse.ArgumentParser(
@@ -80,6 +87,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("verify", help="refit a snapshot's points and compare bit for bit (exit 0 if equal)")
     add_verify_arguments(p)
     p.set_defaults(func=_run_verify)
+
+    p = sub.add_parser("model", help="print the global model merged from the partition summaries topic")
+    add_model_arguments(p)
+    p.set_defaults(func=_run_model)
 
     p = sub.add_parser("demo", help="stream the paper's Gaussian mixture, delete, verify, report")
     add_demo_arguments(p)

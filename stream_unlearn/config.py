@@ -14,6 +14,9 @@ Conventions worth knowing:
   arbitrarily late events, memory grows with distinct deleted ids).
 * ``--dim 0`` takes the vector dimension from the first valid insert.
 * ``--partitions`` only matters when the worker creates the input topics.
+* Workers with the same ``--group-id`` split the partitions (Kafka consumer
+  group); ``--no-group`` reads every partition with ``assign()``.
+  ``--algorithm q`` (one global model) requires ``--no-group``.
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, fields
 from typing import Any
 
+from .dc_kmeans import default_fanout
 from .wire import (
     DEFAULT_MAX_ID_BYTES,
     DEFAULT_MAX_VALUE_BYTES,
@@ -35,6 +39,9 @@ from .wire import (
     TOPIC_MODEL,
     TOPIC_RECEIPTS,
 )
+
+#: Default topic of partition summaries (see :mod:`stream_unlearn.model_cmd`).
+TOPIC_SUMMARIES = "unlearn.summaries"
 
 __all__ = [
     "ALGORITHMS",
@@ -65,13 +72,18 @@ class WorkerConfig:
     dead_letter_topic: str = TOPIC_DEAD_LETTER
     receipts_topic: str = TOPIC_RECEIPTS
     model_topic: str = TOPIC_MODEL
+    summaries_topic: str = TOPIC_SUMMARIES
     group_id: str = "stream-unlearn"
+    group: bool = True
+    session_timeout_ms: int = 10000
+    heartbeat_interval_ms: int = 3000
+    handover_timeout: float = 120.0
     algorithm: str = "dc"
     k: int = 5
     seed: int = 0
     eps: float = 0.5
-    n_leaves: int = 256
-    fanout: int = 16
+    n_leaves: int = 4096
+    fanout: int = 0
     dim: int = 0
     snapshot_dir: str = "snapshots"
     snapshot_interval: float = 5.0
@@ -80,6 +92,7 @@ class WorkerConfig:
     metrics_port: int = 9464
     metrics_addr: str = "127.0.0.1"
     max_batch: int = 5000
+    fetch_max_wait_ms: int = 50
     max_id_bytes: int = DEFAULT_MAX_ID_BYTES
     max_value_bytes: int = DEFAULT_MAX_VALUE_BYTES
     create_topics: bool = True
@@ -114,7 +127,7 @@ class WorkerConfig:
         """Constructor arguments of the model (without ``n_partitions``)."""
         if self.algorithm == "dc":
             return {"k": self.k, "seed": self.seed, "n_leaves": self.n_leaves,
-                    "fanout": self.fanout, "max_id_bytes": self.max_id_bytes}
+                    "fanout": self.fanout or default_fanout(self.k), "max_id_bytes": self.max_id_bytes}
         return {"k": self.k, "seed": self.seed, "eps": self.eps, "max_id_bytes": self.max_id_bytes}
 
 
@@ -126,18 +139,28 @@ def _validate(c: WorkerConfig) -> None:
     need(bool(c.bootstrap_list), "--bootstrap-servers must name at least one host:port")
     topics = {"--insert-topic": c.insert_topic, "--delete-topic": c.delete_topic,
               "--dead-letter-topic": c.dead_letter_topic, "--receipts-topic": c.receipts_topic,
-              "--model-topic": c.model_topic}
+              "--model-topic": c.model_topic, "--summaries-topic": c.summaries_topic}
     for flag, name in topics.items():
         need(bool(_TOPIC_RE.match(name)) and name not in (".", ".."),
              f"{flag}: {name!r} is not a valid Kafka topic name")
-    need(len(set(topics.values())) == len(topics), f"the five topics must be distinct, got {sorted(topics.values())}")
+    need(len(set(topics.values())) == len(topics), f"the {len(topics)} topics must be distinct, got {sorted(topics.values())}")
     need(bool(c.group_id.strip()), "--group-id must not be empty")
+    need(not (c.algorithm == "q" and c.group),
+         "--algorithm q is one global model over all partitions and cannot be split across a consumer "
+         "group: run a single q worker with --no-group (it reads every partition), or use --algorithm dc "
+         "to scale out")
+    need(1000 <= c.session_timeout_ms <= 3_600_000,
+         f"--session-timeout-ms must lie in [1000, 3600000], got {c.session_timeout_ms}")
+    need(100 <= c.heartbeat_interval_ms < c.session_timeout_ms,
+         f"--heartbeat-interval-ms must lie in [100, --session-timeout-ms), got {c.heartbeat_interval_ms}")
+    need(math.isfinite(c.handover_timeout) and c.handover_timeout > 0,
+         f"--handover-timeout must be a positive number of seconds, got {c.handover_timeout}")
     need(c.algorithm in ALGORITHMS, f"--algorithm must be one of {ALGORITHMS}, got {c.algorithm!r}")
     need(c.k >= 1, f"--k must be >= 1, got {c.k}")
     need(0 <= c.seed < 2**63, f"--seed must lie in [0, 2**63), got {c.seed}")
     need(math.isfinite(c.eps) and c.eps > 0, f"--eps must be a positive finite number, got {c.eps}")
     need(c.n_leaves >= 1, f"--n-leaves must be >= 1, got {c.n_leaves}")
-    need(c.fanout >= 2, f"--fanout must be >= 2, got {c.fanout}")
+    need(c.fanout == 0 or c.fanout >= 2, f"--fanout must be 0 (by k) or >= 2, got {c.fanout}")
     need(c.dim >= 0, f"--dim must be >= 0 (0 = from the first insert), got {c.dim}")
     need(bool(c.snapshot_dir), "--snapshot-dir must not be empty")
     need(math.isfinite(c.snapshot_interval) and c.snapshot_interval > 0,
@@ -149,6 +172,7 @@ def _validate(c: WorkerConfig) -> None:
     need(0 <= c.metrics_port <= 65535, f"--metrics-port must lie in [0, 65535] (0 = off), got {c.metrics_port}")
     need(bool(c.metrics_addr), "--metrics-addr must not be empty")
     need(1 <= c.max_batch <= 1_000_000, f"--max-batch must lie in [1, 1000000], got {c.max_batch}")
+    need(0 <= c.fetch_max_wait_ms <= 10_000, f"--fetch-max-wait-ms must lie in [0, 10000], got {c.fetch_max_wait_ms}")
     need(1 <= c.max_id_bytes <= 65536, f"--max-id-bytes must lie in [1, 65536], got {c.max_id_bytes}")
     need(64 <= c.max_value_bytes <= 64 << 20, f"--max-value-bytes must lie in [64, 64 MiB], got {c.max_value_bytes}")
     need(1 <= c.partitions <= 10000, f"--partitions must lie in [1, 10000], got {c.partitions}")
@@ -212,13 +236,19 @@ _HELP: dict[str, str] = {
     "dead_letter_topic": "topic for records that fail validation",
     "receipts_topic": "topic for erasure receipts",
     "model_topic": "topic for the latest centroids",
-    "group_id": "consumer group the worker commits its offsets to (for lag tools)",
+    "summaries_topic": "topic of partition summaries (subtree roots, keyed by partition; compacted)",
+    "group_id": "consumer group: workers with the same group id split the partitions",
+    "group": "join the consumer group (--no-group: read every partition with assign(), one worker; "
+             "required by --algorithm q)",
+    "session_timeout_ms": "consumer group session timeout: a worker silent this long loses its partitions",
+    "heartbeat_interval_ms": "consumer group heartbeat interval (well below the session timeout)",
+    "handover_timeout": "seconds a new owner waits for the previous owner to snapshot and let go of a partition",
     "algorithm": "dc (divide and conquer) or q (quantized Lloyd)",
     "k": "number of clusters",
     "seed": "model seed",
     "eps": "q: quantization grid spacing, in data units",
     "n_leaves": "dc: leaves per partition",
-    "fanout": "dc: children per internal node",
+    "fanout": "dc: children per internal node (0 = about 320 // k, so a node holds ~320 items)",
     "dim": "vector dimension (0 = take it from the first valid insert)",
     "snapshot_dir": "directory of snapshots (created mode 0700)",
     "snapshot_interval": "seconds between snapshots (and erasure receipts)",
@@ -227,6 +257,7 @@ _HELP: dict[str, str] = {
     "metrics_port": "Prometheus port (0 = no endpoint)",
     "metrics_addr": "address the Prometheus endpoint binds to",
     "max_batch": "maximum records per poll (one model update per poll)",
+    "fetch_max_wait_ms": "longest the broker may hold a fetch to fill it (latency floor when traffic is light)",
     "max_id_bytes": "longest accepted id in UTF-8 bytes",
     "max_value_bytes": "largest accepted record value in bytes",
     "create_topics": "create missing topics on start",

@@ -346,6 +346,9 @@ def _start_worker(args: argparse.Namespace, bootstrap: str, snap_dir: Path, port
            "--seed", str(args.seed), "--dim", str(args.d), "--snapshot-dir", str(snap_dir),
            "--snapshot-interval", str(args.snapshot_interval), "--metrics-port", str(port),
            "--partitions", str(args.partitions), "--log-level", "INFO"]
+    # q is one global model: a single worker reading every partition; dc joins a consumer group
+    # (a short session timeout, as group joins on the embedded broker take about half of it).
+    cmd += ["--no-group"] if args.algorithm == "q" else ["--session-timeout-ms", "6000", "--heartbeat-interval-ms", "1000"]
     env = {k: v for k, v in os.environ.items() if not k.startswith("STREAM_UNLEARN_")}
     with open(log_path, "wb") as log:
         return subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, env=env)
@@ -398,10 +401,8 @@ def _fail(worker: subprocess.Popen[bytes], log_path: Path, why: str) -> int:
 
 def _report(args: argparse.Namespace, stream: Stream, sender: Sender, samples: dict, done_at: float,
             receipts: list, dead: list, snap_dir: Path, started: float) -> int:
-    from . import load_model
-    from .inspect_cmd import NoSnapshot, load_for_reading
+    from .inspect_cmd import NoSnapshot, load_model_for_reading
     from .receipts import decode_receipt
-    from .worker import MODEL_PART
 
     elapsed = done_at - sender.started_at
     outcomes = Counter()
@@ -411,8 +412,7 @@ def _report(args: argparse.Namespace, stream: Stream, sender: Sender, samples: d
     unique_receipts = {(r.id, r.deleted_ts) for r in map(lambda rec: decode_receipt(rec.value), receipts)}
     reasons = Counter(dict(rec.headers).get("reason", b"?").decode() for rec in dead)
     try:
-        snap, _ = load_for_reading(snap_dir)
-        model = load_model(snap.parts[MODEL_PART])
+        model, snap_name, _ = load_model_for_reading(snap_dir)
         verify_started = time.perf_counter()
         verified = model.verify()
         verify_seconds = time.perf_counter() - verify_started
@@ -449,7 +449,7 @@ def _report(args: argparse.Namespace, stream: Stream, sender: Sender, samples: d
     print(f"  receipts          {len(receipts):,} received ({len(unique_receipts):,} distinct) for "
           f"{stream.n_valid_deletes:,} deletes")
     print(f"  dead letters      {len(dead)}: " + ", ".join(f"{r} {c}" for r, c in sorted(reasons.items())))
-    print(f"  final snapshot    {snap.path.name}: {model.n_points_:,} points "
+    print(f"  final snapshot    {snap_name}: {model.n_points_:,} points "
           f"(expected {len(stream.survivors):,}), centroids {model.centroids_.shape}")
     print(f"  verify            {'OK: bit-identical to a fresh fit on the survivors' if verified else 'FAILED'}"
           f" ({verify_seconds:.2f}s)")

@@ -2,12 +2,16 @@
 
 ``SNAPSHOT_DIR`` is either a snapshot root (the newest valid snapshot in it
 is used; corrupt ones are reported and never loaded) or one ``snap-*``
-directory. Nothing is created, changed or removed, so both commands are
+directory. The root of dc workers holds one store per partition
+(``partition-<p>/``): then each partition's newest valid snapshot is used,
+and the global model is merged from their subtrees. Nothing is created, changed or removed, so both commands are
 safe next to a running worker.
 
 ``verify`` is the offline proof of erasure: it refits the model from the
 points the snapshot holds and compares the centroids bit for bit with the
-stored ones. Exit status: 0 equal, 1 different, 2 no valid snapshot.
+stored ones (per partition: each subtree against a refit of its points, and
+the merged global model against one fresh DCKMeans fit on every
+partition's points). Exit status: 0 equal, 1 different, 2 no valid snapshot.
 """
 
 from __future__ import annotations
@@ -29,7 +33,8 @@ from .snapshot import MANIFEST_NAME, Snapshot, SnapshotError, SnapshotStore, loa
 from .state import StateError
 from .worker import MODEL_PART, SEMANTICS_PART
 
-__all__ = ["add_inspect_arguments", "add_verify_arguments", "load_for_reading", "main_inspect", "main_verify"]
+__all__ = ["add_inspect_arguments", "add_verify_arguments", "is_partitioned", "load_for_reading",
+           "load_model_for_reading", "load_partitioned", "main_inspect", "main_verify"]
 
 
 class NoSnapshot(Exception):
@@ -71,6 +76,57 @@ def load_for_reading(path: str | Path, retries: int = 3) -> tuple[Snapshot, list
         if attempt + 1 < retries:
             time.sleep(0.2)
     raise NoSnapshot(f"no valid snapshot in {p}" + "".join(f"\n  {w}" for w in warnings))
+
+
+def is_partitioned(path: str | Path) -> bool:
+    """Whether ``path`` is the snapshot root of dc workers (``partition-<p>/`` stores)."""
+    from .partitioned import partition_dirs
+
+    p = Path(path)
+    return bool(partition_dirs(p)) and not (p / MANIFEST_NAME).exists() and not any(p.glob("snap-*"))
+
+
+def load_partitioned(path: str | Path, retries: int = 3) -> tuple[dict[int, Snapshot], list[str]]:
+    """The newest valid snapshot of each partition store under ``path``, and warnings."""
+    from .partitioned import partition_dirs
+
+    snaps: dict[int, Snapshot] = {}
+    warnings: list[str] = []
+    for partition, directory in partition_dirs(path).items():
+        try:
+            snap, w = load_for_reading(directory, retries)
+        except NoSnapshot as exc:
+            warnings.append(f"partition {partition}: {exc}")
+            continue
+        snaps[partition] = snap
+        warnings += [f"partition {partition}: {x}" for x in w]
+    if not snaps:
+        raise NoSnapshot(f"no valid snapshot in {path}" + "".join(f"\n  {w}" for w in warnings))
+    return snaps, warnings
+
+
+def _global_view(snaps: dict[int, Snapshot]) -> Any:
+    from .partitioned import GlobalView
+
+    models = {p: _model(s) for p, s in snaps.items()}
+    counts = {s.meta.get("partitions") for s in snaps.values() if isinstance(s.meta, dict)}
+    if len(counts) != 1 or None in counts:
+        raise NoSnapshot(f"partition snapshots disagree on the partition count: {sorted(map(str, counts))}")
+    first = next(iter(models.values()))
+    if any(m.get_params() != first.get_params() for m in models.values()):
+        raise NoSnapshot("partition snapshots disagree on the model parameters")
+    return GlobalView(models, counts.pop(), first.get_params())
+
+
+def load_model_for_reading(path: str | Path) -> tuple[Any, str, list[str]]:
+    """The model at ``path`` (a GlobalView over partition stores, or one snapshot's model),
+    a short description of where it came from, and warnings."""
+    if is_partitioned(path):
+        snaps, warnings = load_partitioned(path)
+        names = ", ".join(f"{p}:{s.path.name}" for p, s in snaps.items())
+        return _global_view(snaps), f"partitions {names}", warnings
+    snap, warnings = load_for_reading(path)
+    return _model(snap), snap.path.name, warnings
 
 
 def _model(snap: Snapshot) -> UnlearningModel:
@@ -128,11 +184,51 @@ def _text(info: dict[str, Any], warnings: list[str]) -> str:
     return "\n".join([*(f"warning: {w}" for w in warnings), *lines])
 
 
+def describe_partitioned(snaps: dict[int, Snapshot]) -> dict[str, Any]:
+    """``inspect`` of a dc root: the merged global model, totals, and each partition's snapshot."""
+    view = _global_view(snaps)
+    parts = {p: describe(s) for p, s in snaps.items()}
+    first = next(iter(parts.values()))
+    offsets: dict[str, dict[str, int]] = {}
+    for info in parts.values():
+        for topic, by_partition in info["offsets"].items():
+            offsets.setdefault(topic, {}).update(by_partition)
+    missing = sorted(set(range(view.n_partitions)) - set(snaps))
+    return {
+        "path": str(Path(next(iter(snaps.values())).path).parent.parent),
+        "layout": "partitioned",
+        "seq": {str(p): info["seq"] for p, info in parts.items()},
+        "created_at": min(info["created_at"] for info in parts.values()),
+        "algorithm": "dc",
+        "k": first["k"],
+        "seed": first["seed"],
+        "params": view.get_params(),
+        "n_points": view.n_points_,
+        "dim": view.n_features_in_,
+        "partitions": view.n_partitions,
+        "missing_partitions": missing,
+        "offsets": offsets,
+        "model_version": sum(info["model_version"] or 0 for info in parts.values()),
+        "tombstones": sum(info["tombstones"] or 0 for info in parts.values()),
+        "pending_receipts": sum(info["pending_receipts"] for info in parts.values()),
+        "size_bytes": sum(info["size_bytes"] for info in parts.values()),
+        "centroids": view.centroids_.tolist(),
+        "partition_snapshots": {str(p): {k: v for k, v in info.items() if k != "centroids"}
+                                for p, info in parts.items()},
+    }
+
+
 def main_inspect(args: argparse.Namespace) -> int:
     """Print a snapshot; 0 on success, 2 if there is no valid snapshot."""
     try:
-        snap, warnings = load_for_reading(args.snapshot_dir)
-        info = describe(snap)
+        if is_partitioned(args.snapshot_dir):
+            snaps, warnings = load_partitioned(args.snapshot_dir)
+            info = describe_partitioned(snaps)
+            if not args.json:
+                info = {**info, "seq": ",".join(f"{p}:{q}" for p, q in info["seq"].items())}
+        else:
+            snap, warnings = load_for_reading(args.snapshot_dir)
+            info = describe(snap)
     except NoSnapshot as exc:
         print(f"stream-unlearn inspect: {exc}", file=sys.stderr)
         return 2
@@ -146,11 +242,17 @@ def main_inspect(args: argparse.Namespace) -> int:
 def main_verify(args: argparse.Namespace) -> int:
     """Refit from the snapshot's points and compare bit for bit (0 equal, 1 not, 2 none)."""
     try:
-        snap, warnings = load_for_reading(args.snapshot_dir)
-        model = _model(snap)
+        if is_partitioned(args.snapshot_dir):
+            snaps, warnings = load_partitioned(args.snapshot_dir)
+            view = _global_view(snaps)
+        else:
+            snap, warnings = load_for_reading(args.snapshot_dir)
+            model = _model(snap)
     except NoSnapshot as exc:
         print(f"stream-unlearn verify: {exc}", file=sys.stderr)
         return 2
+    if is_partitioned(args.snapshot_dir):
+        return _verify_partitioned(snaps, view, warnings)
     for w in warnings:
         print(f"warning: {w}", file=sys.stderr)
     started = time.perf_counter()
@@ -158,4 +260,30 @@ def main_verify(args: argparse.Namespace) -> int:
     seconds = time.perf_counter() - started
     verdict = "OK: bit-identical to a fresh fit on the held points" if ok else "FAILED: centroids differ from a fresh fit"
     print(f"{snap.path}: {model.n_points_:,} points, {model.algorithm} k={model.k}: {verdict} ({seconds:.2f}s)")
+    return 0 if ok else 1
+
+
+def _verify_partitioned(snaps: dict[int, Snapshot], view: Any, warnings: list[str]) -> int:
+    """Each partition's subtree against a refit of its points; the merged root against a fresh global fit."""
+    import numpy as np
+
+    for w in warnings:
+        print(f"warning: {w}", file=sys.stderr)
+    ok = True
+    for p, snap in snaps.items():
+        model = view.models[p]
+        started = time.perf_counter()
+        good = model.verify()
+        ok &= good
+        print(f"{snap.path}: partition {p}, {model.n_points_:,} points: "
+              f"{'OK' if good else 'FAILED: subtree differs from a refit'} ({time.perf_counter() - started:.2f}s)")
+    missing = sorted(set(range(view.n_partitions)) - set(snaps))
+    started = time.perf_counter()
+    same = bool(np.array_equal(view.centroids_, view.refit().centroids_)) if view.n_points_ else len(view.centroids_) == 0
+    ok &= same
+    verdict = ("OK: bit-identical to a fresh fit on every partition's points" if same
+               else "FAILED: merged centroids differ from a fresh fit")
+    print(f"global model: {view.n_points_:,} points on {len(snaps)} of {view.n_partitions} partition(s)"
+          f"{f' (no snapshot of {missing}: counted empty)' if missing else ''}, dc k={view.k}: {verdict} "
+          f"({time.perf_counter() - started:.2f}s)")
     return 0 if ok else 1

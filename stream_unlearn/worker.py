@@ -1,28 +1,49 @@
 """``stream-unlearn worker``: Kafka events in, an exactly-forgetting model out.
 
-One thread does everything, in this order, so that a snapshot is always a
-consistent cut (model, semantics state and offsets after the same record):
+Workers started with the same flags join one Kafka consumer group
+(``--group-id``) and split the partitions of the co-partitioned insert and
+delete topics; a worker always owns the same partition numbers of both.
+With ``--algorithm dc`` (the default) the first level of the DC tree is the
+Kafka partition, so each owned partition is a *unit*: its own subtree (a
+one-partition DCKMeans, see :mod:`stream_unlearn.partitioned`), its own
+event-time semantics (an id's insert and delete share its partition), its
+own offsets of both topics, its own pending receipts, and its own snapshot
+store ``<snapshot-dir>/partition-<p>/``. ``--algorithm q`` is one global
+model, so it runs as one unit over every partition, snapshots in
+``<snapshot-dir>/`` itself, and requires ``--no-group`` (one worker).
 
-1. poll a batch (``--max-batch`` records) from every partition of the
-   co-partitioned insert and delete topics (``assign()``, no group join);
+One thread does everything, in this order, so that a unit's snapshot is
+always a consistent cut (its model, semantics and offsets after the same
+record):
+
+1. poll a batch (``--max-batch`` records); the rebalance listener only
+   records what the group revoked or assigned, and the loop handles it
+   right after ``poll()`` returns: a revoked partition is snapshotted, its
+   final summary published and its owner lock released (the batch before
+   it is already applied); an assigned one is locked (waiting for its
+   previous owner to let go), restored from its newest snapshot or replayed
+   from the earliest offset, and the consumer seeks to its offsets;
 2. decode; a bad record goes to the dead-letter topic with its reason and
-   source position in headers;
-3. fold the batch into the per-id event-time semantics
-   (:mod:`stream_unlearn.semantics`), apply the net change to the model and
+   source position in headers; records a unit already holds are skipped;
+3. fold each unit's events into its semantics
+   (:mod:`stream_unlearn.semantics`), apply the net change to its model and
    flush it (one recompute per dirty node);
-4. account metrics; publish centroids (rate-limited); commit offsets to
-   the consumer group (only for lag tools: the snapshot's offsets are the
+4. account metrics; publish (rate-limited) the summary of every owned
+   partition that changed to the summaries topic, and the merged global
+   model to the model topic; read the other workers' summaries; commit
+   offsets to the group (only for lag tools: the snapshots' offsets are the
    truth);
-5. every ``--snapshot-interval`` seconds: flush the producer (dead letters
-   are durable before offsets pass them), write a snapshot, prune every
-   older one, then send one erasure receipt per delete, and replace the
-   snapshot by one that no longer lists the receipts' ids.
+5. every ``--snapshot-interval`` seconds, per changed unit: flush the
+   producer (dead letters are durable before offsets pass them), write a
+   snapshot, prune every older one of that unit, then send one erasure
+   receipt per delete, and replace the snapshot by one that no longer lists
+   the receipts' ids.
 
-Restart = load the newest valid snapshot, seek to its offsets, replay.
-Replayed events meet a state that already holds their effect, and the
-semantics are a function of the SET of events, so a kill -9 at any instant
-loses nothing and applies nothing twice. Pending receipts are in the
-snapshot and re-sent after a crash (at-least-once).
+Restart or hand-over = load the unit's newest valid snapshot, seek to its
+offsets, replay. Replayed events meet a state that already holds their
+effect, and the semantics are a function of the SET of events, so a kill -9
+at any instant loses nothing and applies nothing twice. Pending receipts
+are in the snapshot and re-sent after a crash (at-least-once).
 """
 
 from __future__ import annotations
@@ -35,20 +56,33 @@ import sys
 import threading
 import time
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import msgpack
 import numpy as np
 
-from . import DCKMeans, QKMeans, __version__, load_model
+from . import QKMeans, __version__, load_model
 from .base import UnlearningModel
 from .broker import ensure_topics
 from .config import ConfigError, WorkerConfig, config_from_args
+from .ownership import OwnerLock, OwnershipError, RebalanceLog, partitions_of
+from .partitioned import (
+    GlobalView,
+    global_params,
+    merge_latest,
+    new_partition_model,
+    partition_dir,
+    partition_dirs,
+    partition_summary,
+    position,
+)
 from .receipts import PendingReceipt, encode_receipt, pending_from_meta, pending_to_meta
 from .semantics import EventTimeState, SemanticsError
-from .snapshot import Snapshot, SnapshotError, SnapshotStore
+from .snapshot import Snapshot, SnapshotError, SnapshotStore, snapshot_seq
 from .state import StateError
+from .summaries import GlobalModel, PartitionSummary, SummaryError, encode_summary, newer
 from .wire import BadRecord, DeleteEvent, InsertEvent, decode_delete, decode_insert
 
 __all__ = [
@@ -56,6 +90,7 @@ __all__ = [
     "SEMANTICS_PART",
     "Worker",
     "WorkerError",
+    "encode_global_message",
     "encode_model_message",
     "main_worker",
 ]
@@ -71,6 +106,8 @@ HOUSEKEEPING_INTERVAL = 1.0
 POLL_TIMEOUT_MS = 200
 _DETAIL_MAX = 1000
 _LATENCY_OUTCOMES = frozenset(("applied", "replaced", "tombstoned"))
+#: A gap in a partition's offsets is re-fetched this many times before it is accepted as lost data.
+_GAP_RETRIES = 3
 
 
 class WorkerError(RuntimeError):
@@ -82,11 +119,25 @@ class WorkerError(RuntimeError):
 
 
 def encode_model_message(model: UnlearningModel, version: int, algorithm: str) -> bytes:
-    """The model-topic value: centroids as float64 LE bytes plus their shape."""
-    C = np.ascontiguousarray(model.centroids_, dtype="<f8")
+    """The model-topic value of one model: centroids as float64 LE bytes plus their shape."""
+    return encode_global_message(model.centroids_, model.n_points_, version, algorithm)
+
+
+def encode_global_message(centroids: np.ndarray, n_points: int, version: int, algorithm: str,
+                          complete: bool = True, partitions: Mapping[int, tuple[int, int]] | None = None,
+                          summary_version: str = "") -> bytes:
+    """The model-topic value: the global centroids (float64 LE bytes plus shape) and where they stand.
+
+    ``version`` is the number of input records the model covers (it only
+    grows); ``complete`` is False while some partition has no summary yet;
+    ``partitions`` maps each partition to its ``[insert, delete]`` offsets.
+    """
+    C = np.ascontiguousarray(centroids, dtype="<f8")
     return msgpack.packb(
-        {"centroids": C.tobytes(), "shape": list(C.shape), "n_points": model.n_points_,
-         "version": int(version), "ts": time.time(), "algorithm": algorithm},
+        {"centroids": C.tobytes(), "shape": list(C.shape), "n_points": int(n_points),
+         "version": int(version), "ts": time.time(), "algorithm": algorithm, "complete": bool(complete),
+         "partitions": {str(p): [int(a), int(b)] for p, (a, b) in (partitions or {}).items()},
+         "summary_version": summary_version},
         use_bin_type=True,
     )
 
@@ -144,7 +195,36 @@ class _Publisher:
 
 
 # --------------------------------------------------------------------------
-# restore
+# units: what is snapshotted, restored and handed over together
+
+
+@dataclass(eq=False)
+class _Unit:
+    """One snapshot unit: a partition's subtree (dc), or the global model over every partition (q)."""
+
+    key: int | None  # the partition (dc), or None for the global unit (q)
+    partitions: tuple[int, ...]
+    store: SnapshotStore
+    lock: OwnerLock
+    model: UnlearningModel
+    semantics: EventTimeState
+    #: next offset to read, per (topic, partition) of this unit
+    offsets: dict[tuple[str, int], int] = field(default_factory=dict)
+    unsent: list[PendingReceipt] = field(default_factory=list)
+    new_pending: list[PendingReceipt] = field(default_factory=list)
+    changed: bool = False
+    version: int = 0
+    last_seq: int | None = None
+    restored_seq: int | None = None
+    summary_dirty: bool = True
+
+    @property
+    def name(self) -> str:
+        return "global" if self.key is None else f"partition {self.key}"
+
+    def latest_seq_on_disk(self) -> int | None:
+        seqs = [snapshot_seq(p) for p in self.store.list()]
+        return max((s for s in seqs if s is not None), default=None)
 
 
 @dataclass
@@ -160,8 +240,9 @@ class _Restored:
     version: int
 
 
-def _restore(snap: Snapshot, config: WorkerConfig, expected: UnlearningModel, n_partitions: int) -> _Restored:
-    """Load a snapshot and check it belongs to this configuration."""
+def _restore(snap: Snapshot, config: WorkerConfig, expected: UnlearningModel, n_partitions: int,
+             partition: int | None) -> _Restored:
+    """Load a snapshot and check it belongs to this configuration and unit."""
     meta = snap.meta
     if not isinstance(meta, dict) or meta.get("format") != META_FORMAT:
         raise WorkerError(f"{snap.path}: not a worker snapshot (meta format {meta!r:.80})")
@@ -171,11 +252,15 @@ def _restore(snap: Snapshot, config: WorkerConfig, expected: UnlearningModel, n_
         pending = pending_from_meta(meta.get("pending_receipts"))
     except (KeyError, StateError, SemanticsError, ValueError) as exc:
         raise WorkerError(f"{snap.path}: unreadable snapshot content: {exc}") from exc
-    if model.get_params() != expected.get_params():
+    if model.get_params() != expected.get_params() or meta.get("partitions") != n_partitions:
         raise WorkerError(
-            f"{snap.path} was written with model {model!r}, but this worker is configured for "
-            f"{expected!r} on {n_partitions} partition(s); use the same flags or a fresh --snapshot-dir"
+            f"{snap.path} was written with model {model!r} on {meta.get('partitions')} partition(s), but this "
+            f"worker is configured for {expected!r} on {n_partitions} partition(s); use the same flags "
+            "(and partition count) or a fresh --snapshot-dir"
         )
+    if meta.get("partition") != partition:
+        raise WorkerError(f"{snap.path} holds partition {meta.get('partition')}, not {partition}; "
+                          "use a fresh --snapshot-dir")
     topics = meta.get("topics", {})
     if [topics.get("inserts"), topics.get("deletes")] != list(config.input_topics):
         raise WorkerError(
@@ -197,6 +282,15 @@ class Worker:
     ``metrics``: a :class:`~stream_unlearn.metrics.WorkerMetrics` or
     ``NullMetrics``; by default one is built (and served when
     ``config.metrics_port`` is not 0) once the partition count is known.
+
+    Readable while it runs (from another thread, as plain values):
+    ``offsets`` (next offset per owned (topic, partition)), ``owned``
+    (partitions owned now), ``global_model`` (the last merged
+    :class:`~stream_unlearn.summaries.GlobalModel`), ``rebalances`` (one
+    dict per handled assignment, with its timings). ``model`` (the model of
+    the owned partitions: a :class:`~stream_unlearn.partitioned.GlobalView`
+    for dc, the QKMeans for q) is for after :meth:`run` returned: models
+    are not thread-safe.
     """
 
     def __init__(self, config: WorkerConfig, metrics: Any = None) -> None:
@@ -204,31 +298,70 @@ class Worker:
         self.metrics = metrics
         self._own_metrics = metrics is None
         self._stop = threading.Event()
-        self.model: UnlearningModel | None = None
-        self.semantics = EventTimeState(config.tombstone_horizon)
-        #: next offset to read, per (topic, partition)
+        #: next offset to read, per owned (topic, partition)
         self.offsets: dict[tuple[str, int], int] = {}
         self.n_partitions = 0
         self.metrics_port: int | None = None
         self.last_snapshot_seq: int | None = None
-        #: seq of the snapshot restored at start (None: started from scratch)
-        self.restored_seq: int | None = None
+        #: seq of the snapshot restored, per unit (partition, or None for the q unit)
+        self.restored_seqs: dict[int | None, int | None] = {}
         #: records handled since start (dead letters included)
         self.records_handled = 0
-        #: set once started (topics checked, snapshot restored, partitions assigned)
+        #: set once started (topics checked, group joined or partitions assigned)
         self.ready = threading.Event()
+        #: set once the first assignment has been handled
+        self.assigned = threading.Event()
+        self.owned: tuple[int, ...] = ()
+        self.global_model: GlobalModel | None = None
+        self.rebalances: list[dict[str, Any]] = []
+        self._units: dict[int, _Unit] = {}
+        self._parked: dict[int, _Unit] = {}
+        self._retired_models: dict[int, UnlearningModel] = {}
         self._dim: int | None = config.dim or None
-        self._version = 0
-        self._published_version = -1
-        self._changed = False
-        self._new_pending: list[PendingReceipt] = []
-        self._unsent: list[PendingReceipt] = []
-        self._store: SnapshotStore | None = None
+        self._published: tuple[Any, ...] | None = None
+        self._publish_due = False
+        self._own_summaries: dict[int, PartitionSummary] = {}
         self._consumer: Any = None
         self._publisher: _Publisher | None = None
-        self._tps: list[Any] = []
+        self._reader: Any = None
+        self._rebalance = RebalanceLog()
+        self._gaps: collections.Counter[tuple[str, int, int]] = collections.Counter()
+        self._root_store: SnapshotStore | None = None
         self._last_snapshot = self._last_publish = self._last_loss = self._last_housekeeping = 0.0
         self._q_counters = (0, 0, 0)
+        self._global_params: dict[str, Any] = {}
+
+    # -- reading -------------------------------------------------------------------
+    @property
+    def dc(self) -> bool:
+        return self.config.algorithm == "dc"
+
+    def _unique_units(self) -> list[_Unit]:
+        seen: dict[int, _Unit] = {}
+        for unit in self._units.values():
+            seen.setdefault(id(unit), unit)
+        return list(seen.values())
+
+    @property
+    def model(self) -> Any:
+        """The model of the owned partitions (dc: a GlobalView; q: the QKMeans); None before start.
+
+        After the worker stopped, a dc view still shows the partitions it
+        owned last (its units are kept for reading).
+        """
+        if not self.dc:
+            units = self._unique_units()
+            return units[0].model if units else self._retired_models.get(-1)
+        if not self.n_partitions:
+            return None
+        models = {p: u.model for p, u in self._units.items()} or dict(self._retired_models)
+        return GlobalView(models, self.n_partitions, self._global_params)
+
+    @property
+    def restored_seq(self) -> int | None:
+        """The seq restored for the q unit, or for the only owned partition (compatibility)."""
+        values = list(self.restored_seqs.values())
+        return values[0] if len(values) == 1 else None
 
     # -- control ---------------------------------------------------------------
     def request_stop(self) -> None:
@@ -238,11 +371,11 @@ class Worker:
     def run(self, stop_event: threading.Event | None = None) -> None:
         """Run until ``stop_event`` (or :meth:`request_stop`) is set.
 
-        Raises :class:`WorkerError` for configuration problems found at start
-        (topics not co-partitioned, snapshot of another configuration);
-        other exceptions are fatal runtime errors. Either way nothing is
-        snapshotted after a failure, so a restart replays from the last
-        consistent snapshot.
+        Raises :class:`WorkerError` for configuration problems (topics not
+        co-partitioned, snapshot of another configuration, an assignment
+        that is not co-partitioned); other exceptions are fatal runtime
+        errors. Either way nothing is snapshotted after a failure, so a
+        restart replays from the last consistent snapshots.
         """
         stop = stop_event if stop_event is not None else self._stop
         try:
@@ -256,12 +389,17 @@ class Worker:
     # -- start -------------------------------------------------------------------
     def _start(self) -> None:
         from kafka import KafkaConsumer
+        from kafka.coordinator.assignors.range import RangePartitionAssignor
 
         c = self.config
-        self._store = SnapshotStore(c.snapshot_dir)
+        self._check_layout()
         if c.create_topics:
             ensure_topics(c.bootstrap_servers, {c.insert_topic: c.partitions, c.delete_topic: c.partitions,
                                                 c.dead_letter_topic: 1, c.receipts_topic: 1, c.model_topic: 1})
+            if self.dc:
+                from .model_cmd import ensure_summaries_topic
+
+                ensure_summaries_topic(c.bootstrap_servers, c.summaries_topic)
         self._consumer = KafkaConsumer(
             bootstrap_servers=c.bootstrap_list,
             group_id=c.group_id,
@@ -269,14 +407,21 @@ class Worker:
             enable_auto_commit=False,
             auto_offset_reset="earliest",
             max_poll_records=c.max_batch,
+            fetch_max_wait_ms=c.fetch_max_wait_ms,
             max_partition_fetch_bytes=max(1 << 20, c.max_value_bytes + (64 << 10)),
             fetch_max_bytes=64 << 20,
+            session_timeout_ms=c.session_timeout_ms,
+            heartbeat_interval_ms=c.heartbeat_interval_ms,
+            partition_assignment_strategy=(RangePartitionAssignor,),
         )
         self.n_partitions = self._partition_count()
         self._publisher = _Publisher(c)
-        expected = self._new_model()
-        restored = self._load_snapshot(expected)
-        self.model = expected if restored is None else restored.model
+        if self.dc:
+            from .model_cmd import SummaryReader
+
+            self._global_params = global_params(new_partition_model(c.model_params()), self.n_partitions)
+            self._reader = SummaryReader(c.bootstrap_list, c.summaries_topic, params=self._global_params,
+                                         n_partitions=self.n_partitions)
         if self.metrics is None:
             from .metrics import WorkerMetrics
 
@@ -285,17 +430,31 @@ class Worker:
         if self._own_metrics and c.metrics_port:
             self.metrics_port = self.metrics.serve(c.metrics_port, c.metrics_addr)
             log.info("metrics on http://%s:%d/metrics", c.metrics_addr, self.metrics_port)
-        self._q_counters = self._q_stats()
-        self._assign_and_seek()
-        self._account_model(force_loss=True)
-        self.metrics.tombstones(self.semantics.n_tombstones)
-        if self._unsent:  # receipts of the restored snapshot may not have gone out
-            assert restored is not None
-            self._send_receipts(restored.snapshot.seq, restored.snapshot.parts)
+        if c.group:
+            self._consumer.subscribe(topics=list(c.input_topics), listener=self._rebalance.listener())
+        else:
+            from kafka import TopicPartition
+
+            self._consumer.assign([TopicPartition(t, p) for t in c.input_topics for p in range(self.n_partitions)])
+            self._handle_assignment(set(range(self.n_partitions)), time.monotonic())
         self._last_snapshot = time.monotonic()
         self.ready.set()
-        log.info("worker started: %s k=%d seed=%d on %d partition(s) of %s/%s, %d points held",
-                 c.algorithm, c.k, c.seed, self.n_partitions, c.insert_topic, c.delete_topic, self.model.n_points_)
+        log.info("worker started: %s k=%d seed=%d, %d partition(s) of %s/%s, %s", c.algorithm, c.k, c.seed,
+                 self.n_partitions, c.insert_topic, c.delete_topic,
+                 f"consumer group {c.group_id!r}" if c.group else "every partition (no group)")
+
+    def _check_layout(self) -> None:
+        """The snapshot root must hold this algorithm's layout (or nothing yet)."""
+        root = Path(self.config.snapshot_dir)
+        self._root_store = SnapshotStore(root)  # creates it owner-only, or fixes its mode
+        if self.dc and self._root_store.list():
+            raise WorkerError(
+                f"{root} holds whole-model snapshots (snap-*: --algorithm q, or an earlier version of the "
+                "worker), but dc workers keep one snapshot store per partition (partition-<p>/); "
+                "use a fresh --snapshot-dir"
+            )
+        if not self.dc and partition_dirs(root):
+            raise WorkerError(f"{root} holds per-partition snapshots of dc workers; use a fresh --snapshot-dir")
 
     def _partition_count(self) -> int:
         """Partitions of the input topics, which must be co-partitioned."""
@@ -320,51 +479,170 @@ class Worker:
 
     def _new_model(self) -> UnlearningModel:
         c = self.config
-        if c.algorithm == "dc":
-            return DCKMeans(**c.model_params(), n_partitions=self.n_partitions)
+        if self.dc:
+            return new_partition_model(c.model_params())
         return QKMeans(**c.model_params())
 
-    def _load_snapshot(self, expected: UnlearningModel) -> _Restored | None:
-        assert self._store is not None
-        snap = self._store.load_latest()
-        for skipped in self._store.skipped:
-            log.warning("ignored invalid snapshot %s: %s", skipped.path, skipped.reason)
-        if snap is None:
-            log.info("no snapshot in %s: starting from the beginning of the topics", self.config.snapshot_dir)
-            return None
-        restored = _restore(snap, self.config, expected, self.n_partitions)
-        self._store.prune(snap.seq)  # older ones may hold data of people deleted since
-        self.semantics = restored.semantics
-        self.offsets = restored.offsets
-        self._unsent = restored.pending
-        self._dim = self._dim or restored.dim
-        self._version = self._published_version = restored.version
-        self.last_snapshot_seq = self.restored_seq = snap.seq
-        log.info("restored snapshot %s: %d points, offsets %s", snap.path, restored.model.n_points_,
-                 {f"{t}/{p}": o for (t, p), o in sorted(self.offsets.items())})
-        return restored
+    # -- ownership -------------------------------------------------------------------
+    def _handle_rebalance(self) -> set[int]:
+        """Handle what the listener recorded during ``poll()``; returns partitions taken now."""
+        taken: set[int] = set()
+        for kind, tps in self._rebalance.take():
+            if kind == "revoked":
+                started = time.monotonic()
+                gone = sorted({p for _, p in tps} & set(self._units))
+                for p in gone:
+                    self._release(p)
+                if gone:
+                    log.info("revoked partition(s) %s: snapshotted and released in %.3fs", gone,
+                             time.monotonic() - started)
+            else:
+                try:
+                    partitions = partitions_of(_TPs(tps), self.config.input_topics)
+                except OwnershipError as exc:
+                    raise WorkerError(str(exc)) from None
+                taken |= self._handle_assignment(partitions, self._rebalance.revoked_at)
+        return taken
 
-    def _assign_and_seek(self) -> None:
+    def _handle_assignment(self, partitions: set[int], revoked_at: float | None) -> set[int]:
+        """Own exactly ``partitions``: release the others, take the new ones, seek all."""
         from kafka import TopicPartition
 
-        self._tps = [TopicPartition(t, p) for t in self.config.input_topics for p in range(self.n_partitions)]
-        self._consumer.assign(self._tps)
-        for tp in self._tps:
-            offset = self.offsets.get((tp.topic, tp.partition))
-            if offset is None:
-                self._consumer.seek_to_beginning(tp)
-            else:
-                self._consumer.seek(tp, offset)
+        started = time.monotonic()
+        for p in sorted(set(self._units) - partitions):
+            self._release(p)
+        new = sorted(partitions - set(self._units))
+        waited = 0.0
+        reused = []
+        if self.dc:
+            for p in new:
+                unit, w, was_parked = self._take(p)
+                waited += w
+                if was_parked:
+                    reused.append(p)
+                self._units[p] = unit
+                self.offsets.update(unit.offsets)
+        elif new:
+            if set(new) != set(range(self.n_partitions)):
+                raise WorkerError("--algorithm q needs every partition (one global model); got "
+                                  f"{sorted(partitions)} of {self.n_partitions}")
+            unit, waited, _ = self._take(None)
+            for p in new:
+                self._units[p] = unit
+        for p in list(self._parked):  # not ours any more: drop their points
+            self._drop(self._parked.pop(p))
+        self.owned = tuple(sorted(self._units))
+        for p in self.owned:
+            unit = self._units[p]
+            for t in self.config.input_topics:
+                tp = TopicPartition(t, p)
+                self._consumer.seek(tp, unit.offsets[(t, p)])
+        self._publish_due = True
+        now = time.monotonic()
+        record = {"partitions": list(self.owned), "taken": new, "reused": reused,
+                  "handled_seconds": now - started, "lock_wait_seconds": waited,
+                  "since_revoke_seconds": None if revoked_at is None else now - revoked_at}
+        self.rebalances.append(record)
+        self.assigned.set()
+        log.info("own partition(s) %s (taken now %s, of which kept in memory %s); handled in %.3fs (%.3fs waiting for "
+                 "previous owners)%s", list(self.owned), new, reused, record["handled_seconds"], waited,
+                 "" if revoked_at is None else f", {record['since_revoke_seconds']:.3f}s after the revocation")
+        return set(new)
+
+    def _take(self, p: int | None) -> tuple[_Unit, float, bool]:
+        """Lock and restore one unit: from memory if we let go of it in this rebalance and nobody
+        wrote it since, else its newest snapshot, else empty at the earliest offsets."""
+        c = self.config
+        directory = Path(c.snapshot_dir) if p is None else partition_dir(c.snapshot_dir, p)
+        parked = self._parked.pop(p, None) if p is not None else None
+        lock = parked.lock if parked is not None else OwnerLock(directory)
+        waited = lock.acquire(c.handover_timeout)
+        try:
+            if parked is not None and parked.latest_seq_on_disk() == parked.last_seq:
+                parked.summary_dirty = True
+                return parked, waited, True
+            store = self._root_store if p is None else SnapshotStore(directory)
+            assert store is not None
+            partitions = tuple(range(self.n_partitions)) if p is None else (p,)
+            unit = _Unit(p, partitions, store, lock, self._new_model(), EventTimeState(c.tombstone_horizon))
+            self._restore_unit(unit)
+        except BaseException:
+            lock.release()
+            raise
+        return unit, waited, False
+
+    def _restore_unit(self, unit: _Unit) -> None:
+        from kafka import TopicPartition
+
+        snap = unit.store.load_latest()
+        for skipped in unit.store.skipped:
+            log.warning("ignored invalid snapshot %s: %s", skipped.path, skipped.reason)
+        if snap is not None:
+            restored = _restore(snap, self.config, unit.model, self.n_partitions, unit.key)
+            unit.store.prune(snap.seq)  # older ones may hold data of people deleted since
+            unit.model, unit.semantics = restored.model, restored.semantics
+            unit.offsets = {k: v for k, v in restored.offsets.items() if k[1] in unit.partitions}
+            unit.unsent = restored.pending
+            unit.version = restored.version
+            unit.last_seq = unit.restored_seq = snap.seq
+            self._dim = self._dim or restored.dim
+            log.info("%s: restored snapshot %s: %d points, offsets %s", unit.name, snap.path,
+                     restored.model.n_points_, {f"{t}/{p}": o for (t, p), o in sorted(unit.offsets.items())})
+        tps = [TopicPartition(t, p) for t in self.config.input_topics for p in unit.partitions]
+        missing = [tp for tp in tps if (tp.topic, tp.partition) not in unit.offsets]
+        if missing:
+            earliest = self._consumer.beginning_offsets(missing)
+            for tp in missing:
+                unit.offsets[(tp.topic, tp.partition)] = int(earliest.get(tp) or 0)
+            if snap is None:
+                log.info("%s: no snapshot in %s: replaying from the earliest offsets", unit.name, unit.store.root)
+        self.restored_seqs[unit.key] = unit.restored_seq
+        self.offsets.update(unit.offsets)
+        unit.summary_dirty = True
+        if unit.unsent:  # receipts of the restored snapshot may not have gone out
+            assert snap is not None
+            self._send_receipts(unit, snap.seq, snap.parts)
+
+    def _release(self, p: int) -> None:
+        """Let go of partition ``p``: snapshot, final summary, unlock; keep it parked in memory."""
+        unit = self._units.pop(p)
+        if any(q in self._units for q in unit.partitions):  # the q unit: released with its last partition
+            return
+        self._snapshot_unit(unit, flush=True)
+        self._publish_summaries([unit])
+        assert self._publisher is not None
+        try:
+            self._publisher.flush()
+        except PublishError as exc:
+            log.warning("%s: final summary not acknowledged: %s", unit.name, exc)
+        unit.lock.release()
+        for q in unit.partitions:
+            for t in self.config.input_topics:
+                self.offsets.pop((t, q), None)
+                self.metrics.lag(t, q, 0)
+        self._own_summaries.pop(p, None)
+        self.owned = tuple(sorted(self._units))
+        if unit.key is not None:
+            self._parked[unit.key] = unit
+
+    def _drop(self, unit: _Unit) -> None:
+        log.info("%s: owned by another worker now; dropped its %d points", unit.name, unit.model.n_points_)
+        unit.lock.release()
 
     # -- the loop ----------------------------------------------------------------
     def step(self) -> int:
         """Poll and apply one batch, then do what is due; returns records handled."""
         batch = self._consumer.poll(timeout_ms=POLL_TIMEOUT_MS, max_records=self.config.max_batch)
+        taken = self._handle_rebalance()
+        if taken and batch:  # fetched before we sought to the restored offsets
+            batch = {tp: records for tp, records in batch.items() if tp.partition not in taken}
         n = self._apply(batch) if batch else 0
         self.records_handled += n
+        if self._reader is not None and self._reader.poll(0):
+            self._publish_due = True
         now = time.monotonic()
-        if self._version != self._published_version and now - self._last_publish >= self.config.model_publish_interval:
-            self._publish_model()
+        if self._publish_due and now - self._last_publish >= self.config.model_publish_interval:
+            self._publish()
         if now - self._last_housekeeping >= HOUSEKEEPING_INTERVAL:
             self._housekeeping()
         if now - self._last_snapshot >= self.config.snapshot_interval:
@@ -372,13 +650,29 @@ class Worker:
         return n
 
     def _apply(self, batch: Mapping[Any, list[Any]]) -> int:
-        """Decode, fold into the semantics, apply to the model, account."""
-        assert self.model is not None
-        events: list[InsertEvent | DeleteEvent] = []
-        partitions: list[int] = []
-        consumed: dict[tuple[str, int], int] = {}
+        """Decode, fold into each unit's semantics, apply to its model, account."""
+        work: dict[int, tuple[_Unit, list[InsertEvent | DeleteEvent], list[int], dict[tuple[str, int], int]]] = {}
         dead = 0
         for tp, records in batch.items():
+            unit = self._units.get(tp.partition)
+            if unit is None:
+                continue  # not ours (any more)
+            key = (tp.topic, tp.partition)
+            expected = unit.offsets[key]
+            records = [r for r in records if r.offset >= expected]  # already held: redelivered
+            if not records:
+                continue
+            if records[0].offset > expected:
+                gap = (tp.topic, tp.partition, expected)
+                self._gaps[gap] += 1
+                if self._gaps[gap] <= _GAP_RETRIES:
+                    log.warning("%s/%d: got offset %d, expected %d: seeking back", tp.topic, tp.partition,
+                                records[0].offset, expected)
+                    self._consumer.seek(tp, expected)
+                    continue
+                log.error("%s/%d: offsets %d..%d are gone from the log (retention?); going on without them",
+                          tp.topic, tp.partition, expected, records[0].offset - 1)
+            _, events, partitions, consumed = work.setdefault(id(unit), (unit, [], [], {}))
             is_insert = tp.topic == self.config.insert_topic
             for record in records:
                 try:
@@ -389,24 +683,32 @@ class Worker:
                     continue
                 events.append(event)
                 partitions.append(tp.partition)
-            if records:
-                consumed[(tp.topic, tp.partition)] = records[-1].offset + 1
+            consumed[key] = records[-1].offset + 1
 
-        plan = self.semantics.apply(events, partitions)
-        started = time.perf_counter()
-        if plan.delete_ids:
-            self.model.delete(plan.delete_ids)
-        if plan.insert_ids:
-            parts = np.asarray(plan.insert_partitions, dtype=np.int64) if self.config.algorithm == "dc" else None
-            self.model.insert(plan.insert_ids, plan.insert_vectors, partitions=parts)
-        self.model.flush()
-        seconds = time.perf_counter() - started
-        if plan.changes_model:
-            self._version += 1
-        self.offsets.update(consumed)  # only now: the model reflects these records
-        self._changed = True
-        self._account_batch(events, plan.outcomes, seconds)
-        return len(events) + dead
+        n_events = 0
+        seconds = 0.0
+        for unit, events, partitions, consumed in work.values():
+            plan = unit.semantics.apply(events, partitions)
+            started = time.perf_counter()
+            if plan.delete_ids:
+                unit.model.delete(plan.delete_ids)
+            if plan.insert_ids:
+                unit.model.insert(plan.insert_ids, plan.insert_vectors)
+            unit.model.flush()
+            seconds += time.perf_counter() - started
+            if plan.changes_model:
+                unit.version += 1
+            unit.offsets.update(consumed)  # only now: the model reflects these records
+            self.offsets.update(consumed)
+            unit.changed = unit.summary_dirty = True
+            self._account_events(unit, events, plan.outcomes)
+            n_events += len(events)
+        if work:
+            self._publish_due = True
+            if n_events:
+                self.metrics.model_update(seconds, n_events)
+            self._account_model()
+        return n_events + dead
 
     def _decode(self, record: Any, is_insert: bool) -> InsertEvent | DeleteEvent:
         c = self.config
@@ -428,8 +730,7 @@ class Worker:
         self.metrics.events(kind, "dead_letter")
         log.debug("dead letter %s/%d@%d: %s", tp.topic, tp.partition, record.offset, bad)
 
-    def _account_batch(self, events: list[InsertEvent | DeleteEvent], outcomes: list[str], seconds: float) -> None:
-        assert self.model is not None
+    def _account_events(self, unit: _Unit, events: list[InsertEvent | DeleteEvent], outcomes: list[str]) -> None:
         m = self.metrics
         now = time.time()
         counts: collections.Counter[tuple[str, str]] = collections.Counter()
@@ -441,7 +742,7 @@ class Worker:
             if outcome in _LATENCY_OUTCOMES:
                 latency[kind].append(now - event.ts)
             if kind == "delete":
-                self._new_pending.append(PendingReceipt(event.id, event.ts, now))
+                unit.new_pending.append(PendingReceipt(event.id, event.ts, now))
                 if outcome == "applied":
                     forgotten.append(now - event.ts)
         for (kind, outcome), n in counts.items():
@@ -451,24 +752,21 @@ class Worker:
                 m.event_to_model(kind, values)
         if forgotten:
             m.delete_forgotten(forgotten)
-        if events:
-            m.model_update(seconds, len(events))
-        self._account_model()
 
     def _q_stats(self) -> tuple[int, int, int]:
-        model = self.model
+        model = self.model if not self.dc else None
         if isinstance(model, QKMeans):
             return (model.certificates_passed_, model.certificates_failed_, model.refits_)
         return (0, 0, 0)
 
     def _account_model(self, force_loss: bool = False) -> None:
-        assert self.model is not None
         now = time.monotonic()
         loss = None
+        units = self._unique_units()
         if force_loss or now - self._last_loss >= LOSS_INTERVAL:
-            loss = self.model.loss()
+            loss = self.model.loss() if units else 0.0
             self._last_loss = now
-        self.metrics.model_state(self.model.n_points_, loss)
+        self.metrics.model_state(sum(u.model.n_points_ for u in units), loss)
         stats = self._q_stats()
         passed, failed, refits = (new - old for new, old in zip(stats, self._q_counters))
         if passed or failed:
@@ -478,37 +776,104 @@ class Worker:
         self._q_counters = stats
 
     def _housekeeping(self) -> None:
-        """Lag per partition, tombstone count, offsets committed for lag tools."""
+        """Lag per owned partition, tombstone count, offsets committed for lag tools."""
+        from kafka import TopicPartition
         from kafka.structs import OffsetAndMetadata
 
         self._last_housekeeping = time.monotonic()
-        for tp in self._tps:
+        tps = [TopicPartition(t, p) for t in self.config.input_topics for p in self.owned]
+        offsets = dict(self.offsets)
+        for tp in tps:
             high = self._consumer.highwater(tp)
-            offset = self.offsets.get((tp.topic, tp.partition))
+            offset = offsets.get((tp.topic, tp.partition))
             if high is not None and offset is not None:
-                self.metrics.lag(tp.topic, tp.partition, high - offset)
-        self.metrics.tombstones(self.semantics.n_tombstones)
-        commit = {tp: OffsetAndMetadata(self.offsets[(tp.topic, tp.partition)], "", -1)
-                  for tp in self._tps if (tp.topic, tp.partition) in self.offsets}
+                self.metrics.lag(tp.topic, tp.partition, max(0, high - offset))
+        self.metrics.tombstones(sum(u.semantics.n_tombstones for u in self._unique_units()))
+        commit = {tp: OffsetAndMetadata(offsets[(tp.topic, tp.partition)], "", -1)
+                  for tp in tps if (tp.topic, tp.partition) in offsets}
         if commit:
             try:
                 self._consumer.commit(commit)
             except Exception as exc:  # lag tools only; never worth stopping for
                 log.debug("offset commit failed: %r", exc)
 
-    def _publish_model(self) -> None:
-        assert self.model is not None and self._publisher is not None
-        value = encode_model_message(self.model, self._version, self.config.algorithm)
-        self._publisher.send(self.config.model_topic, b"model", value)
-        self._published_version = self._version
+    # -- publishing: summaries and the global model ---------------------------------------
+    def _summary_of(self, unit: _Unit) -> PartitionSummary | None:
+        assert unit.key is not None
+        p = unit.key
+        offsets = (unit.offsets[(self.config.insert_topic, p)], unit.offsets[(self.config.delete_topic, p)])
+        return partition_summary(unit.model, p, self.n_partitions, offsets, self._dim)  # type: ignore[arg-type]
+
+    def _publish_summaries(self, units: Iterable[_Unit]) -> None:
+        """Send the summary of each given dc unit whose subtree or offsets changed."""
+        if not self.dc:
+            return
+        assert self._publisher is not None
+        for unit in units:
+            if not unit.summary_dirty or unit.key is None:
+                continue
+            summary = self._summary_of(unit)
+            if summary is None:
+                continue  # no dimension known yet
+            self._publisher.send(self.config.summaries_topic, summary.key, encode_summary(summary))
+            self._own_summaries[unit.key] = summary
+            unit.summary_dirty = False
+
+    def _merged(self) -> GlobalModel | None:
+        """The latest summary of every partition: ours for owned ones (unless a newer one was read)."""
+        latest: dict[int, PartitionSummary] = dict(self._reader.latest) if self._reader is not None else {}
+        if self._dim is None and latest:
+            self._dim = next(iter(latest.values())).centroids.shape[1] or None
+        for p, mine in self._own_summaries.items():
+            theirs = latest.get(p)
+            if theirs is None or not newer(theirs, mine):
+                latest[p] = mine
+        if not latest:
+            return None
+        try:
+            return merge_latest(latest)
+        except SummaryError as exc:
+            log.warning("cannot merge partition summaries: %s", exc)
+            return None
+
+    def _publish(self) -> None:
+        """Summaries of changed owned partitions, then the merged global model if it changed."""
+        assert self._publisher is not None
         self._last_publish = time.monotonic()
+        self._publish_due = False
+        c = self.config
+        units = self._unique_units()
+        if self.dc:
+            self._publish_summaries(units)
+            merged = self._merged()
+            if merged is None:
+                return
+            self.global_model = merged
+            version = position(merged)
+            ident = (version, merged.complete, merged.n_points, merged.centroids.tobytes())
+            if ident == self._published:
+                return
+            value = encode_global_message(merged.centroids, merged.n_points, version, c.algorithm,
+                                          merged.complete, merged.partitions, merged.version)
+        else:
+            if not units:
+                return
+            unit = units[0]
+            version = sum(unit.offsets.values())
+            ident = (version,)
+            if ident == self._published:
+                return
+            value = encode_global_message(unit.model.centroids_, unit.model.n_points_, version, c.algorithm, True,
+                                          {p: (unit.offsets[(c.insert_topic, p)], unit.offsets[(c.delete_topic, p)])
+                                           for p in unit.partitions})
+        self._publisher.send(c.model_topic, b"model", value)
+        self._published = ident
 
     # -- snapshots and receipts ---------------------------------------------------------
-    def _meta(self, pending: Iterable[PendingReceipt]) -> dict[str, Any]:
-        assert self.model is not None
+    def _meta(self, unit: _Unit, pending: Iterable[PendingReceipt]) -> dict[str, Any]:
         c = self.config
         offsets: dict[str, dict[int, int]] = {}
-        for (topic, partition), offset in sorted(self.offsets.items()):
+        for (topic, partition), offset in sorted(unit.offsets.items()):
             offsets.setdefault(topic, {})[partition] = offset
         return {
             "format": META_FORMAT,
@@ -516,89 +881,116 @@ class Worker:
             "algorithm": c.algorithm,
             "k": c.k,
             "seed": c.seed,
-            "params": self.model.get_params(),
+            "params": unit.model.get_params(),
             "partitions": self.n_partitions,
+            "partition": unit.key,
             "topics": {"inserts": c.insert_topic, "deletes": c.delete_topic},
             "offsets": offsets,
             "dim": self._dim,
-            "model_version": self._version,
-            "n_points": self.model.n_points_,
+            "model_version": unit.version,
+            "n_points": unit.model.n_points_,
             "pending_receipts": pending_to_meta(pending),
         }
 
     def snapshot(self) -> int | None:
-        """Write a snapshot if anything changed, prune older ones, send receipts.
+        """Snapshot every owned unit that changed, prune older ones, send receipts.
 
-        Returns the new snapshot's seq, or None if there was nothing to do or
-        the write failed (it is retried at the next interval).
+        Returns the seq of the last snapshot written, or None if there was
+        nothing to do or a write failed (it is retried at the next interval).
         """
-        assert self.model is not None and self._store is not None and self._publisher is not None
         self._last_snapshot = time.monotonic()
-        if not self._changed and not self._unsent:
+        units = [u for u in self._unique_units() if u.changed or u.unsent]
+        if not units:
             return None
+        assert self._publisher is not None
         # Dead letters must be durable before a snapshot's offsets pass them.
         self._publisher.flush()
-        pending = self._unsent + self._new_pending
+        seq = None
+        for unit in units:
+            seq = self._snapshot_unit(unit, flush=False) or seq
+        self._publish_summaries(units)
+        return seq
+
+    def _snapshot_unit(self, unit: _Unit, flush: bool) -> int | None:
+        assert self._publisher is not None
+        if not unit.changed and not unit.unsent:
+            return None
+        if flush:
+            self._publisher.flush()
+        pending = unit.unsent + unit.new_pending
         started = time.perf_counter()
         try:
-            parts = {MODEL_PART: self.model.to_state(), SEMANTICS_PART: self.semantics.to_bytes()}
-            info = self._store.write(parts, self._meta(pending))
+            parts = {MODEL_PART: unit.model.to_state(), SEMANTICS_PART: unit.semantics.to_bytes()}
+            info = unit.store.write(parts, self._meta(unit, pending))
         except OSError as exc:
             self.metrics.snapshot_failed("os_error")
-            log.error("snapshot failed, retrying in %.1fs: %s", self.config.snapshot_interval, exc)
+            log.error("%s: snapshot failed, retrying in %.1fs: %s", unit.name, self.config.snapshot_interval, exc)
             return None
         self.metrics.snapshot(time.perf_counter() - started, info.size_bytes, info.created_at)
-        self._store.prune(info.seq, verify=False)  # write() returned: it is durable
-        self.metrics.delete_persisted([info.created_at - p.deleted_ts for p in self._new_pending])
-        self._unsent, self._new_pending, self._changed = pending, [], False
-        self.last_snapshot_seq = info.seq
-        log.debug("snapshot %s: %d points, %d receipts pending", info.path, self.model.n_points_, len(pending))
-        self._send_receipts(info.seq, parts)
-        return self.last_snapshot_seq
+        unit.store.prune(info.seq, verify=False)  # write() returned: it is durable
+        self.metrics.delete_persisted([info.created_at - p.deleted_ts for p in unit.new_pending])
+        unit.unsent, unit.new_pending, unit.changed = pending, [], False
+        unit.last_seq = self.last_snapshot_seq = info.seq
+        log.debug("%s: snapshot %s: %d points, %d receipts pending", unit.name, info.path,
+                  unit.model.n_points_, len(pending))
+        self._send_receipts(unit, info.seq, parts)
+        return info.seq
 
-    def _send_receipts(self, seq: int, parts: dict[str, bytes]) -> None:
-        """Publish the receipts of snapshot ``seq``, then drop their ids from disk.
+    def _send_receipts(self, unit: _Unit, seq: int, parts: dict[str, bytes]) -> None:
+        """Publish the receipts of a unit's snapshot ``seq``, then drop their ids from disk.
 
         The snapshot lists the receipts' ids so that a crash cannot lose
         them; once they are acknowledged, an identical snapshot without that
         list replaces it, so no file under the snapshot root names a person
         whose receipt is out.
         """
-        assert self._publisher is not None and self._store is not None
-        if not self._unsent:
+        assert self._publisher is not None
+        if not unit.unsent:
             return
-        for pending in self._unsent:
+        for pending in unit.unsent:
             self._publisher.send(self.config.receipts_topic, *encode_receipt(pending, seq))
         try:
             self._publisher.flush()
         except PublishError as exc:
             log.warning("receipts not acknowledged, re-sent after the next snapshot: %s", exc)
             return
-        self.metrics.receipts(len(self._unsent))
-        self._unsent = []
+        self.metrics.receipts(len(unit.unsent))
+        unit.unsent = []
         try:
-            info = self._store.write(parts, self._meta([]))
+            info = unit.store.write(parts, self._meta(unit, []))
         except OSError as exc:
             self.metrics.snapshot_failed("os_error")
-            log.error("could not replace snapshot %d after its receipts: %s", seq, exc)
-            self._changed = True  # retry at the next interval
+            log.error("%s: could not replace snapshot %d after its receipts: %s", unit.name, seq, exc)
+            unit.changed = True  # retry at the next interval
             return
-        self._store.prune(info.seq, verify=False)
-        self.last_snapshot_seq = info.seq
+        unit.store.prune(info.seq, verify=False)
+        unit.last_seq = self.last_snapshot_seq = info.seq
 
     # -- stop ----------------------------------------------------------------------
     def _shutdown(self) -> None:
-        """Clean stop: final snapshot, receipts, centroids, committed offsets."""
+        """Clean stop: final snapshots, receipts, summaries, global model, committed offsets."""
         self.snapshot()
-        if self._version != self._published_version:
-            self._publish_model()
+        if self._reader is not None:
+            self._reader.poll(0)
+        self._publish()
         self._housekeeping()
         assert self._publisher is not None
         self._publisher.flush()
         log.info("worker stopped cleanly; last snapshot %s", self.last_snapshot_seq)
 
     def _close(self) -> None:
-        for closer in (getattr(self._consumer, "close", None), getattr(self._publisher, "close", None)):
+        # Keep the models readable through .model after run() returned.
+        if self.dc:
+            self._retired_models = {p: u.model for p, u in self._units.items()}
+        else:
+            units = self._unique_units()
+            if units:
+                self._retired_models = {-1: units[0].model}
+        for unit in [*self._unique_units(), *self._parked.values()]:
+            unit.lock.release()
+        self._units, self._parked = {}, {}
+        for closer in (getattr(self._consumer, "close", None), getattr(self._publisher, "close", None),
+                       getattr(self._reader, "close", None)):
             if closer is not None:
                 try:
                     closer()
@@ -606,6 +998,15 @@ class Worker:
                     log.debug("close failed: %r", exc)
         if self._own_metrics and self.metrics is not None:
             self.metrics.close()
+
+
+class _TPs(list):
+    """(topic, partition) pairs as objects with ``.topic`` and ``.partition``."""
+
+    def __init__(self, pairs: Iterable[tuple[str, int]]) -> None:
+        from kafka import TopicPartition
+
+        super().__init__(TopicPartition(t, p) for t, p in pairs)
 
 
 # --------------------------------------------------------------------------

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from stream_unlearn import load_model
-from stream_unlearn.inspect_cmd import load_for_reading
+from stream_unlearn.inspect_cmd import load_for_reading, load_model_for_reading
 from stream_unlearn.producer import EventProducer
 from stream_unlearn.receipts import decode_receipt
 from stream_unlearn.snapshot import MANIFEST_NAME, SnapshotStore
@@ -25,6 +25,7 @@ from worker_support import (
     fresh_fit,
     ids,
     make_config,
+    partition_snapshots,
     running_worker,
     snapshot_position,
     spawn_worker,
@@ -78,7 +79,9 @@ def chunks(steps: list[tuple], parts: int) -> list[list[tuple]]:
 def test_kill_9_at_random_moments_changes_nothing(broker, unique_topic, tmp_path, consume):
     topics = Topics.fresh(unique_topic)
     snaps = tmp_path / "crashing"
-    config = make_config(broker, topics, snaps, snapshot_interval=0.1, max_batch=10)
+    # One worker reading every partition (no group): a restarted group member would wait for the
+    # killed one's session to expire each round (tests/test_scale_out.py kills group members).
+    config = make_config(broker, topics, snaps, snapshot_interval=0.1, max_batch=10, group=False)
     create_topics(config)
     steps, survivors, n_deletes = make_stream(1500, seed=11)
     rounds = chunks(steps, 6)
@@ -107,8 +110,7 @@ def test_kill_9_at_random_moments_changes_nothing(broker, unique_topic, tmp_path
     finally:
         if proc.poll() is None:
             proc.kill()
-    snap, warnings = load_for_reading(snaps)
-    crashed = load_model(snap.parts[MODEL_PART])
+    crashed, _, warnings = load_model_for_reading(snaps)
 
     # The same topics consumed once, without crashes.
     clean_config = make_config(broker, topics, tmp_path / "clean")
@@ -138,18 +140,23 @@ def test_sigterm_finishes_the_batch_and_snapshots(broker, unique_topic, tmp_path
     proc = spawn_worker(config, log)
     try:
         # The only snapshot the worker writes with a 30 s interval is the one on SIGTERM.
-        wait_until(lambda: b"worker started" in log.read_bytes(), 30, "start")
+        # Started and owning its partitions (a consumer group join takes a few seconds).
+        wait_until(lambda: b"own partition(s) [0, 1, 2]" in log.read_bytes(), 30, "start")
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(30) == 0, log.read_text()[-2000:]
     finally:
         if proc.poll() is None:
             proc.kill()
     assert b"stopped cleanly" in log.read_bytes()
-    snap, _ = load_for_reading(snaps)
-    assert snap.meta["pending_receipts"] == []  # receipts went out, then their ids left the disk
+    snaps_by_partition = partition_snapshots(snaps)
+    assert snaps_by_partition  # partitions with nothing applied yet have no snapshot
+    for snap in snaps_by_partition.values():
+        assert snap.meta["pending_receipts"] == []  # receipts went out, then their ids left the disk
     # A restart continues from there to exactly the right model.
     with running_worker(config) as worker:
-        assert worker.restored_seq == snap.seq
+        wait_until(lambda: worker.assigned.is_set(), 30, "the assignment")
+        assert worker.restored_seqs == {p: snaps_by_partition[p].seq if p in snaps_by_partition else None
+                                        for p in range(3)}
         wait_consumed(worker, total)
     assert np.array_equal(worker.model.centroids_, fresh_fit(config, survivors))
 
@@ -186,24 +193,26 @@ def test_corrupt_or_truncated_snapshot_is_never_loaded(broker, unique_topic, tmp
     total = send(config, first)
     with running_worker(config) as worker:
         wait_consumed(worker, total)
-    older, _ = load_for_reading(snaps)
+    store_dir = snaps / "partition-0"  # one partition's store is damaged; the others are intact
+    older, _ = load_for_reading(store_dir)
     backup = tmp_path / older.path.name
     shutil.copytree(older.path, backup)
     total += send(config, second)
     with running_worker(config) as worker:
         wait_consumed(worker, total)
-    newest, _ = load_for_reading(snaps)
+    newest, _ = load_for_reading(store_dir)
     assert newest.seq > older.seq and not older.path.exists()  # pruned once a newer one was durable
     shutil.copytree(backup, older.path)
     damage(newest.path)
 
-    store = SnapshotStore(snaps, readonly=True)
+    store = SnapshotStore(store_dir, readonly=True)
     assert store.load_latest().seq == older.seq and [s.path for s in store.skipped] == [newest.path]
     with running_worker(config) as worker:
-        assert worker.restored_seq == older.seq  # the damaged newer one was skipped
+        wait_until(lambda: worker.assigned.is_set(), 30, "the assignment")
+        assert worker.restored_seqs[0] == older.seq  # the damaged newer one was skipped
         wait_consumed(worker, total)
     assert np.array_equal(worker.model.centroids_, fresh_fit(config, survivors))
     assert not newest.path.exists() and not older.path.exists()  # both gone once a new one is durable
-    assert sorted(p.name for p in snaps.iterdir() if not p.name.startswith(".")) == [
-        f"snap-{load_for_reading(snaps)[0].seq:012d}"]
-    assert os.stat(snaps).st_mode & 0o077 == 0
+    assert sorted(p.name for p in store_dir.iterdir() if not p.name.startswith(".")) == [
+        f"snap-{load_for_reading(store_dir)[0].seq:012d}"]
+    assert os.stat(snaps).st_mode & 0o077 == 0 and os.stat(store_dir).st_mode & 0o077 == 0

@@ -51,8 +51,15 @@ def test_inspect_json_shows_the_snapshot(worker_snapshots, capsys):
 
 def test_inspect_text_and_one_snapshot_directory(worker_snapshots, capsys):
     root, _, _ = worker_snapshots
-    snap_dir = next(p for p in root.iterdir() if p.name.startswith("snap-"))
+    # dc workers keep one snapshot store per partition under the root
+    assert sorted(p.name for p in root.iterdir() if not p.name.startswith(".")) == [
+        "partition-0", "partition-1", "partition-2"]
+    snap_dir = next(p for p in (root / "partition-0").iterdir() if p.name.startswith("snap-"))
     assert main(["inspect", str(snap_dir)]) == 0
+    out = capsys.readouterr().out
+    for word in ("n_points", "offsets", "centroids", "created_at", "dc k=3 seed=0", "3 partition(s)"):
+        assert word in out
+    assert main(["inspect", str(root)]) == 0
     out = capsys.readouterr().out
     for word in ("n_points", "100", "offsets", "centroids", "created_at", "dc k=3 seed=0"):
         assert word in out
@@ -66,15 +73,25 @@ def test_verify_passes_on_a_worker_snapshot(worker_snapshots, capsys):
 
 def test_verify_fails_when_centroids_do_not_match_the_points(worker_snapshots, tmp_path, capsys):
     root, _, _ = worker_snapshots
-    snap = SnapshotStore(root, readonly=True).load_latest()
-    body = loads(snap.parts[MODEL_PART])
-    body["centroids"] = pack_array(unpack_array(body["centroids"]) + 1e-12)
-    body = {k: v for k, v in body.items() if k not in ("format", "version")}
     tampered = tmp_path / "tampered"
-    SnapshotStore(tampered).write({**snap.parts, MODEL_PART: dumps(body)}, snap.meta)
-    assert load_model(dumps(body)).n_points_ == 100
-    assert main(["verify", str(tampered)]) == 1
+    n_points = 0
+    for p in range(3):
+        snap = SnapshotStore(root / f"partition-{p}", readonly=True).load_latest()
+        parts = dict(snap.parts)
+        if p == 0:
+            body = loads(snap.parts[MODEL_PART])
+            body["centroids"] = pack_array(unpack_array(body["centroids"]) + 1e-12)
+            body = {k: v for k, v in body.items() if k not in ("format", "version")}
+            parts[MODEL_PART] = dumps(body)
+        n_points += load_model(parts[MODEL_PART]).n_points_
+        SnapshotStore(tampered / f"partition-{p}").write(parts, snap.meta)
+    assert n_points == 100
+    assert main(["verify", str(tampered / "partition-1")]) == 0
+    assert main(["verify", str(tampered / "partition-0")]) == 1
     assert "FAILED" in capsys.readouterr().out
+    assert main(["verify", str(tampered)]) == 1
+    out = capsys.readouterr().out
+    assert "partition 0" in out and "FAILED: subtree differs" in out
 
 
 def test_no_valid_snapshot_exits_2(tmp_path, capsys):

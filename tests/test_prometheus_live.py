@@ -266,6 +266,7 @@ def test_dashboard_queries_on_a_live_worker(start_prometheus, broker, unique_top
             "--receipts-topic", topics["receipts"],
             "--model-topic", topics["model"],
             "--algorithm", "q",
+            "--no-group",  # q is one global model: a single worker reading every partition
             "--k", "3",
             "--seed", "0",
             "--snapshot-dir", str(tmp_path / "snapshots"),

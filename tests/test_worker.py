@@ -179,7 +179,8 @@ def test_model_topic_carries_the_latest_centroids(broker, unique_topic, tmp_path
 
 
 def test_q_kmeans_worker_is_exact_and_counts_certificates(broker, unique_topic, tmp_path):
-    config = make_config(broker, Topics.fresh(unique_topic), tmp_path / "snaps", algorithm="q", eps=0.5)
+    config = make_config(broker, Topics.fresh(unique_topic), tmp_path / "snaps", algorithm="q", eps=0.5,
+                         group=False)
     X = np.random.default_rng(2).normal(size=(200, 3)) * 3
     names = ids("q", 200)
     with producer(config) as p:
@@ -246,7 +247,7 @@ def test_invalid_configuration_is_a_clear_error(argv, env, message):
 def test_invalid_configuration_exits_2(monkeypatch, capsys):
     monkeypatch.setenv("STREAM_UNLEARN_FANOUT", "1")
     assert main(["worker"]) == 2
-    assert "--fanout must be >= 2" in capsys.readouterr().err
+    assert "--fanout must be 0 (by k) or >= 2" in capsys.readouterr().err
     with pytest.raises(SystemExit) as exc:
         main(["worker", "--k", "many"])
     assert exc.value.code == 2

@@ -18,7 +18,7 @@ import numpy as np
 from stream_unlearn import DCKMeans
 from stream_unlearn.broker import ensure_topics
 from stream_unlearn.config import WorkerConfig
-from stream_unlearn.inspect_cmd import NoSnapshot, load_for_reading
+from stream_unlearn.inspect_cmd import NoSnapshot, is_partitioned, load_for_reading, load_partitioned
 from stream_unlearn.worker import Worker
 
 # Small trees, so that tests with a few hundred points exercise every level.
@@ -37,16 +37,20 @@ class Topics:
     dead_letter: str
     receipts: str
     model: str
+    summaries: str = ""
 
     @classmethod
     def fresh(cls, unique_topic: Callable[[str], str]) -> Topics:
-        return cls(*(unique_topic(n) for n in ("ins", "del", "dlq", "rec", "model")))
+        return cls(*(unique_topic(n) for n in ("ins", "del", "dlq", "rec", "model", "sum")))
 
 
 def make_config(bootstrap: str, topics: Topics, snapshot_dir: Path, **overrides: Any) -> WorkerConfig:
     values: dict[str, Any] = dict(
         bootstrap_servers=bootstrap, insert_topic=topics.inserts, delete_topic=topics.deletes,
         dead_letter_topic=topics.dead_letter, receipts_topic=topics.receipts, model_topic=topics.model,
+        summaries_topic=topics.summaries or topics.model + ".summaries",
+        # Group joins on Tansu take about half the session timeout.
+        session_timeout_ms=6000, heartbeat_interval_ms=1000,
         snapshot_dir=str(snapshot_dir), snapshot_interval=0.3, model_publish_interval=0.0,
         metrics_port=0, tombstone_horizon=float("inf"), log_level="WARNING", **SMALL,
     )
@@ -119,12 +123,24 @@ def wait_consumed(worker: Worker, n_records: int, timeout: float = 60.0) -> None
 
 
 def snapshot_position(snapshot_dir: Path) -> int:
-    """Records covered by the newest valid snapshot (sum of its offsets), 0 if none."""
+    """Records covered by the newest valid snapshots (sum of their offsets; of every partition store
+    for dc), 0 if none."""
+    if is_partitioned(snapshot_dir):
+        try:
+            snaps, _ = load_partitioned(snapshot_dir, retries=1)
+        except NoSnapshot:
+            return 0
+        return sum(o for snap in snaps.values() for parts in snap.meta["offsets"].values() for o in parts.values())
     try:
         snap, _ = load_for_reading(snapshot_dir, retries=1)
     except NoSnapshot:
         return 0
     return sum(o for parts in snap.meta["offsets"].values() for o in parts.values())
+
+
+def partition_snapshots(snapshot_dir: Path) -> dict[int, Any]:
+    """The newest valid snapshot of each partition store of a dc snapshot root."""
+    return load_partitioned(snapshot_dir, retries=1)[0]
 
 
 def spawn_worker(config: WorkerConfig, log_path: Path) -> subprocess.Popen[bytes]:
