@@ -18,6 +18,7 @@ import pytest
 import yaml
 
 from stream_unlearn import wire
+from stream_unlearn.config import TOPIC_SUMMARIES
 from stream_unlearn.cli import build_parser
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -40,6 +41,7 @@ TOPICS = {
     "STREAM_UNLEARN_DEAD_LETTER_TOPIC": wire.TOPIC_DEAD_LETTER,
     "STREAM_UNLEARN_RECEIPTS_TOPIC": wire.TOPIC_RECEIPTS,
     "STREAM_UNLEARN_MODEL_TOPIC": wire.TOPIC_MODEL,
+    "STREAM_UNLEARN_SUMMARIES_TOPIC": TOPIC_SUMMARIES,
 }
 
 
@@ -206,8 +208,9 @@ def test_topics_service_creates_every_topic():
     created = dict(re.findall(r"--topic (\S+) --partitions (\d+)", script))
     assert set(created) == set(TOPICS.values())
     assert created[wire.TOPIC_INSERTS] == created[wire.TOPIC_DELETES], "inserts/deletes partition counts differ"
-    model_line = next(line for line in script.splitlines() if f"--topic {wire.TOPIC_MODEL} " in line)
-    assert "cleanup.policy=compact" in model_line
+    for compacted in (wire.TOPIC_MODEL, TOPIC_SUMMARIES):  # only the latest value per key matters
+        line = next(line for line in script.splitlines() if f"--topic {compacted} " in line)
+        assert "cleanup.policy=compact" in line, compacted
     assert "--if-not-exists" in script and "--replication-factor 1" in script
     assert "$$@" in script  # compose interpolation escaped
     worker_env = env(c["services"]["worker"])
