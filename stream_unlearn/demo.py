@@ -445,7 +445,7 @@ def _report(args: argparse.Namespace, stream: Stream, sender: Sender, samples: d
     print(f"  deletes forgotten {outcomes.get('delete/applied', 0):,} held points removed, "
           f"{outcomes.get('delete/tombstoned', 0):,} tombstones for deletes that overtook their insert;"
           f" delete-to-forgotten p99 {q('stream_unlearn_delete_to_forgotten_seconds', 0.99):.0f} ms")
-    print(f"  outcomes          " + ", ".join(f"{k} {v:,}" for k, v in sorted(outcomes.items())))
+    print("  outcomes          " + ", ".join(f"{k} {v:,}" for k, v in sorted(outcomes.items())))
     print(f"  receipts          {len(receipts):,} received ({len(unique_receipts):,} distinct) for "
           f"{stream.n_valid_deletes:,} deletes")
     print(f"  dead letters      {len(dead)}: " + ", ".join(f"{r} {c}" for r, c in sorted(reasons.items())))

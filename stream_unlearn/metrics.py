@@ -225,7 +225,7 @@ class WorkerMetrics:
         )
         self._loss = Gauge(
             "model_loss",
-            "k-means loss (sum of squared distances to the nearest centroid) of the held points.",
+            "k-means loss: mean squared distance of the held points to their nearest centroid.",
             namespace=ns,
             registry=r,
         )

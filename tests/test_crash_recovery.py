@@ -12,14 +12,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from stream_unlearn import load_model
 from stream_unlearn.inspect_cmd import load_for_reading, load_model_for_reading
 from stream_unlearn.producer import EventProducer
-from stream_unlearn.receipts import decode_receipt
 from stream_unlearn.snapshot import MANIFEST_NAME, SnapshotStore
 from stream_unlearn.worker import MODEL_PART
 
 from worker_support import (
+    assert_holds_exactly,
+    assert_one_receipt_per_delete,
     Topics,
     create_topics,
     fresh_fit,
@@ -120,13 +120,8 @@ def test_kill_9_at_random_moments_changes_nothing(broker, unique_topic, tmp_path
 
     assert np.array_equal(crashed.centroids_, uncrashed)
     assert np.array_equal(crashed.centroids_, fresh_fit(config, survivors))
-    held_ids, held_X, _ = crashed.held()
-    assert {i: tuple(v) for i, v in zip(held_ids, held_X)} == {i: tuple(v) for i, v in survivors.items()}
-    assert crashed.verify()
-    # Receipts are at-least-once: every delete has one, whatever the crashes did.
-    receipts = {(r.id, r.deleted_ts) for r in map(lambda rec: decode_receipt(rec.value),
-                                                  consume(broker, config.receipts_topic, n_deletes))}
-    assert len(receipts) == n_deletes
+    assert_holds_exactly(crashed, survivors)
+    assert_one_receipt_per_delete(broker, config, consume, n_deletes)
 
 
 def test_sigterm_finishes_the_batch_and_snapshots(broker, unique_topic, tmp_path):

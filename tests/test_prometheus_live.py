@@ -336,7 +336,7 @@ def test_dashboard_queries_on_a_live_worker(start_prometheus, broker, unique_top
             prom.tail,
         )
         time.sleep(2.0)  # two more scrapes
-        assert prom.value(f'stream_unlearn_events_total{{type="delete",outcome="applied"}}') == n_deleted
+        assert prom.value('stream_unlearn_events_total{type="delete",outcome="applied"}') == n_deleted
         assert prom.value('stream_unlearn_dead_letters_total{reason="not_msgpack"}') == 1
         assert prom.value(f'stream_unlearn_consumer_lag_records{{topic="{topics["insert"]}"}}') == 0
         assert_every_dashboard_query_returns_data(prom)

@@ -28,10 +28,11 @@ from stream_unlearn.model_cmd import read_global_model
 from stream_unlearn.ownership import OwnershipError, partitions_of
 from stream_unlearn.partitioned import new_partition_model, partition_summary
 from stream_unlearn.producer import EventProducer
-from stream_unlearn.receipts import decode_receipt
 from stream_unlearn.summaries import merge
 
 from worker_support import (
+    assert_holds_exactly,
+    assert_one_receipt_per_delete,
     Topics,
     create_topics,
     fresh_fit,
@@ -322,12 +323,8 @@ def test_kill_9_of_one_of_three_workers_mid_stream(broker, unique_topic, tmp_pat
     assert np.array_equal(model.centroids, fresh_fit(config, survivors))
     assert model.n_points == len(survivors)
     view, _, _ = load_model_for_reading(snaps)
-    held_ids, held_X, _ = view.held()
-    assert {i: tuple(v) for i, v in zip(held_ids, held_X)} == {i: tuple(v) for i, v in survivors.items()}
-    assert view.verify()
-    receipts = {(r.id, r.deleted_ts) for r in map(lambda rec: decode_receipt(rec.value),
-                                                  consume(broker, config.receipts_topic, n_deletes))}
-    assert len(receipts) == n_deletes
+    assert_holds_exactly(view, survivors)
+    assert_one_receipt_per_delete(broker, config, consume, n_deletes)
 
 
 # -- a worker joining mid-stream -------------------------------------------------------------------

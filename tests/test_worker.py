@@ -27,7 +27,6 @@ from worker_support import (
     make_config,
     running_worker,
     wait_consumed,
-    wait_until,
 )
 
 

@@ -166,3 +166,19 @@ def files_containing(root: Path, needles: list[bytes]) -> list[tuple[str, bytes]
         data = path.read_bytes()
         hits += [(str(path), n) for n in needles if n in data]
     return hits
+
+
+def assert_holds_exactly(view, survivors: dict) -> None:
+    """The model holds exactly the surviving (id, vector) pairs, and a refit agrees bit for bit."""
+    held_ids, held_X, _ = view.held()
+    assert {i: tuple(v) for i, v in zip(held_ids, held_X)} == {i: tuple(v) for i, v in survivors.items()}
+    assert view.verify()
+
+
+def assert_one_receipt_per_delete(broker: str, config, consume, n_deletes: int) -> None:
+    """Receipts are at-least-once: every delete has one, whatever crashes and rebalances did."""
+    from stream_unlearn.receipts import decode_receipt
+
+    receipts = {(r.id, r.deleted_ts) for r in (decode_receipt(rec.value)
+                                               for rec in consume(broker, config.receipts_topic, n_deletes))}
+    assert len(receipts) == n_deletes
