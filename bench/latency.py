@@ -148,7 +148,7 @@ def main(argv: list[str] | None = None) -> int:
     mu, sd = scaler()
     print(f"# latency: {environment()}", flush=True)
     print(f"# Gaussian mixture d={D} k={K}, z-scored; QKMeans eps={args.eps:g}; DCKMeans defaults "
-          f"({DCKMeans().get_params()['n_leaves']} leaves, fanout {DCKMeans().get_params()['fanout']}, max_iter 10); {args.repeats} insert+delete pairs per size", flush=True)
+          f"({DCKMeans(k=K).n_leaves} leaves, fanout {DCKMeans(k=K).fanout}, max_iter 10); {args.repeats} insert+delete pairs per size", flush=True)
 
     rows, extra = [], {}
     for n in sizes:
