@@ -56,14 +56,11 @@ import sys
 import threading
 import time
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import msgpack
-import numpy as np
 
-from . import QKMeans, __version__, load_model
+from . import QKMeans, __version__
 from .base import UnlearningModel
 from .broker import ensure_topics
 from .config import ConfigError, WorkerConfig, config_from_args
@@ -78,11 +75,12 @@ from .partitioned import (
     partition_summary,
     position,
 )
-from .receipts import PendingReceipt, encode_receipt, pending_from_meta, pending_to_meta
-from .semantics import EventTimeState, SemanticsError
-from .snapshot import Snapshot, SnapshotError, SnapshotStore, snapshot_seq
-from .state import StateError
+from .receipts import PendingReceipt, encode_receipt, pending_to_meta
+from .semantics import EventTimeState
+from .snapshot import SnapshotError, SnapshotStore
 from .summaries import GlobalModel, PartitionSummary, SummaryError, encode_summary, newer
+from .publisher import PublishError, Publisher, dead_letter_headers, encode_global_message, encode_model_message
+from .units import META_FORMAT, MODEL_PART, SEMANTICS_PART, Unit, WorkerError, restore_unit
 from .wire import BadRecord, DeleteEvent, InsertEvent, decode_delete, decode_insert
 
 __all__ = [
@@ -97,179 +95,13 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-MODEL_PART = "model.msgpack"
-SEMANTICS_PART = "semantics.msgpack"
-META_FORMAT = 1
 #: Seconds between loss computations (O(n)), lag updates and offset commits.
 LOSS_INTERVAL = 5.0
 HOUSEKEEPING_INTERVAL = 1.0
 POLL_TIMEOUT_MS = 200
-_DETAIL_MAX = 1000
 _LATENCY_OUTCOMES = frozenset(("applied", "replaced", "tombstoned"))
 #: A gap in a partition's offsets is re-fetched this many times before it is accepted as lost data.
 _GAP_RETRIES = 3
-
-
-class WorkerError(RuntimeError):
-    """A condition the worker cannot run under (exit status 2 from the CLI)."""
-
-
-# --------------------------------------------------------------------------
-# what the worker publishes
-
-
-def encode_model_message(model: UnlearningModel, version: int, algorithm: str) -> bytes:
-    """The model-topic value of one model: centroids as float64 LE bytes plus their shape."""
-    return encode_global_message(model.centroids_, model.n_points_, version, algorithm)
-
-
-def encode_global_message(centroids: np.ndarray, n_points: int, version: int, algorithm: str,
-                          complete: bool = True, partitions: Mapping[int, tuple[int, int]] | None = None,
-                          summary_version: str = "") -> bytes:
-    """The model-topic value: the global centroids (float64 LE bytes plus shape) and where they stand.
-
-    ``version`` is the number of input records the model covers (it only
-    grows); ``complete`` is False while some partition has no summary yet;
-    ``partitions`` maps each partition to its ``[insert, delete]`` offsets.
-    """
-    C = np.ascontiguousarray(centroids, dtype="<f8")
-    return msgpack.packb(
-        {"centroids": C.tobytes(), "shape": list(C.shape), "n_points": int(n_points),
-         "version": int(version), "ts": time.time(), "algorithm": algorithm, "complete": bool(complete),
-         "partitions": {str(p): [int(a), int(b)] for p, (a, b) in (partitions or {}).items()},
-         "summary_version": summary_version},
-        use_bin_type=True,
-    )
-
-
-def dead_letter_headers(reason: str, detail: str, topic: str, partition: int, offset: int) -> list[tuple[str, bytes]]:
-    """Headers of a dead-letter record: why it was refused and where it came from."""
-    return [
-        ("reason", reason.encode()),
-        ("detail", detail[:_DETAIL_MAX].encode("utf-8", "replace")),
-        ("source_topic", topic.encode()),
-        ("source_partition", str(partition).encode()),
-        ("source_offset", str(offset).encode()),
-    ]
-
-
-class PublishError(RuntimeError):
-    """Records sent to Kafka were not acknowledged."""
-
-
-class _Publisher:
-    """A KafkaProducer whose send failures surface on :meth:`flush`."""
-
-    def __init__(self, config: WorkerConfig) -> None:
-        from kafka import KafkaProducer
-
-        self._producer = KafkaProducer(
-            bootstrap_servers=config.bootstrap_list,
-            acks="all",
-            linger_ms=5,
-            max_request_size=max(1 << 20, config.max_value_bytes + (64 << 10)),
-            client_id="stream-unlearn-worker",
-        )
-        self._lock = threading.Lock()
-        self._errors: list[BaseException] = []
-
-    def send(self, topic: str, key: bytes | None, value: bytes | None,
-             headers: list[tuple[str, bytes]] | None = None) -> None:
-        if key is None and value is None:
-            value = b""  # Kafka needs one of them
-        self._producer.send(topic, key=key, value=value, headers=headers).add_errback(self._on_error)
-
-    def _on_error(self, exc: BaseException) -> None:
-        with self._lock:
-            self._errors.append(exc)
-
-    def flush(self, timeout: float = 30.0) -> None:
-        self._producer.flush(timeout=timeout)
-        with self._lock:
-            errors, self._errors = self._errors, []
-        if errors:
-            raise PublishError(f"{len(errors)} record(s) not acknowledged, first: {errors[0]!r}")
-
-    def close(self) -> None:
-        self._producer.close(timeout=10)
-
-
-# --------------------------------------------------------------------------
-# units: what is snapshotted, restored and handed over together
-
-
-@dataclass(eq=False)
-class _Unit:
-    """One snapshot unit: a partition's subtree (dc), or the global model over every partition (q)."""
-
-    key: int | None  # the partition (dc), or None for the global unit (q)
-    partitions: tuple[int, ...]
-    store: SnapshotStore
-    lock: OwnerLock
-    model: UnlearningModel
-    semantics: EventTimeState
-    #: next offset to read, per (topic, partition) of this unit
-    offsets: dict[tuple[str, int], int] = field(default_factory=dict)
-    unsent: list[PendingReceipt] = field(default_factory=list)
-    new_pending: list[PendingReceipt] = field(default_factory=list)
-    changed: bool = False
-    version: int = 0
-    last_seq: int | None = None
-    restored_seq: int | None = None
-    summary_dirty: bool = True
-
-    @property
-    def name(self) -> str:
-        return "global" if self.key is None else f"partition {self.key}"
-
-    def latest_seq_on_disk(self) -> int | None:
-        seqs = [snapshot_seq(p) for p in self.store.list()]
-        return max((s for s in seqs if s is not None), default=None)
-
-
-@dataclass
-class _Restored:
-    """What a snapshot gives back."""
-
-    snapshot: Snapshot
-    model: UnlearningModel
-    semantics: EventTimeState
-    offsets: dict[tuple[str, int], int]
-    pending: list[PendingReceipt]
-    dim: int | None
-    version: int
-
-
-def _restore(snap: Snapshot, config: WorkerConfig, expected: UnlearningModel, n_partitions: int,
-             partition: int | None) -> _Restored:
-    """Load a snapshot and check it belongs to this configuration and unit."""
-    meta = snap.meta
-    if not isinstance(meta, dict) or meta.get("format") != META_FORMAT:
-        raise WorkerError(f"{snap.path}: not a worker snapshot (meta format {meta!r:.80})")
-    try:
-        model = load_model(snap.parts[MODEL_PART])
-        semantics = EventTimeState.from_bytes(snap.parts[SEMANTICS_PART], horizon=config.tombstone_horizon)
-        pending = pending_from_meta(meta.get("pending_receipts"))
-    except (KeyError, StateError, SemanticsError, ValueError) as exc:
-        raise WorkerError(f"{snap.path}: unreadable snapshot content: {exc}") from exc
-    if model.get_params() != expected.get_params() or meta.get("partitions") != n_partitions:
-        raise WorkerError(
-            f"{snap.path} was written with model {model!r} on {meta.get('partitions')} partition(s), but this "
-            f"worker is configured for {expected!r} on {n_partitions} partition(s); use the same flags "
-            "(and partition count) or a fresh --snapshot-dir"
-        )
-    if meta.get("partition") != partition:
-        raise WorkerError(f"{snap.path} holds partition {meta.get('partition')}, not {partition}; "
-                          "use a fresh --snapshot-dir")
-    topics = meta.get("topics", {})
-    if [topics.get("inserts"), topics.get("deletes")] != list(config.input_topics):
-        raise WorkerError(
-            f"{snap.path} holds offsets of topics {topics}, not of {list(config.input_topics)}; "
-            "use a fresh --snapshot-dir"
-        )
-    offsets = {(t, int(p)): int(o) for t, parts in meta.get("offsets", {}).items() for p, o in parts.items()}
-    dim = meta.get("dim") or model.n_features_in_
-    return _Restored(snap, model, semantics, offsets, pending, dim, int(meta.get("model_version", 0)))
 
 
 # --------------------------------------------------------------------------
@@ -314,15 +146,15 @@ class Worker:
         self.owned: tuple[int, ...] = ()
         self.global_model: GlobalModel | None = None
         self.rebalances: list[dict[str, Any]] = []
-        self._units: dict[int, _Unit] = {}
-        self._parked: dict[int, _Unit] = {}
+        self._units: dict[int, Unit] = {}
+        self._parked: dict[int, Unit] = {}
         self._retired_models: dict[int, UnlearningModel] = {}
         self._dim: int | None = config.dim or None
         self._published: tuple[Any, ...] | None = None
         self._publish_due = False
         self._own_summaries: dict[int, PartitionSummary] = {}
         self._consumer: Any = None
-        self._publisher: _Publisher | None = None
+        self._publisher: Publisher | None = None
         self._reader: Any = None
         self._rebalance = RebalanceLog()
         self._gaps: collections.Counter[tuple[str, int, int]] = collections.Counter()
@@ -336,8 +168,8 @@ class Worker:
     def dc(self) -> bool:
         return self.config.algorithm == "dc"
 
-    def _unique_units(self) -> list[_Unit]:
-        seen: dict[int, _Unit] = {}
+    def _unique_units(self) -> list[Unit]:
+        seen: dict[int, Unit] = {}
         for unit in self._units.values():
             seen.setdefault(id(unit), unit)
         return list(seen.values())
@@ -415,7 +247,7 @@ class Worker:
             partition_assignment_strategy=(RangePartitionAssignor,),
         )
         self.n_partitions = self._partition_count()
-        self._publisher = _Publisher(c)
+        self._publisher = Publisher(c)
         if self.dc:
             from .model_cmd import SummaryReader
 
@@ -549,7 +381,7 @@ class Worker:
                  "" if revoked_at is None else f", {record['since_revoke_seconds']:.3f}s after the revocation")
         return set(new)
 
-    def _take(self, p: int | None) -> tuple[_Unit, float, bool]:
+    def _take(self, p: int | None) -> tuple[Unit, float, bool]:
         """Lock and restore one unit: from memory if we let go of it in this rebalance and nobody
         wrote it since, else its newest snapshot, else empty at the earliest offsets."""
         c = self.config
@@ -564,21 +396,21 @@ class Worker:
             store = self._root_store if p is None else SnapshotStore(directory)
             assert store is not None
             partitions = tuple(range(self.n_partitions)) if p is None else (p,)
-            unit = _Unit(p, partitions, store, lock, self._new_model(), EventTimeState(c.tombstone_horizon))
+            unit = Unit(p, partitions, store, lock, self._new_model(), EventTimeState(c.tombstone_horizon))
             self._restore_unit(unit)
         except BaseException:
             lock.release()
             raise
         return unit, waited, False
 
-    def _restore_unit(self, unit: _Unit) -> None:
+    def _restore_unit(self, unit: Unit) -> None:
         from kafka import TopicPartition
 
         snap = unit.store.load_latest()
         for skipped in unit.store.skipped:
             log.warning("ignored invalid snapshot %s: %s", skipped.path, skipped.reason)
         if snap is not None:
-            restored = _restore(snap, self.config, unit.model, self.n_partitions, unit.key)
+            restored = restore_unit(snap, self.config, unit.model, self.n_partitions, unit.key)
             unit.store.prune(snap.seq)  # older ones may hold data of people deleted since
             unit.model, unit.semantics = restored.model, restored.semantics
             unit.offsets = {k: v for k, v in restored.offsets.items() if k[1] in unit.partitions}
@@ -625,7 +457,7 @@ class Worker:
         if unit.key is not None:
             self._parked[unit.key] = unit
 
-    def _drop(self, unit: _Unit) -> None:
+    def _drop(self, unit: Unit) -> None:
         log.info("%s: owned by another worker now; dropped its %d points", unit.name, unit.model.n_points_)
         unit.lock.release()
 
@@ -651,7 +483,7 @@ class Worker:
 
     def _apply(self, batch: Mapping[Any, list[Any]]) -> int:
         """Decode, fold into each unit's semantics, apply to its model, account."""
-        work: dict[int, tuple[_Unit, list[InsertEvent | DeleteEvent], list[int], dict[tuple[str, int], int]]] = {}
+        work: dict[int, tuple[Unit, list[InsertEvent | DeleteEvent], list[int], dict[tuple[str, int], int]]] = {}
         dead = 0
         for tp, records in batch.items():
             unit = self._units.get(tp.partition)
@@ -730,7 +562,7 @@ class Worker:
         self.metrics.events(kind, "dead_letter")
         log.debug("dead letter %s/%d@%d: %s", tp.topic, tp.partition, record.offset, bad)
 
-    def _account_events(self, unit: _Unit, events: list[InsertEvent | DeleteEvent], outcomes: list[str]) -> None:
+    def _account_events(self, unit: Unit, events: list[InsertEvent | DeleteEvent], outcomes: list[str]) -> None:
         m = self.metrics
         now = time.time()
         counts: collections.Counter[tuple[str, str]] = collections.Counter()
@@ -798,13 +630,13 @@ class Worker:
                 log.debug("offset commit failed: %r", exc)
 
     # -- publishing: summaries and the global model ---------------------------------------
-    def _summary_of(self, unit: _Unit) -> PartitionSummary | None:
+    def _summary_of(self, unit: Unit) -> PartitionSummary | None:
         assert unit.key is not None
         p = unit.key
         offsets = (unit.offsets[(self.config.insert_topic, p)], unit.offsets[(self.config.delete_topic, p)])
         return partition_summary(unit.model, p, self.n_partitions, offsets, self._dim)  # type: ignore[arg-type]
 
-    def _publish_summaries(self, units: Iterable[_Unit]) -> None:
+    def _publish_summaries(self, units: Iterable[Unit]) -> None:
         """Send the summary of each given dc unit whose subtree or offsets changed."""
         if not self.dc:
             return
@@ -870,7 +702,7 @@ class Worker:
         self._published = ident
 
     # -- snapshots and receipts ---------------------------------------------------------
-    def _meta(self, unit: _Unit, pending: Iterable[PendingReceipt]) -> dict[str, Any]:
+    def _meta(self, unit: Unit, pending: Iterable[PendingReceipt]) -> dict[str, Any]:
         c = self.config
         offsets: dict[str, dict[int, int]] = {}
         for (topic, partition), offset in sorted(unit.offsets.items()):
@@ -911,7 +743,7 @@ class Worker:
         self._publish_summaries(units)
         return seq
 
-    def _snapshot_unit(self, unit: _Unit, flush: bool) -> int | None:
+    def _snapshot_unit(self, unit: Unit, flush: bool) -> int | None:
         assert self._publisher is not None
         if not unit.changed and not unit.unsent:
             return None
@@ -936,7 +768,7 @@ class Worker:
         self._send_receipts(unit, info.seq, parts)
         return info.seq
 
-    def _send_receipts(self, unit: _Unit, seq: int, parts: dict[str, bytes]) -> None:
+    def _send_receipts(self, unit: Unit, seq: int, parts: dict[str, bytes]) -> None:
         """Publish the receipts of a unit's snapshot ``seq``, then drop their ids from disk.
 
         The snapshot lists the receipts' ids so that a crash cannot lose

@@ -1,0 +1,98 @@
+"""What the worker writes to Kafka besides receipts: model messages and dead letters.
+
+A thin layer over kafka-python's producer whose send failures surface on
+``flush`` (called before a snapshot makes offsets durable), so a record the
+broker never acknowledged is replayed after a restart rather than lost.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Mapping
+
+import msgpack
+import numpy as np
+
+from .base import UnlearningModel
+from .config import WorkerConfig
+
+#: Longest ``detail`` header of a dead letter, in characters.
+_DETAIL_MAX = 1000
+
+
+
+def encode_model_message(model: UnlearningModel, version: int, algorithm: str) -> bytes:
+    """The model-topic value of one model: centroids as float64 LE bytes plus their shape."""
+    return encode_global_message(model.centroids_, model.n_points_, version, algorithm)
+
+
+def encode_global_message(centroids: np.ndarray, n_points: int, version: int, algorithm: str,
+                          complete: bool = True, partitions: Mapping[int, tuple[int, int]] | None = None,
+                          summary_version: str = "") -> bytes:
+    """The model-topic value: the global centroids (float64 LE bytes plus shape) and where they stand.
+
+    ``version`` is the number of input records the model covers (it only
+    grows); ``complete`` is False while some partition has no summary yet;
+    ``partitions`` maps each partition to its ``[insert, delete]`` offsets.
+    """
+    C = np.ascontiguousarray(centroids, dtype="<f8")
+    return msgpack.packb(
+        {"centroids": C.tobytes(), "shape": list(C.shape), "n_points": int(n_points),
+         "version": int(version), "ts": time.time(), "algorithm": algorithm, "complete": bool(complete),
+         "partitions": {str(p): [int(a), int(b)] for p, (a, b) in (partitions or {}).items()},
+         "summary_version": summary_version},
+        use_bin_type=True,
+    )
+
+
+def dead_letter_headers(reason: str, detail: str, topic: str, partition: int, offset: int) -> list[tuple[str, bytes]]:
+    """Headers of a dead-letter record: why it was refused and where it came from."""
+    return [
+        ("reason", reason.encode()),
+        ("detail", detail[:_DETAIL_MAX].encode("utf-8", "replace")),
+        ("source_topic", topic.encode()),
+        ("source_partition", str(partition).encode()),
+        ("source_offset", str(offset).encode()),
+    ]
+
+
+class PublishError(RuntimeError):
+    """Records sent to Kafka were not acknowledged."""
+
+
+class Publisher:
+    """A KafkaProducer whose send failures surface on :meth:`flush`."""
+
+    def __init__(self, config: WorkerConfig) -> None:
+        from kafka import KafkaProducer
+
+        self._producer = KafkaProducer(
+            bootstrap_servers=config.bootstrap_list,
+            acks="all",
+            linger_ms=5,
+            max_request_size=max(1 << 20, config.max_value_bytes + (64 << 10)),
+            client_id="stream-unlearn-worker",
+        )
+        self._lock = threading.Lock()
+        self._errors: list[BaseException] = []
+
+    def send(self, topic: str, key: bytes | None, value: bytes | None,
+             headers: list[tuple[str, bytes]] | None = None) -> None:
+        if key is None and value is None:
+            value = b""  # Kafka needs one of them
+        self._producer.send(topic, key=key, value=value, headers=headers).add_errback(self._on_error)
+
+    def _on_error(self, exc: BaseException) -> None:
+        with self._lock:
+            self._errors.append(exc)
+
+    def flush(self, timeout: float = 30.0) -> None:
+        self._producer.flush(timeout=timeout)
+        with self._lock:
+            errors, self._errors = self._errors, []
+        if errors:
+            raise PublishError(f"{len(errors)} record(s) not acknowledged, first: {errors[0]!r}")
+
+    def close(self) -> None:
+        self._producer.close(timeout=10)
