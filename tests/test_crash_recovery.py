@@ -99,6 +99,8 @@ def test_kill_9_at_random_moments_changes_nothing(broker, unique_topic, tmp_path
             time.sleep(rng.uniform(0.0, 0.3))
             proc.kill()
         finally:
+            if proc.poll() is None:  # also when the wait above failed: never leak a worker
+                proc.kill()
             proc.wait(10)
         assert proc.returncode == -signal.SIGKILL
     total += send(config, rounds[-1])
@@ -110,6 +112,7 @@ def test_kill_9_at_random_moments_changes_nothing(broker, unique_topic, tmp_path
     finally:
         if proc.poll() is None:
             proc.kill()
+            proc.wait(10)
     crashed, _, warnings = load_model_for_reading(snaps)
 
     # The same topics consumed once, without crashes.
@@ -142,6 +145,7 @@ def test_sigterm_finishes_the_batch_and_snapshots(broker, unique_topic, tmp_path
     finally:
         if proc.poll() is None:
             proc.kill()
+            proc.wait(10)
     assert b"stopped cleanly" in log.read_bytes()
     snaps_by_partition = partition_snapshots(snaps)
     assert snaps_by_partition  # partitions with nothing applied yet have no snapshot
