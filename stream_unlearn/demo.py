@@ -441,7 +441,8 @@ def _report(args: argparse.Namespace, stream: Stream, sender: Sender, samples: d
     print(f"  event-to-model    insert p50 {q('stream_unlearn_event_to_model_seconds', 0.5, type='insert'):.0f} ms,"
           f" p99 {q('stream_unlearn_event_to_model_seconds', 0.99, type='insert'):.0f} ms;"
           f" delete p50 {q('stream_unlearn_event_to_model_seconds', 0.5, type='delete'):.0f} ms,"
-          f" p99 {q('stream_unlearn_event_to_model_seconds', 0.99, type='delete'):.0f} ms (histogram buckets)")
+          f" p99 {q('stream_unlearn_event_to_model_seconds', 0.99, type='delete'):.0f} ms (histogram buckets;"
+          " includes time queued: the demo producer sends as fast as it can, faster than the worker applies)")
     print(f"  deletes forgotten {outcomes.get('delete/applied', 0):,} held points removed, "
           f"{outcomes.get('delete/tombstoned', 0):,} tombstones for deletes that overtook their insert;"
           f" delete-to-forgotten p99 {q('stream_unlearn_delete_to_forgotten_seconds', 0.99):.0f} ms")
