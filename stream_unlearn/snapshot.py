@@ -506,7 +506,7 @@ class SnapshotStore:
 
     # ---- write
 
-    def write(self, parts: dict[str, bytes], meta: Any) -> SnapshotInfo:
+    def write(self, parts: dict[str, bytes], meta: Any, *, reuse: os.PathLike[str] | str | None = None) -> SnapshotInfo:
         """Write a new snapshot durably and atomically; return its info.
 
         ``parts`` maps part names (see :func:`validate_part_name`) to bytes;
@@ -514,6 +514,11 @@ class SnapshotStore:
         tuples come back as lists, int map keys are kept). The new sequence
         number is one more than the largest ``snap-*`` present (valid or
         not) and than any this store wrote before.
+
+        ``reuse``: a snapshot of this store whose manifest lists some of the
+        same parts (same size and sha256): those are hard-linked from it
+        instead of written and fsynced again (they are durable already), so
+        a snapshot that only changes ``meta`` costs a manifest.
         """
         self._require_writable()
         if not isinstance(parts, dict):
@@ -534,9 +539,14 @@ class SnapshotStore:
                 os.mkdir(tmp, DIR_MODE)
                 os.chmod(tmp, DIR_MODE)
                 table = {}
+                durable = self._durable_parts(reuse)
                 for name, data in parts.items():
-                    _write_file(tmp / name, data)
-                    table[name] = {"size": len(data), "sha256": hashlib.sha256(data).digest()}
+                    entry = {"size": len(data), "sha256": hashlib.sha256(data).digest()}
+                    if durable.get(name) == (entry["size"], entry["sha256"]):
+                        os.link(Path(reuse) / name, tmp / name, follow_symlinks=False)  # type: ignore[arg-type]
+                    else:
+                        _write_file(tmp / name, data)
+                    table[name] = entry
                 body = _pack(
                     {"seq": seq, "created_at": created_at, "meta": meta, "parts": table}
                 )
@@ -563,6 +573,20 @@ class SnapshotStore:
         size = sum(len(d) for d in parts.values()) + len(manifest)
         log.debug("wrote snapshot %s (%d bytes)", final, size)
         return SnapshotInfo(path=final, seq=seq, created_at=created_at, size_bytes=size)
+
+    def _durable_parts(self, snapshot: os.PathLike[str] | str | None) -> dict[str, tuple[int, bytes]]:
+        """(size, sha256) of each part of one of this store's snapshots, by name; {} if unusable."""
+        if snapshot is None:
+            return {}
+        path = Path(snapshot)
+        if path.parent.resolve() != self.root.resolve() or snapshot_seq(path) is None:
+            raise ValueError(f"can only reuse parts of this store's snapshots, not {path}")
+        try:
+            raw, _ = _read_regular(path / MANIFEST_NAME)
+            body, _ = _parse_manifest(path, raw)
+        except (OSError, SnapshotError):
+            return {}  # gone or damaged: write the parts afresh
+        return {name: (entry["size"], entry["sha256"]) for name, entry in body["parts"].items()}
 
     # ---- read
 
