@@ -49,7 +49,7 @@ from typing import Any
 
 import numpy as np
 from _common import environment, table, verdict
-from stream import scrape, total  # helpers of the single-worker benchmark
+from stream_unlearn.demo import scrape, total
 
 from stream_unlearn.broker import EmbeddedBroker, ensure_topics, free_port
 from stream_unlearn.config import WorkerConfig

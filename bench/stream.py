@@ -52,7 +52,7 @@ from _common import environment, pct, table, verdict
 
 from stream_unlearn.broker import EmbeddedBroker, ensure_topics, free_port
 from stream_unlearn.config import WorkerConfig
-from stream_unlearn.demo import gaussian_mixture, scrape, total
+from stream_unlearn.demo import bucket_counts, bucket_quantile, gaussian_mixture, scrape, total
 from stream_unlearn.producer import EventProducer
 from stream_unlearn.receipts import decode_receipt
 from stream_unlearn.wire import BadRecord, decode_delete, decode_insert
@@ -250,34 +250,8 @@ def run_worker_thread(config: WorkerConfig, expect: int, metrics: Any = None, ti
 # the worker as a CLI subprocess, and its metrics endpoint
 
 
-def buckets(samples: dict, name: str, **labels: str) -> dict[float, float]:
-    """Cumulative bucket counts {le: count} summed over series matching ``labels``."""
-    out: dict[float, float] = {}
-    for lab, v in samples.get(f"{name}_bucket", []):
-        if all(lab.get(k) == x for k, x in labels.items()):
-            le = float(lab["le"])
-            out[le] = out.get(le, 0.0) + v
-    return out
-
-
 def bucket_diff(after: dict[float, float], before: dict[float, float]) -> dict[float, float]:
     return {le: c - before.get(le, 0.0) for le, c in after.items()}
-
-
-def bucket_quantile(cum: dict[float, float], q: float) -> float:
-    """Prometheus histogram_quantile: linear interpolation inside the bucket."""
-    items = sorted(cum.items())
-    if not items or items[-1][1] <= 0:
-        return math.nan
-    rank = q * items[-1][1]
-    lower, below = 0.0, 0.0
-    for upper, count in items:
-        if count >= rank:
-            if math.isinf(upper):
-                return lower
-            return lower + (upper - lower) * (rank - below) / max(count - below, 1e-12)
-        lower, below = upper, count
-    return lower
 
 
 def fraction_le(cum: dict[float, float], bound: float) -> float:
@@ -454,16 +428,16 @@ def latency_run(bootstrap: str, algorithm: str, rate: float, duration: float, wa
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait()
-    e2m = {kind: bucket_diff(buckets(after, "stream_unlearn_event_to_model_seconds", type=kind),
-                             buckets(before, "stream_unlearn_event_to_model_seconds", type=kind))
+    e2m = {kind: bucket_diff(bucket_counts(after, "stream_unlearn_event_to_model_seconds", type=kind),
+                             bucket_counts(before, "stream_unlearn_event_to_model_seconds", type=kind))
            for kind in ("insert", "delete")}
     e2m["all"] = {le: e2m["insert"].get(le, 0.0) + e2m["delete"].get(le, 0.0) for le in e2m["insert"]}
-    snap_d = bucket_diff(buckets(after, "stream_unlearn_snapshot_duration_seconds"),
-                         buckets(before, "stream_unlearn_snapshot_duration_seconds"))
-    upd = bucket_diff(buckets(after, "stream_unlearn_model_update_seconds"),
-                      buckets(before, "stream_unlearn_model_update_seconds"))
-    persisted = bucket_diff(buckets(after, "stream_unlearn_delete_to_persisted_seconds"),
-                            buckets(before, "stream_unlearn_delete_to_persisted_seconds"))
+    snap_d = bucket_diff(bucket_counts(after, "stream_unlearn_snapshot_duration_seconds"),
+                         bucket_counts(before, "stream_unlearn_snapshot_duration_seconds"))
+    upd = bucket_diff(bucket_counts(after, "stream_unlearn_model_update_seconds"),
+                      bucket_counts(before, "stream_unlearn_model_update_seconds"))
+    persisted = bucket_diff(bucket_counts(after, "stream_unlearn_delete_to_persisted_seconds"),
+                            bucket_counts(before, "stream_unlearn_delete_to_persisted_seconds"))
     lat = [reader.arrivals[i][0] - reader.arrivals[i][1] for i in producer.deleted if i in reader.arrivals]
     achieved = producer.sent / max(producer.finished_at - producer.started_at, 1e-9)
     return {

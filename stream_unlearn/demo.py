@@ -239,23 +239,35 @@ def total(samples: dict, name: str, **labels: str) -> float:
     return sum(v for lab, v in samples.get(name, []) if all(lab.get(k) == x for k, x in labels.items()))
 
 
-def histogram_quantile(samples: dict, name: str, q: float, **labels: str) -> float:
-    """Prometheus-style quantile from cumulative buckets (linear within a bucket)."""
-    buckets = sorted(
-        (float(lab["le"]), v) for lab, v in samples.get(f"{name}_bucket", [])
-        if all(lab.get(k) == x for k, x in labels.items())
-    )
-    if not buckets or buckets[-1][1] == 0:
+def bucket_counts(samples: dict, name: str, **labels: str) -> dict[float, float]:
+    """Cumulative counts per upper bound ``le`` of histogram ``name``, summed over matching series."""
+    out: dict[float, float] = {}
+    for lab, v in samples.get(f"{name}_bucket", []):
+        if all(lab.get(k) == x for k, x in labels.items()):
+            le = float(lab["le"])
+            out[le] = out.get(le, 0.0) + v
+    return out
+
+
+def bucket_quantile(cum: dict[float, float], q: float) -> float:
+    """Prometheus' histogram_quantile: linear interpolation inside the bucket."""
+    items = sorted(cum.items())
+    if not items or items[-1][1] <= 0:
         return math.nan
-    rank = q * buckets[-1][1]
+    rank = q * items[-1][1]
     lower, below = 0.0, 0.0
-    for upper, count in buckets:
+    for upper, count in items:
         if count >= rank:
             if math.isinf(upper):
                 return lower
             return lower + (upper - lower) * (rank - below) / max(count - below, 1e-12)
         lower, below = upper, count
     return lower
+
+
+def histogram_quantile(samples: dict, name: str, q: float, **labels: str) -> float:
+    """Prometheus-style quantile of histogram ``name`` in scraped ``samples``."""
+    return bucket_quantile(bucket_counts(samples, name, **labels), q)
 
 
 def read_topic(bootstrap: str, topic: str, expect: int, timeout: float) -> list:

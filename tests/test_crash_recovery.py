@@ -13,11 +13,12 @@ import numpy as np
 import pytest
 
 from stream_unlearn.inspect_cmd import load_for_reading, load_model_for_reading
-from stream_unlearn.producer import EventProducer
 from stream_unlearn.snapshot import MANIFEST_NAME, SnapshotStore
 from stream_unlearn.worker import MODEL_PART
 
 from worker_support import (
+    chunks,
+    send_steps,
     assert_holds_exactly,
     assert_one_receipt_per_delete,
     Topics,
@@ -55,27 +56,6 @@ def make_stream(n: int, seed: int) -> tuple[list[tuple], dict[str, np.ndarray], 
     return steps, survivors, len(early) + len(later)
 
 
-def send(config, steps) -> int:
-    sent = 0
-    with EventProducer(config.bootstrap_servers, insert_topic=config.insert_topic,
-                       delete_topic=config.delete_topic, binary=False) as p:
-        for kind, names, X, ts in steps:
-            sent += p.insert(names, X, ts=ts) if kind == "insert" else p.delete(names, ts=ts)
-    return sent
-
-
-def chunks(steps: list[tuple], parts: int) -> list[list[tuple]]:
-    """Split every step into ``parts`` pieces, keeping their order within each piece."""
-    out: list[list[tuple]] = [[] for _ in range(parts)]
-    for kind, names, X, ts in steps:
-        bounds = np.linspace(0, len(names), parts + 1).astype(int)
-        for j in range(parts):
-            lo, hi = bounds[j], bounds[j + 1]
-            if hi > lo:
-                out[j].append((kind, names[lo:hi], None if X is None else X[lo:hi], ts))
-    return out
-
-
 def test_kill_9_at_random_moments_changes_nothing(broker, unique_topic, tmp_path, consume):
     topics = Topics.fresh(unique_topic)
     snaps = tmp_path / "crashing"
@@ -90,7 +70,7 @@ def test_kill_9_at_random_moments_changes_nothing(broker, unique_topic, tmp_path
     total = 0
     for chunk in rounds[:-1]:
         before = snapshot_position(snaps)
-        total += send(config, chunk)
+        total += send_steps(config, chunk)
         proc = spawn_worker(config, log)
         try:
             wait_until(lambda: snapshot_position(snaps) > before or proc.poll() is not None, 60, "progress")
@@ -103,7 +83,7 @@ def test_kill_9_at_random_moments_changes_nothing(broker, unique_topic, tmp_path
                 proc.kill()
             proc.wait(10)
         assert proc.returncode == -signal.SIGKILL
-    total += send(config, rounds[-1])
+    total += send_steps(config, rounds[-1])
     proc = spawn_worker(config, log)
     try:
         wait_until(lambda: snapshot_position(snaps) == total, 90, "the restarted worker to catch up")
@@ -133,7 +113,7 @@ def test_sigterm_finishes_the_batch_and_snapshots(broker, unique_topic, tmp_path
     config = make_config(broker, topics, snaps, snapshot_interval=30.0, max_batch=50, log_level="INFO")
     create_topics(config)
     steps, survivors, _ = make_stream(600, seed=3)
-    total = send(config, steps)
+    total = send_steps(config, steps)
     log = tmp_path / "worker.log"
     proc = spawn_worker(config, log)
     try:
@@ -189,14 +169,14 @@ def test_corrupt_or_truncated_snapshot_is_never_loaded(broker, unique_topic, tmp
     create_topics(config)
     steps, survivors, _ = make_stream(400, seed=7)
     first, second = chunks(steps, 2)
-    total = send(config, first)
+    total = send_steps(config, first)
     with running_worker(config) as worker:
         wait_consumed(worker, total)
     store_dir = snaps / "partition-0"  # one partition's store is damaged; the others are intact
     older, _ = load_for_reading(store_dir)
     backup = tmp_path / older.path.name
     shutil.copytree(older.path, backup)
-    total += send(config, second)
+    total += send_steps(config, second)
     with running_worker(config) as worker:
         wait_consumed(worker, total)
     newest, _ = load_for_reading(store_dir)

@@ -27,10 +27,11 @@ from stream_unlearn.inspect_cmd import load_model_for_reading
 from stream_unlearn.model_cmd import read_global_model
 from stream_unlearn.ownership import OwnershipError, partitions_of
 from stream_unlearn.partitioned import new_partition_model, partition_summary
-from stream_unlearn.producer import EventProducer
 from stream_unlearn.summaries import merge
 
 from worker_support import (
+    chunks,
+    send_steps,
     assert_holds_exactly,
     assert_one_receipt_per_delete,
     Topics,
@@ -63,26 +64,6 @@ def make_stream(n: int, seed: int) -> tuple[list[tuple], dict[str, np.ndarray], 
     for i in back:
         survivors[names[i]] = X[i] + 3.0
     return steps, survivors, len(early) + len(later)
-
-
-def chunks(steps: list[tuple], parts: int) -> list[list[tuple]]:
-    out: list[list[tuple]] = [[] for _ in range(parts)]
-    for kind, names, X, ts in steps:
-        bounds = np.linspace(0, len(names), parts + 1).astype(int)
-        for j in range(parts):
-            lo, hi = bounds[j], bounds[j + 1]
-            if hi > lo:
-                out[j].append((kind, names[lo:hi], None if X is None else X[lo:hi], ts))
-    return out
-
-
-def send(config, steps) -> int:
-    sent = 0
-    with EventProducer(config.bootstrap_servers, insert_topic=config.insert_topic,
-                       delete_topic=config.delete_topic, binary=False) as p:
-        for kind, names, X, ts in steps:
-            sent += p.insert(names, X, ts=ts) if kind == "insert" else p.delete(names, ts=ts)
-    return sent
 
 
 def group_config(broker, topics: Topics, snaps: Path, unique_topic, **overrides):
@@ -202,7 +183,7 @@ def stream(broker):
     config = make_config(broker, topics, Path("/nonexistent"))
     create_topics(config)
     steps, survivors, n_deletes = make_stream(N, seed=5)
-    total = send(config, steps)
+    total = send_steps(config, steps)
     return topics, survivors, total, fresh_fit(config, survivors)
 
 
@@ -303,14 +284,14 @@ def test_kill_9_of_one_of_three_workers_mid_stream(broker, unique_topic, tmp_pat
         for _ in range(3):
             fleet.start()
         wait_until(lambda: all(fleet.owned(i) for i in range(3)), 30, "the three workers to own partitions")
-        total = send(config, rounds[0])
+        total = send_steps(config, rounds[0])
         wait_until(lambda: snapshot_position(snaps) > 0, 30, "a first snapshot")
         victim = next(i for i in range(3) if fleet.owned(i))
         lost = fleet.owned(victim)
-        total += send(config, rounds[1])
+        total += send_steps(config, rounds[1])
         fleet.procs[victim].kill()  # mid-stream: the others are still consuming
         assert fleet.procs[victim].wait(10) == -signal.SIGKILL
-        total += send(config, rounds[2])
+        total += send_steps(config, rounds[2])
         survivors_of_group = [i for i in range(3) if i != victim]
         # The group notices after the session timeout and hands the victim's partitions over.
         wait_until(lambda: sorted(p for i in survivors_of_group for p in (fleet.owned(i) or [])) == [0, 1, 2],
@@ -340,7 +321,7 @@ def test_a_worker_joining_mid_stream_takes_over_without_changing_the_model(broke
     fleet = Fleet(config, tmp_path)
     try:
         fleet.start()
-        total = send(config, first)
+        total = send_steps(config, first)
         before = wait_global(fleet, total)
         fleet.start()
         wait_until(lambda: fleet.owned(1) and len(fleet.owned(0) or []) < 3, 30, "the newcomer to own partitions")
@@ -354,7 +335,7 @@ def test_a_worker_joining_mid_stream_takes_over_without_changing_the_model(broke
         for message in at_total:
             C = np.frombuffer(message["centroids"], dtype="<f8").reshape(message["shape"])
             assert np.array_equal(C, before.centroids) and message["complete"]
-        total += send(config, second)
+        total += send_steps(config, second)
         final = wait_global(fleet, total)
         fleet.stop()
     finally:

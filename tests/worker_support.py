@@ -182,3 +182,27 @@ def assert_one_receipt_per_delete(broker: str, config, consume, n_deletes: int) 
     receipts = {(r.id, r.deleted_ts) for r in (decode_receipt(rec.value)
                                                for rec in consume(broker, config.receipts_topic, n_deletes))}
     assert len(receipts) == n_deletes
+
+
+def send_steps(config: WorkerConfig, steps: list[tuple]) -> int:
+    """Produce ``(kind, names, X, ts)`` steps in order; returns the records sent."""
+    from stream_unlearn.producer import EventProducer
+
+    sent = 0
+    with EventProducer(config.bootstrap_servers, insert_topic=config.insert_topic,
+                       delete_topic=config.delete_topic, binary=False) as p:
+        for kind, names, X, ts in steps:
+            sent += p.insert(names, X, ts=ts) if kind == "insert" else p.delete(names, ts=ts)
+    return sent
+
+
+def chunks(steps: list[tuple], parts: int) -> list[list[tuple]]:
+    """Split every step into ``parts`` pieces, keeping their order within each piece."""
+    out: list[list[tuple]] = [[] for _ in range(parts)]
+    for kind, names, X, ts in steps:
+        bounds = np.linspace(0, len(names), parts + 1).astype(int)
+        for j in range(parts):
+            lo, hi = bounds[j], bounds[j + 1]
+            if hi > lo:
+                out[j].append((kind, names[lo:hi], None if X is None else X[lo:hi], ts))
+    return out
