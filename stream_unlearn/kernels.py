@@ -220,3 +220,53 @@ def fit_nodes(X, w, logu, offsets, k, L, max_iter, centroids, weights, n_iter,
         for j in range(k):
             centroids[b, j] = Xb[seed_index[b, j]]
         n_iter[b] = lloyd_node(Xb, wb, centroids[b], max_iter, weights[b])
+
+
+@njit(**_OPTS)
+def q_lloyd_certificate(x, sign, centres, sums, counts, theta, eps, gamma, n_new, max_abs, n_terms,
+                        new_sums, new_counts):
+    """Redo one point's effect on every stored quantized-Lloyd iteration; True if nothing moves.
+
+    Same arithmetic, operation for operation, as ``quantize.corrected_centroids``
+    and ``quantize.snap`` in the fit (elementwise IEEE operations, no fused
+    multiply-adds). Each centre must also lie farther inside its grid cell
+    than two computations of it may differ by rounding: sums of up to
+    ``n_terms`` additions in different orders differ by at most
+    ``2 n_terms u sum|x|`` (twice the recursive-summation bound, with
+    ``sum|x| <= count * max_abs``), and dividing, blending and snapping add a
+    few ulps of each operand. ``new_sums``/``new_counts`` receive the
+    updated statistics.
+    """
+    T, k, d = sums.shape
+    u = 2.0**-53
+    balance = gamma * n_new / k
+    x2 = x.reshape(1, d)
+    new_sums[:] = sums
+    new_counts[:] = counts
+    for t in range(T):
+        lab = nearest(x2, 0, centres[t])
+        for f in range(d):
+            new_sums[t, lab, f] += sign * x[f]
+        new_counts[t, lab] += sign
+        for j in range(k):
+            c = new_counts[t, j]
+            m = c if c > 0.0 else 1.0
+            ratio = c / balance if balance > 0.0 else 1.0
+            for f in range(d):
+                prev = centres[t, j, f]
+                mean = new_sums[t, j, f] / m
+                if c > 0.0:
+                    centre = ratio * mean + (1.0 - ratio) * prev if ratio < 1.0 else mean
+                else:
+                    centre = prev
+                z = centre / eps - theta[f]
+                cell = np.floor(z + 0.5)
+                if eps * (cell + theta[f]) != centres[t + 1, j, f]:
+                    return False
+                slack = (0.5 - abs(z - cell)) * eps
+                bound = (2.0 * (n_terms + 2) * u * (c * max_abs[f]) / m
+                         + 8.0 * u * (abs(mean) + abs(prev))
+                         + 4.0 * u * eps * (abs(z) + 1.0))
+                if not slack > bound:
+                    return False
+    return True

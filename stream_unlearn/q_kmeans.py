@@ -19,11 +19,12 @@ from typing import Any
 
 import numpy as np
 
+from . import kernels
 from . import state as state_format
 from .base import UnlearningModel
 from .hashing import seed_key
-from .lloyd import assign, cluster_sums, default_candidates, dists_to_rows, nearest_in_each, race_log_uniforms, race_seeds
-from .quantize import UNIT_ROUNDOFF, corrected_centroids, phase, rounding_bound, snap
+from .lloyd import assign, cluster_sums, default_candidates, dists_to_rows, race_log_uniforms, race_seeds
+from .quantize import UNIT_ROUNDOFF, corrected_centroids, phase, snap
 from .validation import MAX_ID_BYTES
 
 _BUCKETS = 64
@@ -147,22 +148,13 @@ class QKMeans(UnlearningModel):
 
     def _lloyd_holds(self, x: np.ndarray, sign: int) -> bool:
         a = self._arrays
-        centres = a["centres"]
-        T = len(a["sums"])
-        labels = nearest_in_each(x, centres[:-1])
-        steps = np.arange(T)
-        sums, counts = a["sums"].copy(), a["counts"].copy()
-        sums[steps, labels] += sign * x
-        counts[steps, labels] += sign
-        n = self._n_model + sign
-        centre, mean = corrected_centroids(sums, counts, centres[:-1], n, self.k, self.gamma)
-        snapped, slack, z = snap(centre, self.eps, self._theta)
-        if not np.array_equal(snapped, centres[1:]):
-            return False
+        sums, counts = np.empty_like(a["sums"]), np.empty_like(a["counts"])
         max_abs = np.maximum(a["max_abs"], np.abs(x)) if sign > 0 else a["max_abs"]
-        bound = rounding_bound(counts[..., None] * max_abs, counts, mean, centres[:-1], z,
-                               max(n, self._n_model) + self._ops + 1, self.eps)
-        if not np.all(slack > bound):
+        n = self._n_model + sign
+        holds = kernels.q_lloyd_certificate(
+            np.ascontiguousarray(x, dtype=np.float64), float(sign), a["centres"], a["sums"], a["counts"],
+            self._theta, self.eps, self.gamma, n, max_abs, max(n, self._n_model) + self._ops + 1, sums, counts)
+        if not holds:
             return False
         a["sums"], a["counts"], a["max_abs"] = sums, counts, max_abs
         self._n_model = n

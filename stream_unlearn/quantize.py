@@ -49,20 +49,3 @@ def snap(centre: np.ndarray, eps: float, theta: np.ndarray) -> tuple[np.ndarray,
     snapped = eps * (cell + theta)
     slack = (0.5 - np.abs(z - cell)) * eps
     return snapped, slack, z
-
-
-def rounding_bound(
-    abs_sums: np.ndarray, counts: np.ndarray, mean: np.ndarray, previous: np.ndarray, z: np.ndarray,
-    n_terms: int, eps: float,
-) -> np.ndarray:
-    """A bound on how far two computations of one centre may differ by rounding.
-
-    Sums of up to ``n_terms`` additions in different orders differ by at most
-    ``2 n_terms u sum|x|`` (twice the recursive-summation bound); dividing,
-    blending and snapping add a few ulps of each operand.
-    """
-    m = np.where(counts > 0, counts, 1.0)[..., None]
-    u = UNIT_ROUNDOFF
-    return (2.0 * (n_terms + 2) * u * abs_sums / m
-            + 8.0 * u * (np.abs(mean) + np.abs(previous))
-            + 4.0 * u * eps * (np.abs(z) + 1.0))
