@@ -17,7 +17,7 @@ import numpy as np
 
 from . import state as state_format
 from .hashing import id_keys
-from .lloyd import assign, sq_dists
+from .lloyd import assign, nearest_sq_dists
 from .store import PointStore
 from .validation import MAX_ID_BYTES, as_partitions, as_points, normalize_ids
 
@@ -160,7 +160,7 @@ class UnlearningModel(ABC):
         if len(self._store) == 0 or len(C) == 0:
             return 0.0
         _, X, _ = self._store.items()
-        return float(np.min(sq_dists(X[None], C[None])[0], axis=1).mean())
+        return float(nearest_sq_dists(X, C).mean())
 
     def held(self) -> tuple[list[str], np.ndarray, np.ndarray]:
         """Ids, vectors and partitions of every held point (copies)."""

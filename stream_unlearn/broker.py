@@ -17,6 +17,7 @@ Known Tansu limits (v0.6.0), which callers must design around:
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import os
 import signal
@@ -35,7 +36,9 @@ __all__ = [
     "EmbeddedBroker",
     "ensure_topics",
     "free_port",
+    "add_broker_arguments",
     "main_broker",
+    "run_broker",
 ]
 
 #: Kafka error code for "topic already exists".
@@ -359,6 +362,17 @@ def _topic_results(resp: object) -> list[dict]:
         return list(resp.get("topics", []))
     topics = getattr(resp, "topics", [])
     return [t if isinstance(t, dict) else vars(t) for t in topics]
+
+
+def add_broker_arguments(parser: argparse.ArgumentParser) -> None:
+    """Flags of the ``broker`` command."""
+    parser.add_argument("--port", type=int, default=9092,
+                        help="port on 127.0.0.1 (0 = any free port; default %(default)s)")
+
+
+def run_broker(args: argparse.Namespace) -> int:
+    """The ``broker`` command: :func:`main_broker` on ``--port``."""
+    return main_broker(args.port)
 
 
 def main_broker(port: int = 9092) -> int:

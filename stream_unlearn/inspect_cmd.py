@@ -241,8 +241,9 @@ def main_inspect(args: argparse.Namespace) -> int:
 
 def main_verify(args: argparse.Namespace) -> int:
     """Refit from the snapshot's points and compare bit for bit (0 equal, 1 not, 2 none)."""
+    partitioned = is_partitioned(args.snapshot_dir)
     try:
-        if is_partitioned(args.snapshot_dir):
+        if partitioned:
             snaps, warnings = load_partitioned(args.snapshot_dir)
             view = _global_view(snaps)
         else:
@@ -251,7 +252,7 @@ def main_verify(args: argparse.Namespace) -> int:
     except NoSnapshot as exc:
         print(f"stream-unlearn verify: {exc}", file=sys.stderr)
         return 2
-    if is_partitioned(args.snapshot_dir):
+    if partitioned:
         return _verify_partitioned(snaps, view, warnings)
     for w in warnings:
         print(f"warning: {w}", file=sys.stderr)

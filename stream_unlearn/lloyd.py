@@ -69,6 +69,11 @@ def assign(X: np.ndarray, C: np.ndarray) -> np.ndarray:
     return out
 
 
+def nearest_sq_dists(X: np.ndarray, C: np.ndarray) -> np.ndarray:
+    """Squared distance (n,) of each row of X (n, d) to its nearest centre in C (k, d): for the loss."""
+    return np.min(sq_dists(X[None], C[None])[0], axis=1)
+
+
 def sq_dists(X: np.ndarray, C: np.ndarray) -> np.ndarray:
     """Squared distances (B, m, k): for reporting (loss), not for decisions."""
     d2 = np.einsum("bmd,bkd->bmk", X, C)
@@ -83,17 +88,6 @@ def dists_to_rows(x: np.ndarray, C: np.ndarray) -> np.ndarray:
     out = np.empty(C.shape[0])
     kernels.dists_to_rows(np.ascontiguousarray(x, dtype=np.float64)[None], 0, np.ascontiguousarray(C), out)
     return out
-
-
-def nearest_in_each(x: np.ndarray, centres: np.ndarray) -> np.ndarray:
-    """For one point (d,), its nearest centre in each of T sets (T, k, d)."""
-    x2 = np.ascontiguousarray(x, dtype=np.float64)[None]
-    out = np.empty(1, dtype=np.int64)
-    labels = np.empty(len(centres), dtype=np.int64)
-    for t in range(len(centres)):
-        kernels.assign_rows(x2, centres[t], out)
-        labels[t] = out[0]
-    return labels
 
 
 def cluster_sums(X: np.ndarray, w: np.ndarray, labels: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:

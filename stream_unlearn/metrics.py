@@ -107,7 +107,7 @@ class WorkerMetrics:
     ) -> None:
         self.registry = registry if registry is not None else CollectorRegistry(auto_describe=True)
         r = self.registry
-        ns = NAMESPACE
+        common = {"namespace": NAMESPACE, "registry": r}  # every stream_unlearn_* metric
         self._server = None
         self._thread: threading.Thread | None = None
         self._lock = threading.Lock()
@@ -121,8 +121,7 @@ class WorkerMetrics:
             "build_info",
             "Constant 1, labelled with the worker's version and model configuration.",
             ["version", "algorithm", "k", "seed", "partitions"],
-            namespace=ns,
-            registry=r,
+            **common,
         )
         self._build_info.labels(
             version=str(version), algorithm=str(algorithm), k=str(k), seed=str(seed), partitions=str(partitions)
@@ -132,15 +131,13 @@ class WorkerMetrics:
             "events",
             "Kafka records handled, by event type and outcome.",
             ["type", "outcome"],
-            namespace=ns,
-            registry=r,
+            **common,
         )
         self._event_to_model = Histogram(
             "event_to_model_seconds",
             "Event timestamp to the event being applied to the in-memory model.",
             ["type"],
-            namespace=ns,
-            registry=r,
+            **common,
             buckets=LATENCY_BUCKETS,
         )
         for t in EVENT_TYPES:
@@ -151,68 +148,58 @@ class WorkerMetrics:
         self._model_update = Histogram(
             "model_update_seconds",
             "Wall time to apply one batch of events to the model.",
-            namespace=ns,
-            registry=r,
+            **common,
             buckets=LATENCY_BUCKETS,
         )
         self._batch_events = Histogram(
             "batch_events",
             "Events per applied batch.",
-            namespace=ns,
-            registry=r,
+            **common,
             buckets=BATCH_BUCKETS,
         )
         self._delete_forgotten = Histogram(
             "delete_to_forgotten_seconds",
             "Delete event timestamp to the model no longer holding the point.",
-            namespace=ns,
-            registry=r,
+            **common,
             buckets=LATENCY_BUCKETS,
         )
         self._delete_persisted = Histogram(
             "delete_to_persisted_seconds",
             "Delete event timestamp to a durable snapshot without the point (older snapshots removed).",
-            namespace=ns,
-            registry=r,
+            **common,
             buckets=LATENCY_BUCKETS,
         )
         self._receipts = Counter(
             "receipts",
             "Erasure receipts published.",
-            namespace=ns,
-            registry=r,
+            **common,
         )
         self._snapshot_duration = Histogram(
             "snapshot_duration_seconds",
             "Wall time to write one snapshot durably.",
-            namespace=ns,
-            registry=r,
+            **common,
             buckets=LATENCY_BUCKETS,
         )
         self._snapshot_size = Gauge(
             "snapshot_size_bytes",
             "Size of the last successful snapshot.",
-            namespace=ns,
-            registry=r,
+            **common,
         )
         self._snapshot_last = Gauge(
             "snapshot_last_success_timestamp_seconds",
             "Unix time of the last successful snapshot (0 = none yet).",
-            namespace=ns,
-            registry=r,
+            **common,
         )
         self._snapshots = Counter(
             "snapshots",
             "Successful snapshots.",
-            namespace=ns,
-            registry=r,
+            **common,
         )
         self._snapshot_failures = Counter(
             "snapshot_failures",
             "Failed snapshot attempts, by reason.",
             ["reason"],
-            namespace=ns,
-            registry=r,
+            **common,
         )
         for reason in SNAPSHOT_FAILURE_REASONS:
             self._snapshot_failures.labels(reason=reason)
@@ -220,51 +207,44 @@ class WorkerMetrics:
         self._points = Gauge(
             "points",
             "Points held by the model.",
-            namespace=ns,
-            registry=r,
+            **common,
         )
         self._loss = Gauge(
             "model_loss",
             "k-means loss: mean squared distance of the held points to their nearest centroid.",
-            namespace=ns,
-            registry=r,
+            **common,
         )
         self._certificates = Counter(
             "certificates",
             "Q-k-means deletion certificates, by result.",
             ["result"],
-            namespace=ns,
-            registry=r,
+            **common,
         )
         for res in CERTIFICATE_RESULTS:
             self._certificates.labels(result=res)
         self._refits = Counter(
             "refits",
             "Model refits (a failed certificate, or a DC tree node recomputed from scratch).",
-            namespace=ns,
-            registry=r,
+            **common,
         )
         self._lag = Gauge(
             "consumer_lag_records",
             "Records between the worker's position and the end of the partition.",
             ["topic", "partition"],
-            namespace=ns,
-            registry=r,
+            **common,
         )
         self._dead_letters = Counter(
             "dead_letters",
             "Records sent to the dead-letter topic, by reason.",
             ["reason"],
-            namespace=ns,
-            registry=r,
+            **common,
         )
         for reason in BAD_RECORD_REASONS:
             self._dead_letters.labels(reason=reason)
         self._tombstones = Gauge(
             "tombstones",
             "Deleted ids remembered so that late or replayed inserts stay forgotten.",
-            namespace=ns,
-            registry=r,
+            **common,
         )
 
     # -- events and latency --------------------------------------------------

@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 
 from .dc_kmeans import DCKMeans
-from .lloyd import sq_dists
+from .lloyd import nearest_sq_dists
 from .summaries import GlobalModel, PartitionSummary, merge
 
 __all__ = [
@@ -176,7 +176,7 @@ class GlobalView:
         for m in self.models.values():
             if m.n_points_:
                 _, X, _ = m.held()
-                total += float(np.min(sq_dists(X[None], C[None])[0], axis=1).sum())
+                total += float(nearest_sq_dists(X, C).sum())
         return total / self.n_points_
 
     def refit(self) -> DCKMeans:

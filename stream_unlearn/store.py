@@ -40,13 +40,6 @@ class Bucket:
         keys[: self.size] = self.keys[: self.size]
         self.vectors, self.keys = vectors, keys
 
-    def canonical(self, with_ids: bool = True) -> tuple[np.ndarray, np.ndarray, list[str]]:
-        """Keys, vectors and (if asked) ids in canonical ``(key, id)`` order: fresh copies."""
-        keys = self.keys[: self.size]
-        order = canonical_order(keys, self.ids)
-        ids = [self.ids[i] for i in order] if with_ids else []
-        return keys[order], self.vectors[: self.size][order], ids
-
 
 class PointStore:
     """All held points, bucketed; an id maps to (bucket, row) in one dict."""
@@ -66,11 +59,6 @@ class PointStore:
     def held_among(self, ids: Sequence[str]) -> set[str]:
         """Those of ``ids`` that are held."""
         return self._where.keys() & ids
-
-    def bucket_of(self, point_id: str) -> int | None:
-        """The bucket holding ``point_id``, or None."""
-        loc = self._where.get(point_id)
-        return None if loc is None else loc >> _ROW_BITS
 
     def vector(self, point_id: str) -> np.ndarray:
         """A copy of the vector held for ``point_id``."""

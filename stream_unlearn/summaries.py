@@ -137,7 +137,3 @@ def merge(summaries: Mapping[int, PartitionSummary]) -> GlobalModel:
     return GlobalModel(centroids, sum(s.n_points for s in summaries.values()), version,
                        len(summaries) == P, positions)
 
-
-def model_from_params(params: dict[str, Any]) -> DCKMeans:
-    """A DCKMeans of the summaries' configuration (to compare against a refit)."""
-    return DCKMeans(**params)
