@@ -77,7 +77,7 @@ from .partitioned import (
 )
 from .receipts import PendingReceipt, encode_receipt, pending_to_meta
 from .semantics import EventTimeState
-from .snapshot import SnapshotError, SnapshotInfo, SnapshotStore
+from .snapshot import SnapshotError, SnapshotStore
 from .summaries import GlobalModel, PartitionSummary, SummaryError, encode_summary, newer
 from .publisher import PublishError, Publisher, dead_letter_headers, encode_global_message, encode_model_message
 from .units import META_FORMAT, MODEL_PART, SEMANTICS_PART, Unit, WorkerError, restore_unit
@@ -433,7 +433,7 @@ class Worker:
         unit.summary_dirty = True
         if unit.unsent:  # receipts of the restored snapshot may not have gone out
             assert snap is not None
-            self._send_receipts(unit, snap.seq, snap.parts)
+            self._send_receipts(unit, snap.seq, snap.path, snap.parts)
 
     def _release(self, p: int) -> None:
         """Let go of partition ``p``: snapshot, final summary, unlock; keep it parked in memory."""
@@ -765,19 +765,18 @@ class Worker:
         unit.last_seq = self.last_snapshot_seq = info.seq
         log.debug("%s: snapshot %s: %d points, %d receipts pending", unit.name, info.path,
                   unit.model.n_points_, len(pending))
-        self._send_receipts(unit, info, parts)
+        self._send_receipts(unit, info.seq, info.path, parts)
         return info.seq
 
-    def _send_receipts(self, unit: Unit, snapshot: SnapshotInfo, parts: dict[str, bytes]) -> None:
+    def _send_receipts(self, unit: Unit, seq: int, path: Path, parts: dict[str, bytes]) -> None:
         """Publish the receipts of a unit's snapshot, then drop their ids from disk.
 
         The snapshot lists the receipts' ids so that a crash cannot lose
         them; once they are acknowledged, an identical snapshot without that
         list replaces it (its parts hard-linked from the first, only the
         manifest is new), so no file under the snapshot root names a person
-        whose receipt is out.
+        whose receipt is out. ``path`` is snapshot ``seq``'s directory.
         """
-        seq = snapshot.seq
         assert self._publisher is not None
         if not unit.unsent:
             return
@@ -791,7 +790,7 @@ class Worker:
         self.metrics.receipts(len(unit.unsent))
         unit.unsent = []
         try:
-            info = unit.store.write(parts, self._meta(unit, []), reuse=snapshot.path)
+            info = unit.store.write(parts, self._meta(unit, []), reuse=path)
         except OSError as exc:
             self.metrics.snapshot_failed("os_error")
             log.error("%s: could not replace snapshot %d after its receipts: %s", unit.name, seq, exc)

@@ -195,3 +195,28 @@ def test_corrupt_or_truncated_snapshot_is_never_loaded(broker, unique_topic, tmp
     assert sorted(p.name for p in store_dir.iterdir() if not p.name.startswith(".")) == [
         f"snap-{load_for_reading(store_dir)[0].seq:012d}"]
     assert os.stat(snaps).st_mode & 0o077 == 0 and os.stat(store_dir).st_mode & 0o077 == 0
+
+
+def test_receipts_pending_in_a_snapshot_are_sent_after_a_restart(broker, unique_topic, tmp_path, consume):
+    """A crash between a durable snapshot and its receipts: the restart sends them, then forgets their ids."""
+    from stream_unlearn.receipts import PendingReceipt, decode_receipt, pending_to_meta
+
+    topics = Topics.fresh(unique_topic)
+    snaps = tmp_path / "snaps"
+    config = make_config(broker, topics, snaps, group=False)
+    create_topics(config)
+    steps, survivors, n_deletes = make_stream(300, seed=5)
+    total = send_steps(config, steps)
+    with running_worker(config) as worker:
+        wait_consumed(worker, total)
+    assert_one_receipt_per_delete(broker, config, consume, n_deletes)
+    # Rewrite one partition's newest snapshot as a crash would have left it: receipts still pending.
+    partition, snap = next(iter(partition_snapshots(snaps).items()))
+    lost = PendingReceipt("crashed-before-receipt", 123.0, 124.0)
+    SnapshotStore(snap.path.parent).write(snap.parts, {**snap.meta, "pending_receipts": pending_to_meta([lost])})
+    with running_worker(config) as worker:
+        wait_until(lambda: worker.assigned.is_set(), 30, "the assignment")
+        receipts = consume(broker, config.receipts_topic, n_deletes + 1)
+        assert decode_receipt(receipts[-1].value).id == lost.id
+    assert partition_snapshots(snaps)[partition].meta["pending_receipts"] == []
+    assert np.array_equal(worker.model.centroids_, fresh_fit(config, survivors))
