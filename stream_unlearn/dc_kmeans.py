@@ -22,7 +22,7 @@ import numpy as np
 from . import state as state_format
 from .base import UnlearningModel
 from .hashing import combine, murmur2_partition, seed_key
-from .lloyd import default_candidates, fit_batch, fit_one, fit_ragged, race_log_uniforms
+from .lloyd import default_candidates, fit_one, fit_ragged, fit_ranges, race_log_uniforms
 from .validation import MAX_ID_BYTES
 
 _INTERNAL_ITEMS = 320
@@ -63,7 +63,9 @@ class DCKMeans(UnlearningModel):
         self._dirty_nodes: list[set[int]] = [set() for _ in widths]
         self._node_centroids: list[np.ndarray | None] = [None] * len(widths)
         self._node_weights: list[np.ndarray | None] = [None] * len(widths)
-        self._races: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+        self._races: dict[int, np.ndarray] = {}
+        self._candidates = default_candidates(self.k)
+        self._leaf_salt = seed_key(self.seed, 100)
 
     def get_params(self) -> dict[str, Any]:
         return {
@@ -140,26 +142,26 @@ class DCKMeans(UnlearningModel):
             keys, X, sizes = self._store.gather(held)
             offsets = np.zeros(len(sizes) + 1, dtype=np.int64)
             np.cumsum(sizes, out=offsets[1:])
-            logu = race_log_uniforms(keys, self.k, seed_key(self.seed, 100))
-            result = fit_ragged(X, np.ones(len(keys)), logu, offsets, self.k, self.max_iter,
-                                default_candidates(self.k))
+            logu = race_log_uniforms(keys, self.k, self._leaf_salt)
+            result = fit_ragged(X, np.ones(len(keys)), logu, offsets, self.k, self.max_iter, self._candidates)
             C[held], W[held] = result.centroids, result.weights
         self._mark_parents(0, leaves)
 
-    def _item_races(self, level: int) -> tuple[np.ndarray, np.ndarray]:
-        """Hash keys (width, f k) of the items of every node at ``level`` and their race log-uniforms.
+    def _item_log_uniforms(self, level: int) -> np.ndarray:
+        """Race log-uniforms (k, child_width * k) of the items under one partition at ``level``.
 
-        Internal items are slots (child, cluster) fixed by the tree shape, so both are computed once.
+        An internal node's items are its children's (child, cluster) slots,
+        laid out as the child level's rows, so they are fixed by the tree
+        shape and computed once: item ``r * k + c`` is cluster c of child row r.
         """
         if level not in self._races:
-            width = self.level_widths_[level]
-            slots = np.arange(width * self.fanout * self.k, dtype=np.uint64)
-            keys = combine(seed_key(self.seed, 200 + level), slots).reshape(width, self.fanout * self.k)
-            self._races[level] = (keys, race_log_uniforms(keys, self.k, seed_key(self.seed, 100 + level)))
+            slots = np.arange(self.level_widths_[level - 1] * self.k, dtype=np.uint64)
+            keys = combine(seed_key(self.seed, 200 + level), slots)
+            self._races[level] = race_log_uniforms(keys, self.k, seed_key(self.seed, 100 + level))
         return self._races[level]
 
     def _fit_internal(self, level: int, nodes: list[int]) -> None:
-        """Recompute dirty internal nodes of one level in one batch."""
+        """Recompute dirty internal nodes of one level, straight from the child level's arrays."""
         if not nodes:
             return
         child_C, child_W = self._node_centroids[level - 1], self._node_weights[level - 1]
@@ -167,19 +169,17 @@ class DCKMeans(UnlearningModel):
         assert child_C is not None and child_W is not None and C is not None and W is not None
         width, child_width = self.level_widths_[level], self.level_widths_[level - 1]
         f, k, d = self.fanout, self.k, child_C.shape[2]
-        X = np.zeros((len(nodes), f, k, d))
-        w = np.zeros((len(nodes), f, k))
-        for row, node in enumerate(nodes):
-            partition, local = divmod(node, width)
-            first = partition * child_width + local * f
-            count = min(f, child_width - local * f)
-            X[row, :count] = child_C[first : first + count]
-            w[row, :count] = child_W[first : first + count]
-        keys, logu = self._item_races(level)
-        local = [node % width for node in nodes]
-        result = fit_batch(X.reshape(len(nodes), f * k, d), w.reshape(len(nodes), f * k), keys[local], k,
-                           self.max_iter, seed_key(self.seed, 100 + level), logu=logu[:, local])
-        C[nodes], W[nodes] = result.centroids, result.weights
+        logu = self._item_log_uniforms(level)
+        node_ids = np.asarray(nodes, dtype=np.int64)
+        partitions, local = np.divmod(node_ids, width)
+        first = local * f
+        starts, stops = first * k, np.minimum(first + f, child_width) * k
+        for p in np.unique(partitions).tolist():
+            mine = partitions == p
+            rows = slice(p * child_width, (p + 1) * child_width)
+            result = fit_ranges(child_C[rows].reshape(child_width * k, d), child_W[rows].reshape(child_width * k),
+                                logu, starts[mine], stops[mine], k, self.max_iter, self._candidates)
+            C[node_ids[mine]], W[node_ids[mine]] = result.centroids, result.weights
         self._mark_parents(level, nodes)
 
     def partition_summaries(self) -> tuple[np.ndarray, np.ndarray]:

@@ -13,7 +13,7 @@ it is called. Items of weight 0 are skipped entirely (padding is inert).
 from __future__ import annotations
 
 import numpy as np
-from numba import njit
+from numba import njit, prange
 
 _OPTS = {"cache": True, "boundscheck": False, "nogil": True}
 
@@ -45,12 +45,64 @@ def sqd(A: np.ndarray, i: int, B: np.ndarray, j: int) -> float:
 
 
 @njit(inline="always", **_OPTS)
+def sqd_below(A: np.ndarray, i: int, B: np.ndarray, j: int, cap: float) -> float:
+    """``sqd(A, i, B, j)`` if it is below ``cap``, else some value ``>= cap``.
+
+    Same accumulators in the same order as :func:`sqd`, so a distance below
+    ``cap`` is bit-identical; every 8 features it stops once the partial
+    sum reaches ``cap``. Exact because IEEE addition of non-negative terms
+    never decreases, so the full sum can only be larger still.
+    """
+    d = A.shape[1]
+    s0 = 0.0
+    s1 = 0.0
+    s2 = 0.0
+    s3 = 0.0
+    f = 0
+    while f + 8 <= d:
+        t0 = A[i, f] - B[j, f]
+        t1 = A[i, f + 1] - B[j, f + 1]
+        t2 = A[i, f + 2] - B[j, f + 2]
+        t3 = A[i, f + 3] - B[j, f + 3]
+        s0 += t0 * t0
+        s1 += t1 * t1
+        s2 += t2 * t2
+        s3 += t3 * t3
+        t0 = A[i, f + 4] - B[j, f + 4]
+        t1 = A[i, f + 5] - B[j, f + 5]
+        t2 = A[i, f + 6] - B[j, f + 6]
+        t3 = A[i, f + 7] - B[j, f + 7]
+        s0 += t0 * t0
+        s1 += t1 * t1
+        s2 += t2 * t2
+        s3 += t3 * t3
+        f += 8
+        if (s0 + s1) + (s2 + s3) >= cap:
+            return cap
+    while f + 4 <= d:
+        t0 = A[i, f] - B[j, f]
+        t1 = A[i, f + 1] - B[j, f + 1]
+        t2 = A[i, f + 2] - B[j, f + 2]
+        t3 = A[i, f + 3] - B[j, f + 3]
+        s0 += t0 * t0
+        s1 += t1 * t1
+        s2 += t2 * t2
+        s3 += t3 * t3
+        f += 4
+    while f < d:
+        t0 = A[i, f] - B[j, f]
+        s0 += t0 * t0
+        f += 1
+    return (s0 + s1) + (s2 + s3)
+
+
+@njit(inline="always", **_OPTS)
 def nearest(X: np.ndarray, i: int, C: np.ndarray) -> int:
     """Index of the centre nearest to ``X[i]`` (first on ties)."""
     best = 0
     best_d = np.inf
     for j in range(C.shape[0]):
-        dist = sqd(X, i, C, j)
+        dist = sqd_below(X, i, C, j, best_d)
         if dist < best_d:
             best_d = dist
             best = j
@@ -84,6 +136,7 @@ def seed_node(X, w, logu, k, L, seed_index, cand, cand_score, pots, fallback, d2
     m = X.shape[0]
     topi = np.empty(L, np.int64)
     tops = np.empty(L)
+    trial = np.empty((L, m))
     for j in range(k):
         for slot in range(L):
             topi[slot] = -1
@@ -118,31 +171,41 @@ def seed_node(X, w, logu, k, L, seed_index, cand, cand_score, pots, fallback, d2
                     if score > best:
                         best = score
                         pick = i
-        else:
-            best_pot = np.inf
-            for slot in range(L):
-                c = topi[slot]
-                if c < 0:
-                    continue
-                pot = 0.0
+            seed_index[j] = pick
+            if pick >= 0:
                 for i in range(m):
-                    if w[i] <= 0.0:
-                        continue
-                    dist = sqd(X, i, X, c)
-                    if j > 0 and d2[i] < dist:
-                        dist = d2[i]
-                    pot += w[i] * dist
-                pots[j, slot] = pot
-                if pot < best_pot:
-                    best_pot = pot
-                    pick = c
+                    dist = sqd(X, i, X, pick)
+                    if j == 0 or dist < d2[i]:
+                        d2[i] = dist
+            continue
+        # Each candidate's min(D^2, |x - c|^2) per item, kept for the winner:
+        # it is the winner's new D^2 (items of weight 0 never need one).
+        best_pot = np.inf
+        best_slot = -1
+        for slot in range(L):
+            c = topi[slot]
+            if c < 0:
+                continue
+            pot = 0.0
+            for i in range(m):
+                if w[i] <= 0.0:
+                    continue
+                dist = sqd(X, i, X, c) if j == 0 else sqd_below(X, i, X, c, d2[i])
+                if j > 0 and d2[i] < dist:
+                    dist = d2[i]
+                trial[slot, i] = dist
+                pot += w[i] * dist
+            pots[j, slot] = pot
+            if pot < best_pot:
+                best_pot = pot
+                best_slot = slot
+                pick = c
         seed_index[j] = pick
-        if pick < 0:
-            continue  # no item of positive weight at all
+        if best_slot < 0:
+            continue  # every potential overflowed: no candidate wins
         for i in range(m):
-            dist = sqd(X, i, X, pick)
-            if j == 0 or dist < d2[i]:
-                d2[i] = dist
+            if w[i] > 0.0:
+                d2[i] = trial[best_slot, i]
 
 
 @njit(**_OPTS)
@@ -199,27 +262,62 @@ def lloyd_node(X, w, C, max_iter, weights):
 
 
 @njit(**_OPTS)
-def fit_nodes(X, w, logu, offsets, k, L, max_iter, centroids, weights, n_iter,
-              seed_index, cand, cand_score, pots, fallback):
-    """Fit every node b on items ``offsets[b]:offsets[b+1]`` (a ragged batch)."""
+def fit_node(X, w, logu, k, L, max_iter, centroids, weights):
+    """Weighted k-means of one node's items: greedy race seeding, then Lloyd. Returns the updates run."""
+    m = X.shape[0]
+    centroids[:] = 0.0
+    weights[:] = 0.0
+    if m == 0:
+        return 0
+    L = min(L, m)
+    seed_index = np.full(k, -1, np.int64)
+    seed_node(X, w, logu, k, L, seed_index, np.full((k, L), -1, np.int64), np.full((k, L), -np.inf),
+              np.full((k, L), np.inf), np.zeros(k, np.bool_), np.zeros(m))
+    if seed_index[0] < 0:
+        return 0  # no item of positive weight
+    for j in range(k):
+        centroids[j] = X[seed_index[j]]
+    return lloyd_node(X, w, centroids, max_iter, weights)
+
+
+@njit(**_OPTS)
+def fit_nodes(X, w, logu, starts, stops, k, L, max_iter, centroids, weights, n_iter):
+    """Fit every node b on items ``starts[b]:stops[b]`` of X (ranges may be anywhere in X)."""
+    for b in range(len(starts)):
+        lo, hi = starts[b], stops[b]
+        n_iter[b] = fit_node(X[lo:hi], w[lo:hi], logu[:, lo:hi], k, L, max_iter, centroids[b], weights[b])
+
+
+@njit(parallel=True, **_OPTS)
+def fit_nodes_parallel(X, w, logu, starts, stops, k, L, max_iter, centroids, weights, n_iter):
+    """:func:`fit_nodes` with nodes spread over threads: each node is still solved sequentially,
+    alone, so its result is the same bits whichever thread runs it."""
+    for b in prange(len(starts)):
+        lo, hi = starts[b], stops[b]
+        n_iter[b] = fit_node(X[lo:hi], w[lo:hi], logu[:, lo:hi], k, L, max_iter, centroids[b], weights[b])
+
+
+@njit(**_OPTS)
+def segment_order(keys, offsets, order):
+    """``order[lo:hi]`` = indices sorting each segment ``offsets[b]:offsets[b+1]`` of ``keys`` (stable).
+
+    Returns True if some segment holds equal keys (the caller then breaks
+    those ties by id). Segments are small (DC leaves), so insertion sort.
+    """
+    ties = False
     for b in range(len(offsets) - 1):
         lo = offsets[b]
         hi = offsets[b + 1]
-        Xb = X[lo:hi]
-        wb = w[lo:hi]
-        centroids[b] = 0.0
-        weights[b] = 0.0
-        n_iter[b] = 0
-        if hi - lo == 0:
-            continue
-        d2 = np.zeros(hi - lo)
-        seed_node(Xb, wb, logu[:, lo:hi], k, min(L, hi - lo), seed_index[b], cand[b], cand_score[b],
-                  pots[b], fallback[b], d2)
-        if seed_index[b, 0] < 0:
-            continue  # no item of positive weight
-        for j in range(k):
-            centroids[b, j] = Xb[seed_index[b, j]]
-        n_iter[b] = lloyd_node(Xb, wb, centroids[b], max_iter, weights[b])
+        for i in range(lo, hi):
+            key = keys[i]
+            p = i
+            while p > lo and keys[order[p - 1]] > key:
+                order[p] = order[p - 1]
+                p -= 1
+            order[p] = i
+            if p > lo and keys[order[p - 1]] == key:
+                ties = True
+    return ties
 
 
 @njit(**_OPTS)

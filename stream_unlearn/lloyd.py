@@ -17,6 +17,10 @@ import numpy as np
 from . import kernels
 from .hashing import combine, uniforms
 
+#: Batches of at least this many nodes are solved on every core (a node is
+#: always solved alone, in one thread, so this never changes a result).
+_PARALLEL_NODES = 16
+
 
 @dataclass(frozen=True)
 class BatchResult:
@@ -124,15 +128,24 @@ def fit_ragged(
     ``logu`` (k, N) are the items' race log-uniforms. A problem with no item
     of positive weight gets zero centroids and weights.
     """
-    B = len(offsets) - 1
+    offsets = np.asarray(offsets, dtype=np.int64)
+    return fit_ranges(X, w, logu, offsets[:-1], offsets[1:], k, max_iter, n_candidates)
+
+
+def fit_ranges(
+    X: np.ndarray, w: np.ndarray, logu: np.ndarray, starts: np.ndarray, stops: np.ndarray, k: int, max_iter: int,
+    n_candidates: int,
+) -> BatchResult:
+    """``fit_ragged`` for problems on items ``starts[b]:stops[b]``: ranges anywhere in X, no copying."""
+    B = len(starts)
     d = X.shape[1]
-    L = max(1, n_candidates)
     centroids = np.zeros((B, k, d))
     weights = np.zeros((B, k))
     n_iter = np.zeros(B, dtype=np.int64)
-    kernels.fit_nodes(np.ascontiguousarray(X, dtype=np.float64), np.ascontiguousarray(w, dtype=np.float64),
-                      np.ascontiguousarray(logu), np.ascontiguousarray(offsets, dtype=np.int64), k, L, max_iter,
-                      centroids, weights, n_iter, *_seed_arrays(B, k, L))
+    fit = kernels.fit_nodes_parallel if B >= _PARALLEL_NODES else kernels.fit_nodes
+    fit(np.ascontiguousarray(X, dtype=np.float64), np.ascontiguousarray(w, dtype=np.float64),
+        np.ascontiguousarray(logu), np.ascontiguousarray(starts, dtype=np.int64),
+        np.ascontiguousarray(stops, dtype=np.int64), k, max(1, n_candidates), max_iter, centroids, weights, n_iter)
     return BatchResult(centroids, weights, n_iter)
 
 

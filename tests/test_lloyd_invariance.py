@@ -108,3 +108,52 @@ def test_an_id_key_depends_on_that_id_alone(ids, seed):
     for i, point_id in enumerate(ids):
         assert id_keys([point_id], seed)[0] == together[i]
         assert id_keys([point_id, point_id + "-" * 30], seed)[0] == together[i]
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.integers(1, 40), st.integers(0, 2**31), st.floats(0.0, 2.0))
+def test_a_capped_distance_is_exact_below_its_cap(d, seed, scale):
+    """``sqd_below`` may stop early only when the full distance could not be below the cap."""
+    rng = np.random.default_rng(seed)
+    A, B = rng.normal(size=(1, d)) * 10, rng.normal(size=(1, d)) * 10
+    full = kernels.sqd(A, 0, B, 0)
+    for cap in (full * scale, full, np.nextafter(full, np.inf), np.inf, 0.0):
+        capped = kernels.sqd_below(A, 0, B, 0, cap)
+        if full < cap:
+            assert capped == full
+        else:
+            assert capped >= cap
+
+
+def test_node_batches_solve_the_same_on_one_thread_or_all():
+    rng = np.random.default_rng(7)
+    sizes = rng.integers(0, 60, size=40)
+    offsets = np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64)
+    X = rng.normal(size=(offsets[-1], 6)) + rng.integers(0, 3, size=(offsets[-1], 1)) * 8
+    w = rng.random(offsets[-1]) * (rng.random(offsets[-1]) > 0.1)
+    logu = np.log(rng.random((4, offsets[-1])))
+    outs = []
+    for fit in (kernels.fit_nodes, kernels.fit_nodes_parallel):
+        C, W, it = np.zeros((40, 4, 6)), np.zeros((40, 4)), np.zeros(40, dtype=np.int64)
+        fit(X, w, logu, offsets[:-1], offsets[1:], 4, 3, 10, C, W, it)
+        outs.append((C, W, it))
+    for serial, parallel in zip(*outs):
+        assert np.array_equal(serial, parallel)
+    assert np.any(outs[0][1] > 0)
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.lists(st.lists(st.integers(0, 6), max_size=12), min_size=1, max_size=8))
+def test_segment_order_sorts_each_segment_stably_and_reports_ties(segments):
+    keys = np.array([k for seg in segments for k in seg], dtype=np.uint64)
+    offsets = np.concatenate([[0], np.cumsum([len(seg) for seg in segments])]).astype(np.int64)
+    order = np.empty(len(keys), dtype=np.int64)
+    ties = kernels.segment_order(keys, offsets, order)
+    owner = np.repeat(np.arange(len(segments)), [len(seg) for seg in segments])
+    assert np.array_equal(order, np.lexsort((keys, owner)))
+    assert ties == any(len(set(seg)) < len(seg) for seg in segments)
+
+
+def test_ascii_and_non_ascii_ids_hash_alike_in_one_call():
+    ids = ["a", "point-17", "x" * 40]
+    assert np.array_equal(id_keys(ids + ["é"], 5)[:3], id_keys(ids, 5))
