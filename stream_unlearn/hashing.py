@@ -49,16 +49,27 @@ def id_keys(ids: Sequence[str], seed: int) -> np.ndarray:
     n = len(ids)
     if n == 0:
         return np.empty(0, dtype=np.uint64)
-    encoded = [s.encode("utf-8") for s in ids]
-    lengths = np.fromiter(map(len, encoded), dtype=np.uint64, count=n)
-    width = max(8, -(-int(lengths.max()) // 8) * 8)
-    raw = np.array(encoded, dtype=f"S{width}").view(np.uint8).reshape(n, width)
-    words = raw.view("<u8")
+    words, lengths = _id_words(ids)
     h = combine(seed_key(seed, 1), lengths)
     for col in range(words.shape[1]):
         mixed = mix64(h ^ words[:, col] ^ mix64(np.array([col + 1], dtype=np.uint64)))
         h = np.where(lengths > np.uint64(col * 8), mixed, h)
     return h
+
+
+def _id_words(ids: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+    """UTF-8 bytes of each id, zero-padded to a common multiple of 8, as little-endian words; byte lengths."""
+    n = len(ids)
+    if all(map(str.isascii, ids)):  # code points are the bytes: let numpy pack them in C
+        lengths = np.fromiter(map(len, ids), dtype=np.uint64, count=n)
+        width = max(8, -(-int(lengths.max()) // 8) * 8)
+        raw = np.array(ids, dtype=f"U{width}").view(np.uint32).astype(np.uint8).reshape(n, width)
+    else:
+        encoded = [s.encode("utf-8") for s in ids]
+        lengths = np.fromiter(map(len, encoded), dtype=np.uint64, count=n)
+        width = max(8, -(-int(lengths.max()) // 8) * 8)
+        raw = np.array(encoded, dtype=f"S{width}").view(np.uint8).reshape(n, width)
+    return raw.view("<u8"), lengths
 
 
 def uniforms(keys: np.ndarray, salt: np.uint64 | np.ndarray) -> np.ndarray:

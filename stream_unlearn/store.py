@@ -11,6 +11,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from . import kernels
 from .hashing import canonical_order
 
 _GROWTH = 1.25
@@ -84,21 +85,24 @@ class PointStore:
         order = np.argsort(buckets, kind="stable")
         sorted_buckets = buckets[order]
         X_sorted, keys_sorted = X[order], keys[order]
-        ids_sorted = [ids[i] for i in order.tolist()]
+        ids_sorted = list(map(ids.__getitem__, order.tolist()))
         bounds = np.flatnonzero(np.diff(sorted_buckets)) + 1
-        starts = [0, *bounds.tolist()]
-        stops = [*bounds.tolist(), len(order)]
-        for lo, hi, b in zip(starts, stops, sorted_buckets[starts].tolist()):
-            bucket = self._bucket(b)
+        starts = np.concatenate([[0], bounds]).astype(np.int64)
+        stops = np.concatenate([bounds, [len(order)]]).astype(np.int64)
+        group_buckets = sorted_buckets[starts]
+        chosen = [self._bucket(b) for b in group_buckets.tolist()]
+        first_row = np.array([bucket.size for bucket in chosen], dtype=np.int64)
+        # Slot of each new point: its bucket's number and the row it lands on.
+        rank = np.arange(len(order), dtype=np.int64) - np.repeat(starts, stops - starts)
+        locs = (sorted_buckets << _ROW_BITS) | (np.repeat(first_row, stops - starts) + rank)
+        for bucket, lo, hi in zip(chosen, starts.tolist(), stops.tolist()):
             bucket.reserve(hi - lo)
             start = bucket.size
             bucket.vectors[start : start + hi - lo] = X_sorted[lo:hi]
             bucket.keys[start : start + hi - lo] = keys_sorted[lo:hi]
-            members = ids_sorted[lo:hi]
-            base = (b << _ROW_BITS) | start
-            bucket.ids.extend(members)
-            self._where.update(zip(members, range(base, base + hi - lo)))
+            bucket.ids.extend(ids_sorted[lo:hi])
             bucket.size += hi - lo
+        self._where.update(zip(ids_sorted, locs.tolist()))
 
     def replace(self, point_id: str, vector: np.ndarray) -> None:
         """Overwrite the vector of a held point in place."""
@@ -137,17 +141,16 @@ class PointStore:
         sizes = np.array([c.size for c in chosen], dtype=np.int64)
         keys = np.concatenate([c.keys[: c.size] for c in chosen])
         X = np.concatenate([c.vectors[: c.size] for c in chosen])
-        owner = np.repeat(np.arange(len(chosen)), sizes)
-        order = np.lexsort((keys, owner))
-        keys, owner = keys[order], owner[order]
-        clash = np.flatnonzero((keys[1:] == keys[:-1]) & (owner[1:] == owner[:-1]))
-        if len(clash):  # a 64-bit collision inside a bucket: order those buckets by (key, id)
-            offsets = np.concatenate([[0], np.cumsum(sizes)])
-            for j in np.unique(owner[clash]).tolist():
-                local = canonical_order(chosen[j].keys[: chosen[j].size], chosen[j].ids)
-                order[offsets[j] : offsets[j + 1]] = offsets[j] + local
-            keys = np.concatenate([c.keys[: c.size] for c in chosen])[order]
-        return keys, X[order], sizes
+        offsets = np.zeros(len(chosen) + 1, dtype=np.int64)
+        np.cumsum(sizes, out=offsets[1:])
+        order = np.empty(len(keys), dtype=np.int64)
+        if kernels.segment_order(keys, offsets, order):
+            # A 64-bit collision inside a bucket: order the buckets with equal keys by (key, id).
+            for j in range(len(chosen)):
+                lo, hi = offsets[j], offsets[j + 1]
+                if np.any(np.diff(keys[order[lo:hi]]) == 0):
+                    order[lo:hi] = lo + canonical_order(keys[lo:hi], chosen[j].ids)
+        return keys[order], X[order], sizes
 
     def canonical(self) -> tuple[np.ndarray, np.ndarray, list[str]]:
         """Keys, vectors and ids of all buckets together, in canonical ``(key, id)`` order."""
