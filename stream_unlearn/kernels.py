@@ -13,7 +13,7 @@ it is called. Items of weight 0 are skipped entirely (padding is inert).
 from __future__ import annotations
 
 import numpy as np
-from numba import njit, prange
+from numba import njit
 
 _OPTS = {"cache": True, "boundscheck": False, "nogil": True}
 
@@ -284,15 +284,6 @@ def fit_node(X, w, logu, k, L, max_iter, centroids, weights):
 def fit_nodes(X, w, logu, starts, stops, k, L, max_iter, centroids, weights, n_iter):
     """Fit every node b on items ``starts[b]:stops[b]`` of X (ranges may be anywhere in X)."""
     for b in range(len(starts)):
-        lo, hi = starts[b], stops[b]
-        n_iter[b] = fit_node(X[lo:hi], w[lo:hi], logu[:, lo:hi], k, L, max_iter, centroids[b], weights[b])
-
-
-@njit(parallel=True, **_OPTS)
-def fit_nodes_parallel(X, w, logu, starts, stops, k, L, max_iter, centroids, weights, n_iter):
-    """:func:`fit_nodes` with nodes spread over threads: each node is still solved sequentially,
-    alone, so its result is the same bits whichever thread runs it."""
-    for b in prange(len(starts)):
         lo, hi = starts[b], stops[b]
         n_iter[b] = fit_node(X[lo:hi], w[lo:hi], logu[:, lo:hi], k, L, max_iter, centroids[b], weights[b])
 

@@ -10,6 +10,8 @@ the exact-unlearning contract rests on it.
 
 from __future__ import annotations
 
+import os
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
@@ -17,9 +19,22 @@ import numpy as np
 from . import kernels
 from .hashing import combine, uniforms
 
-#: Batches of at least this many nodes are solved on every core (a node is
-#: always solved alone, in one thread, so this never changes a result).
+#: Batches of at least this many nodes are split over threads (the solver
+#: releases the GIL). A node is always solved alone, in one thread, so this
+#: never changes a result.
 _PARALLEL_NODES = 16
+_pool: ThreadPoolExecutor | None = None
+
+
+def _threads() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
+def _node_pool() -> ThreadPoolExecutor:
+    global _pool
+    if _pool is None:
+        _pool = ThreadPoolExecutor(max_workers=_threads(), thread_name_prefix="kmeans-nodes")
+    return _pool
 
 
 @dataclass(frozen=True)
@@ -142,10 +157,21 @@ def fit_ranges(
     centroids = np.zeros((B, k, d))
     weights = np.zeros((B, k))
     n_iter = np.zeros(B, dtype=np.int64)
-    fit = kernels.fit_nodes_parallel if B >= _PARALLEL_NODES else kernels.fit_nodes
-    fit(np.ascontiguousarray(X, dtype=np.float64), np.ascontiguousarray(w, dtype=np.float64),
-        np.ascontiguousarray(logu), np.ascontiguousarray(starts, dtype=np.int64),
-        np.ascontiguousarray(stops, dtype=np.int64), k, max(1, n_candidates), max_iter, centroids, weights, n_iter)
+    X, w, logu = (np.ascontiguousarray(a, dtype=np.float64) for a in (X, w, logu))
+    starts, stops = (np.ascontiguousarray(a, dtype=np.int64) for a in (starts, stops))
+
+    def solve(a: int, b: int) -> None:
+        kernels.fit_nodes(X, w, logu, starts[a:b], stops[a:b], k, max(1, n_candidates), max_iter,
+                          centroids[a:b], weights[a:b], n_iter[a:b])
+
+    threads = _threads()
+    if B < _PARALLEL_NODES or threads < 2:
+        solve(0, B)
+    else:  # contiguous runs of nodes with about equal work (items plus a fixed cost per node), one per thread
+        work = np.cumsum(stops - starts + 16)
+        cuts = [0, *np.searchsorted(work, work[-1] * np.arange(1, threads) / threads).tolist(), B]
+        for job in [_node_pool().submit(solve, a, b) for a, b in zip(cuts[:-1], cuts[1:]) if b > a]:
+            job.result()
     return BatchResult(centroids, weights, n_iter)
 
 
