@@ -47,6 +47,7 @@ from prometheus_client.gc_collector import GCCollector
 from prometheus_client.platform_collector import PlatformCollector
 from prometheus_client.process_collector import ProcessCollector
 
+from .bulk_histogram import BulkHistogram
 from .wire import BAD_RECORD_REASONS
 
 __all__ = [
@@ -133,15 +134,15 @@ class WorkerMetrics:
             ["type", "outcome"],
             **common,
         )
-        self._event_to_model = Histogram(
+        self._event_to_model = BulkHistogram(
             "event_to_model_seconds",
             "Event timestamp to the event being applied to the in-memory model.",
             ["type"],
+            LATENCY_BUCKETS,
             **common,
-            buckets=LATENCY_BUCKETS,
         )
         for t in EVENT_TYPES:
-            self._event_to_model.labels(type=t)
+            self._event_to_model.labels(t)
             for o in OUTCOMES:
                 self._events.labels(type=t, outcome=o)
 
@@ -157,18 +158,22 @@ class WorkerMetrics:
             **common,
             buckets=BATCH_BUCKETS,
         )
-        self._delete_forgotten = Histogram(
+        self._delete_forgotten = BulkHistogram(
             "delete_to_forgotten_seconds",
             "Delete event timestamp to the model no longer holding the point.",
+            (),
+            LATENCY_BUCKETS,
             **common,
-            buckets=LATENCY_BUCKETS,
         )
-        self._delete_persisted = Histogram(
+        self._delete_forgotten.labels()
+        self._delete_persisted = BulkHistogram(
             "delete_to_persisted_seconds",
             "Delete event timestamp to a durable snapshot without the point (older snapshots removed).",
+            (),
+            LATENCY_BUCKETS,
             **common,
-            buckets=LATENCY_BUCKETS,
         )
+        self._delete_persisted.labels()
         self._receipts = Counter(
             "receipts",
             "Erasure receipts published.",
@@ -254,21 +259,17 @@ class WorkerMetrics:
             self._events.labels(type=_check(type, EVENT_TYPES, "event type"), outcome=_check(outcome, OUTCOMES, "outcome")).inc(n)
 
     def event_to_model(self, type: str, seconds: Sequence[float]) -> None:
-        h = self._event_to_model.labels(type=_check(type, EVENT_TYPES, "event type"))
-        for s in seconds:
-            h.observe(max(0.0, float(s)))
+        self._event_to_model.observe_many(seconds, _check(type, EVENT_TYPES, "event type"))
 
     def model_update(self, seconds: float, events: int) -> None:
         self._model_update.observe(max(0.0, float(seconds)))
         self._batch_events.observe(events)
 
     def delete_forgotten(self, seconds: Sequence[float]) -> None:
-        for s in seconds:
-            self._delete_forgotten.observe(max(0.0, float(s)))
+        self._delete_forgotten.observe_many(seconds)
 
     def delete_persisted(self, seconds: Sequence[float]) -> None:
-        for s in seconds:
-            self._delete_persisted.observe(max(0.0, float(s)))
+        self._delete_persisted.observe_many(seconds)
 
     def receipts(self, n: int) -> None:
         if n:

@@ -267,3 +267,29 @@ def test_null_metrics_has_the_same_interface():
     assert n.serve(0) == 0
     n.close()
     assert NullMetrics().serve(1234) == 0
+
+
+def test_bulk_histogram_exposes_what_a_prometheus_histogram_would():
+    """Batch-binned latencies must read exactly like prometheus_client's own Histogram."""
+    from prometheus_client import CollectorRegistry, Histogram, generate_latest
+
+    from stream_unlearn.bulk_histogram import BulkHistogram
+    from stream_unlearn.metrics import LATENCY_BUCKETS
+
+    values = [0.0, 0.00005, 0.00005001, 0.3, 2.5, 7.0, 500.0, -1.0]
+    ours, theirs = CollectorRegistry(), CollectorRegistry()
+    bulk = BulkHistogram("lat_seconds", "Latency.", ["type"], LATENCY_BUCKETS, namespace="x", registry=ours)
+    bulk.observe_many(values[:3], "insert")
+    bulk.observe_many(values[3:], "insert")
+    bulk.labels("delete")
+    reference = Histogram("lat_seconds", "Latency.", ["type"], namespace="x", registry=theirs, buckets=LATENCY_BUCKETS)
+    for v in values:
+        reference.labels(type="insert").observe(max(v, 0.0))
+    reference.labels(type="delete")
+
+    def lines(registry: CollectorRegistry) -> list[str]:
+        return sorted(line for line in generate_latest(registry).decode().splitlines() if "_created" not in line)
+
+    assert lines(ours) == lines(theirs)
+    with pytest.raises(ValueError):
+        bulk.observe_many([float("nan")], "insert")
