@@ -312,6 +312,62 @@ def segment_order(keys, offsets, order):
 
 
 @njit(**_OPTS)
+def q_seeding_certificate(x, logu, sign, cand, chosen, potentials, last_scores, scale):
+    """True if adding (+1) or removing (-1) point ``x`` provably leaves the greedy race seeding unchanged.
+
+    ``cand`` (k, L, d): each step's candidates; ``chosen`` (k,): the winner's
+    slot; ``potentials`` (k, L): their weighted costs in the fit (inf where
+    none ran); ``last_scores`` (k,): the L-th best race key of each step;
+    ``logu`` (k,): the newcomer's race log-uniforms (inserts only). A
+    newcomer must not enter any race, and each step's winner must keep the
+    lowest cost by more than two summation orders of ``scale`` terms may
+    differ (``4 scale u max|pot|``). Distances are :func:`sqd`, as in the fit.
+    """
+    k, L, d = cand.shape
+    u = 2.0**-53
+    x2 = x.reshape(1, d)
+    prev = np.inf  # D^2 of x before step j: its distance to the nearest seed chosen so far
+    for j in range(k):
+        if sign > 0:
+            if prev == 0.0:
+                score = -np.inf  # log(u) < 0 over zero mass
+            else:
+                score = logu[j] / (1.0 if prev == np.inf else prev)
+            if score >= last_scores[j]:
+                return False
+        best = 0
+        best_pot = np.inf
+        top = 0.0
+        for slot in range(L):
+            dist = sqd(x2, 0, cand[j], slot)
+            if prev < dist:
+                dist = prev
+            pot = potentials[j, slot] + sign * dist
+            if not np.isfinite(pot):
+                continue
+            top = max(top, abs(pot))
+            if pot < best_pot:
+                best_pot = pot
+                best = slot
+        if best != chosen[j]:
+            return False
+        runner_up = np.inf
+        for slot in range(L):
+            if slot == best:
+                continue
+            dist = sqd(x2, 0, cand[j], slot)
+            if prev < dist:
+                dist = prev
+            pot = potentials[j, slot] + sign * dist
+            if np.isfinite(pot) and pot < runner_up:
+                runner_up = pot
+        if not runner_up - best_pot > 4.0 * scale * u * top:
+            return False
+        prev = min(prev, sqd(x2, 0, cand[j], chosen[j]))
+    return True
+
+
+@njit(**_OPTS)
 def q_lloyd_certificate(x, sign, centres, sums, counts, theta, eps, gamma, n_new, max_abs, n_terms,
                         new_sums, new_counts):
     """Redo one point's effect on every stored quantized-Lloyd iteration; True if nothing moves.
