@@ -165,3 +165,10 @@ def test_dc_explicit_partitions_are_validated():
         m.insert(["a"], [[1.0]], partitions=[2])
     m.insert(["a", "b"], [[1.0], [2.0]], partitions=[0, 1])
     assert m.held()[2].tolist() == [0, 1]
+
+
+@pytest.mark.parametrize("algorithm", ["dc", "q", "kmeans"])
+def test_warm_up_runs_every_algorithm(algorithm):
+    from stream_unlearn.warmup import warm_up
+
+    assert warm_up(algorithm, k=3) >= 0.0
