@@ -31,6 +31,7 @@ once per polled batch and applies the returned :class:`BatchPlan` to the model.
 from __future__ import annotations
 
 import hashlib
+import heapq
 import math
 import os
 from collections.abc import Sequence
@@ -51,6 +52,7 @@ __all__ = [
 _FORMAT = "stream-unlearn-semantics"
 _VERSION = 1
 _DIGEST = 16  # bytes: 128-bit digests, collisions are not a concern
+_F8 = np.dtype("<f8")
 
 # Outcome labels (the metric's vocabulary, see metrics.OUTCOMES).
 APPLIED, REPLACED, DUPLICATE, STALE, TOMBSTONED, IGNORED = (
@@ -63,8 +65,9 @@ class SemanticsError(ValueError):
 
 def vector_digest(vec: np.ndarray) -> bytes:
     """BLAKE2b-128 of the vector's float64 little-endian bytes (the tie-break key)."""
-    data = np.ascontiguousarray(vec, dtype="<f8").tobytes()
-    return hashlib.blake2b(data, digest_size=_DIGEST).digest()
+    if vec.dtype != _F8 or not vec.flags.c_contiguous:
+        vec = np.ascontiguousarray(vec, dtype=_F8)
+    return hashlib.blake2b(vec, digest_size=_DIGEST).digest()
 
 
 @dataclass
@@ -107,6 +110,9 @@ class EventTimeState:
         self._held: dict[str, tuple[float, bytes]] = {}
         #: keyed hash of id -> ts of its newest delete (only for ids not held)
         self._tombstones: dict[bytes, float] = {}
+        #: min-heap of (ts, hash) of tombstones written, so expiry costs O(log n) per
+        #: tombstone instead of a sweep of all of them per batch (entries may be stale)
+        self._expiry: list[tuple[float, bytes]] = []
         #: largest event ts seen
         self.watermark = -math.inf
         #: events at or before this ts are too late to be checked against tombstones
@@ -197,7 +203,7 @@ class EventTimeState:
                 return STALE  # the held insert is newer than this delete
             del self._held[pid]
             if ts > self.floor:
-                self._tombstones[self._hash(pid)] = ts
+                self._tombstone(self._hash(pid), ts)
             return APPLIED
         if ts <= self.floor:
             return IGNORED  # any insert it covers is too late anyway
@@ -205,8 +211,13 @@ class EventTimeState:
         dead = self._tombstones.get(h)
         if dead is not None and dead >= ts:
             return DUPLICATE
-        self._tombstones[h] = ts
+        self._tombstone(h, ts)
         return TOMBSTONED
+
+    def _tombstone(self, h: bytes, ts: float) -> None:
+        self._tombstones[h] = ts
+        if not math.isinf(self.horizon):
+            heapq.heappush(self._expiry, (ts, h))
 
     def _expire(self) -> None:
         if math.isinf(self.horizon) or math.isinf(self.watermark):
@@ -215,8 +226,11 @@ class EventTimeState:
         if floor <= self.floor:
             return
         self.floor = floor
-        if self._tombstones:
-            self._tombstones = {h: ts for h, ts in self._tombstones.items() if ts > floor}
+        expiry, tombstones = self._expiry, self._tombstones
+        while expiry and expiry[0][0] <= floor:
+            ts, h = heapq.heappop(expiry)
+            if tombstones.get(h) == ts:  # not since replaced by a newer delete or dropped by a re-insert
+                del tombstones[h]
 
     def _plan(
         self,
@@ -288,6 +302,9 @@ class EventTimeState:
             if len(hashes) != _DIGEST * len(tts):
                 raise SemanticsError("tombstone hashes and times disagree in length")
             state._tombstones = {hashes[_DIGEST * i : _DIGEST * (i + 1)]: float(t) for i, t in enumerate(tts.tolist())}
+            if not math.isinf(state.horizon):
+                state._expiry = [(t, h) for h, t in state._tombstones.items()]
+                heapq.heapify(state._expiry)
             state.watermark = float(body["watermark"])
             state.floor = float(body["floor"])
         except SemanticsError:

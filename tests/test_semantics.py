@@ -132,6 +132,40 @@ def test_tombstones_expire_in_event_time_and_late_inserts_stay_dropped():
     assert plan.outcomes == ["applied"]
 
 
+def test_a_renewed_tombstone_outlives_its_first_expiry_also_after_a_restore():
+    state = EventTimeState(horizon=15.0)
+    state.apply([dele("a", 10.0), dele("b", 12.0)])
+    state.apply([dele("a", 20.0), ins("b", 13.0), dele("b", 14.0)])  # a renewed; b re-inserted, deleted again
+    state = EventTimeState.from_bytes(state.to_bytes())
+    state.apply([ins("c", 26.0)])  # floor 11: a's first delete (10) expires, but a now has 20
+    assert state.tombstone_ts("a") == 20.0 and state.tombstone_ts("b") == 14.0
+    state.apply([ins("c", 30.0)])  # floor 15: b (14) goes
+    assert state.tombstone_ts("a") == 20.0 and state.tombstone_ts("b") is None
+    state.apply([ins("c", 36.0)])  # floor 21: a (20) goes
+    assert state.n_tombstones == 0
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.tuples(st.booleans(), st.sampled_from(IDS), st.integers(0, 60)), max_size=40),
+       st.integers(1, 8))
+def test_tombstones_kept_are_exactly_those_newer_than_the_floor(events, batch):
+    """Expiry is lazy (a heap): after every batch the tombstones must equal a full sweep's."""
+    state = EventTimeState(horizon=12.0)
+    newest: dict[str, float] = {}
+    for lo in range(0, len(events), batch):
+        chunk = [ins(pid, float(ts)) if is_insert else dele(pid, float(ts)) for is_insert, pid, ts in events[lo:lo + batch]]
+        state.apply(chunk)
+        for pid in IDS:
+            got = state.tombstone_ts(pid)
+            assert got is None or got > state.floor
+        for e in chunk:
+            if isinstance(e, DeleteEvent) and state.held_version(e.id) is None and e.ts > state.floor:
+                newest[e.id] = max(newest.get(e.id, -math.inf), e.ts)
+        for pid, ts in newest.items():
+            if ts > state.floor and state.held_version(pid) is None and state.tombstone_ts(pid) is not None:
+                assert state.tombstone_ts(pid) >= ts
+
+
 def test_state_roundtrip_and_no_plain_ids_for_tombstones():
     state = EventTimeState(horizon=1e6)
     state.apply([ins("keep-me", 1.0), ins("erase-me", 1.0), dele("erase-me", 2.0), dele("never-held", 3.0)])
