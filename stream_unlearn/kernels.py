@@ -224,26 +224,67 @@ def cluster_sums(X, w, labels, k, sums, counts):
             sums[lab, f] += wi * X[i, f]
 
 
+#: Skipping a point's reassignment needs ``upper + _SLACK * scale < lower``: the
+#: bounds' own rounding (relative ~(d + 200) u of ``scale``) is far below it.
+_SLACK = 1e-9
+_SKIP_MAX_FEATURES = 100_000
+
+
+@njit(inline="always", **_OPTS)
+def nearest_two(X: np.ndarray, i: int, C: np.ndarray):
+    """Nearest centre of ``X[i]`` (first on ties, as :func:`nearest`) and the square roots
+    of the smallest and second smallest squared distances (inf if there is one centre)."""
+    best = 0
+    best_d = np.inf
+    second_d = np.inf
+    for j in range(C.shape[0]):
+        dist = sqd(X, i, C, j)
+        if dist < best_d:
+            second_d = best_d
+            best_d = dist
+            best = j
+        elif dist < second_d:
+            second_d = dist
+    return best, np.sqrt(best_d), np.sqrt(second_d)
+
+
 @njit(**_OPTS)
 def lloyd_node(X, w, C, max_iter, weights):
     """Weighted Lloyd from centres ``C`` (updated in place) to an exact fixpoint or ``max_iter``.
 
     An empty cluster keeps its centre. ``weights`` gets each cluster's total
     item weight under the final assignment. Returns the updates run.
+
+    Reassignment skips a point when Hamerly bounds prove its centre is still
+    the nearest: an upper bound on the distance to its own centre and a
+    lower bound on the distance to any other, moved by how far the centres
+    moved. A skip needs a margin of ``_SLACK`` times the magnitudes involved,
+    a thousand times the worst rounding of the bounds, and then every
+    computed distance to another centre is provably larger than the one to
+    its own: the labels are the bits :func:`nearest` would give.
     """
     m, d = X.shape
     k = C.shape[0]
+    can_skip = d <= _SKIP_MAX_FEATURES
     labels = np.empty(m, np.int64)
+    upper = np.empty(m)
+    lower = np.empty(m)
+    scale = np.empty(m)
     for i in range(m):
-        labels[i] = nearest(X, i, C)
+        labels[i], upper[i], lower[i] = nearest_two(X, i, C)
+        scale[i] = upper[i] + (lower[i] if lower[i] < np.inf else 0.0)
     sums = np.empty((k, d))
     counts = np.empty(k)
+    previous = np.empty((k, d))
+    moved = np.empty(k)
     n_iter = 0
     for _ in range(max_iter):
         cluster_sums(X, w, labels, k, sums, counts)
         n_iter += 1
         same = True
         for j in range(k):
+            for f in range(d):
+                previous[j, f] = C[j, f]
             if counts[j] > 0.0:
                 for f in range(d):
                     value = sums[j, f] / counts[j]
@@ -252,8 +293,30 @@ def lloyd_node(X, w, C, max_iter, weights):
                     C[j, f] = value
         if same:
             break
+        far, far_at, second_far = 0.0, -1, 0.0
+        for j in range(k):
+            moved[j] = np.sqrt(sqd(C, j, previous, j))
+            if moved[j] > far:
+                second_far = far
+                far = moved[j]
+                far_at = j
+            elif moved[j] > second_far:
+                second_far = moved[j]
         for i in range(m):
-            labels[i] = nearest(X, i, C)
+            a = labels[i]
+            other = second_far if a == far_at else far
+            upper[i] += moved[a]
+            lower[i] -= other
+            scale[i] += moved[a] + other
+            if can_skip and scale[i] > 1e-150:
+                margin = _SLACK * scale[i]
+                if upper[i] + margin < lower[i]:
+                    continue
+                upper[i] = np.sqrt(sqd(X, i, C, a))
+                if upper[i] + margin < lower[i]:
+                    continue
+            labels[i], upper[i], lower[i] = nearest_two(X, i, C)
+            scale[i] = upper[i] + (lower[i] if lower[i] < np.inf else 0.0)
     weights[:] = 0.0
     for i in range(m):
         if w[i] > 0.0:

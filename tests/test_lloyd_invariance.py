@@ -158,3 +158,41 @@ def test_segment_order_sorts_each_segment_stably_and_reports_ties(segments):
 def test_ascii_and_non_ascii_ids_hash_alike_in_one_call():
     ids = ["a", "point-17", "x" * 40]
     assert np.array_equal(id_keys(ids + ["é"], 5)[:3], id_keys(ids, 5))
+
+
+def _plain_lloyd(X, w, C, max_iter):
+    """Lloyd as written in the definition: reassign every item, every iteration."""
+    C = C.copy()
+    labels = np.empty(len(X), dtype=np.int64)
+    kernels.assign_rows(X, C, labels)
+    n_iter = 0
+    for _ in range(max_iter):
+        sums, counts = cluster_sums(X, w, labels, len(C))
+        n_iter += 1
+        new = np.where(counts[:, None] > 0, sums / np.where(counts > 0, counts, 1.0)[:, None], C)
+        if np.array_equal(new, C):
+            break
+        C = new
+        kernels.assign_rows(X, C, labels)
+    weights = np.bincount(labels, weights=np.where(w > 0, w, 0.0), minlength=len(C))
+    return C, weights, n_iter
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.integers(1, 200), st.integers(1, 12), st.integers(1, 7), st.integers(0, 2**31),
+       st.sampled_from([1.0, 1e-150, 1e-300, 1e150, 3.0]), st.booleans())
+def test_lloyd_with_bounds_gives_the_labels_of_plain_lloyd(m, d, k, seed, scale, coarse):
+    """Hamerly bounds only skip work: centres, weights and iterations equal plain Lloyd's bit for bit."""
+    rng = np.random.default_rng(seed)
+    X = rng.normal(size=(m, d)) + rng.integers(0, 4, size=(m, 1)) * 3.0
+    if coarse:  # many exact ties and duplicates
+        X = np.round(X)
+    X *= scale
+    w = rng.random(m) * (rng.random(m) > 0.1)
+    C0 = X[rng.integers(0, m, size=k)] + rng.normal(size=(k, d)) * scale * 0.1
+    C, weights = C0.copy(), np.zeros(k)
+    n_iter = kernels.lloyd_node(X, w, C, 25, weights)
+    ref_C, ref_weights, ref_iter = _plain_lloyd(X, w, C0, 25)
+    assert n_iter == ref_iter
+    assert np.array_equal(C, ref_C)
+    assert np.array_equal(weights, ref_weights)
