@@ -78,7 +78,7 @@ BAD_RECORD_REASONS: tuple[str, ...] = (
     "bad_vector",  # empty, nested, non-numeric, or bin length not 4k
     "wrong_dimension",  # vector length differs from the model's dimension
     "non_finite",  # NaN or infinity in the vector
-    "bad_ts",  # ts is NaN or infinite
+    "bad_ts",  # ts is NaN or infinite, or too far ahead of the Kafka record timestamp
 )
 
 
@@ -217,12 +217,16 @@ def decode_insert(
     key: bytes | None = None,
     max_id_bytes: int = DEFAULT_MAX_ID_BYTES,
     max_value_bytes: int = DEFAULT_MAX_VALUE_BYTES,
+    max_ts_ahead: float = math.inf,
 ) -> InsertEvent:
     """Decode and validate an insert value; raise :class:`BadRecord` if invalid.
 
     ``dim``: required vector length, or ``None`` to accept any. ``record_ts``:
     the Kafka record timestamp in seconds, used when ``ts`` is absent.
     ``key``: the Kafka key, checked against the id when not ``None``.
+    ``max_ts_ahead``: seconds ``ts`` may lie after ``record_ts``. One event
+    from the far future would move the event-time watermark, and with it
+    the tombstone horizon, past every honest event after it.
     """
     obj = _unpack_map(value, max_id_bytes, max_value_bytes)
     sid = _decode_id(obj, key, max_id_bytes)
@@ -231,7 +235,7 @@ def decode_insert(
     except KeyError:
         raise BadRecord("missing_field", "insert has no 'vec'") from None
     vec = _decode_vec(raw, dim)
-    return InsertEvent(sid, vec, _decode_ts(obj, record_ts))
+    return InsertEvent(sid, vec, _decode_ts(obj, record_ts, max_ts_ahead))
 
 
 def decode_delete(
@@ -241,6 +245,7 @@ def decode_delete(
     key: bytes | None = None,
     max_id_bytes: int = DEFAULT_MAX_ID_BYTES,
     max_value_bytes: int = DEFAULT_MAX_VALUE_BYTES,
+    max_ts_ahead: float = math.inf,
 ) -> DeleteEvent:
     """Decode and validate a delete value; raise :class:`BadRecord` if invalid.
 
@@ -249,7 +254,7 @@ def decode_delete(
     """
     obj = _unpack_map(value, max_id_bytes, max_value_bytes)
     sid = _decode_id(obj, key, max_id_bytes)
-    return DeleteEvent(sid, _decode_ts(obj, record_ts))
+    return DeleteEvent(sid, _decode_ts(obj, record_ts, max_ts_ahead))
 
 
 def _unpack_map(value: bytes | None, max_id_bytes: int, max_value_bytes: int) -> dict:
@@ -345,7 +350,7 @@ def _decode_vec(raw: Any, dim: int | None) -> np.ndarray:
     return vec
 
 
-def _decode_ts(obj: dict, record_ts: float) -> float:
+def _decode_ts(obj: dict, record_ts: float, max_ts_ahead: float) -> float:
     raw = obj.get("ts")
     if raw is None:  # absent (or explicit nil): fall back to the record time
         return float(record_ts)
@@ -354,5 +359,8 @@ def _decode_ts(obj: dict, record_ts: float) -> float:
         ts = float(raw)
         if not math.isfinite(ts):
             raise BadRecord("bad_ts", f"ts is {ts}")
+        if ts - record_ts > max_ts_ahead:
+            raise BadRecord("bad_ts", f"ts {ts} is {ts - record_ts:.0f} s after the record's Kafka timestamp "
+                                      f"{record_ts}, limit {max_ts_ahead:g} s")
         return ts
     raise BadRecord("wrong_type", f"ts is {t.__name__}, expected a number")

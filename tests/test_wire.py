@@ -294,3 +294,19 @@ def test_encode_delete_rejects() -> None:
         encode_delete(None)  # type: ignore[arg-type]
     with pytest.raises(ValueError):
         encode_delete("a", math.nan)
+
+
+def test_ts_too_far_after_the_record_timestamp_is_a_bad_record() -> None:
+    """A far-future ts would drag the watermark (and the tombstone horizon) past honest events."""
+    for value in (pack({"id": "a", "vec": [1.0], "ts": 1000.0 + 86401}), pack({"id": "a", "ts": 1e12})):
+        with pytest.raises(BadRecord) as err:
+            if b"vec" in value:
+                decode_insert(value, dim=1, record_ts=1000.0, max_ts_ahead=86400.0)
+            else:
+                decode_delete(value, record_ts=1000.0, max_ts_ahead=86400.0)
+        assert err.value.reason == "bad_ts" and "after the record's Kafka timestamp" in err.value.detail
+    # At the limit, in the past, or absent (the record time itself): accepted.
+    assert decode_insert(pack({"id": "a", "vec": [1.0], "ts": 1000.0 + 86400}), dim=1, record_ts=1000.0,
+                         max_ts_ahead=86400.0).ts == 87400.0
+    assert decode_delete(pack({"id": "a", "ts": 5.0}), record_ts=1000.0, max_ts_ahead=0.0).ts == 5.0
+    assert decode_delete(pack({"id": "a"}), record_ts=1000.0, max_ts_ahead=0.0).ts == 1000.0
