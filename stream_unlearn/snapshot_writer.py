@@ -77,7 +77,7 @@ class Completion:
     receipts_error: BaseException | None = None
     #: the replacement without the receipts' ids, or why it failed
     replaced: SnapshotInfo | None = None
-    replace_error: OSError | None = None
+    replace_error: BaseException | None = None
     seconds: dict[str, float] = field(default_factory=dict)
 
     @property
@@ -123,7 +123,7 @@ def run_job(job: SnapshotJob, publisher: Publisher, receipts_topic: str) -> Comp
     try:
         done.replaced = job.store.write(job.parts, {**job.meta, "pending_receipts": []}, reuse=done.written.path)
         job.store.prune(done.replaced.seq, verify=False)
-    except OSError as exc:
+    except BaseException as exc:  # the receipts are out; the loop decides (OSError: retry later)
         done.replace_error = exc
     lap("replace")
     return done
@@ -184,7 +184,11 @@ class SnapshotWriter:
 
     def _run(self) -> None:
         while (job := self._jobs.get()) is not None:
-            self._done.put(run_job(job, self._publisher, self._topic))
+            try:
+                done = run_job(job, self._publisher, self._topic)
+            except BaseException as exc:  # run_job does not raise; never leave the loop waiting anyway
+                done = Completion(job, error=exc)
+            self._done.put(done)
 
     def close(self, timeout: float = 60.0) -> list[Completion]:
         """Let the jobs in flight finish, stop the thread; returns their completions."""

@@ -72,6 +72,7 @@ from typing import Any
 from . import QKMeans, __version__
 from .base import UnlearningModel
 from .broker import ensure_topics
+from .lloyd import nearest_sq_dists
 from .config import ConfigError, WorkerConfig, config_from_args
 from .ownership import OwnerLock, OwnershipError, RebalanceLog, partitions_of
 from .partitioned import (
@@ -176,6 +177,10 @@ class Worker:
         self._root_store: SnapshotStore | None = None
         self._last_snapshot = self._last_publish = self._last_loss = self._last_housekeeping = 0.0
         self._q_counters = (0, 0, 0)
+        #: the units still to add to the model loss of this round, and the round's centroids and sums
+        self._loss_units: list[Unit] = []
+        self._loss_centroids: Any = None
+        self._loss_sum, self._loss_n = 0.0, 0
         self._global_params: dict[str, Any] = {}
 
     # -- reading -------------------------------------------------------------------
@@ -615,14 +620,15 @@ class Worker:
             return (model.certificates_passed_, model.certificates_failed_, model.refits_)
         return (0, 0, 0)
 
-    def _account_model(self, force_loss: bool = False) -> None:
+    def _account_model(self) -> None:
         now = time.monotonic()
-        loss = None
         units = self._unique_units()
-        if force_loss or now - self._last_loss >= LOSS_INTERVAL:
-            loss = self.model.loss() if units else 0.0
+        if now - self._last_loss >= LOSS_INTERVAL and not self._loss_units:
             self._last_loss = now
-        self.metrics.model_state(sum(u.model.n_points_ for u in units), loss)
+            self._loss_units = list(units)
+            self._loss_centroids = self.model.centroids_ if units else None
+            self._loss_sum, self._loss_n = 0.0, 0
+        self.metrics.model_state(sum(u.model.n_points_ for u in units), self._loss_step() if units else 0.0)
         stats = self._q_stats()
         passed, failed, refits = (new - old for new, old in zip(stats, self._q_counters))
         if passed or failed:
@@ -630,6 +636,28 @@ class Worker:
         if refits:
             self.metrics.refits(refits)
         self._q_counters = stats
+
+    def _loss_step(self) -> float | None:
+        """Add one unit's squared distances to the centroids of its round; the mean once all are in.
+
+        The loss is an O(n) pass over every held point: one unit per batch
+        keeps that stall to a unit's share (like snapshot captures). Every
+        unit of a round uses the centroids of the round's start.
+        """
+        C = self._loss_centroids
+        while self._loss_units:
+            unit = self._loss_units.pop(0)
+            if C is None or not any(self._units.get(p) is unit for p in unit.partitions) or not unit.model.n_points_:
+                continue
+            _, X, _ = unit.model.held()
+            if len(C):
+                self._loss_sum += float(nearest_sq_dists(X, C).sum())
+            self._loss_n += len(X)
+            break
+        if self._loss_units or C is None:
+            return None
+        self._loss_centroids = None
+        return self._loss_sum / self._loss_n if self._loss_n else 0.0
 
     def _housekeeping(self) -> None:
         """Lag per owned partition, tombstone count, offsets committed for lag tools."""
@@ -847,6 +875,8 @@ class Worker:
             return
         self.metrics.receipts(len(job.pending))
         if done.replace_error is not None:
+            if not isinstance(done.replace_error, OSError):
+                raise done.replace_error  # a bug: fatal, as on the loop before
             self.metrics.snapshot_failed("os_error")
             log.error("%s: could not replace snapshot %d after its receipts: %s", unit.name, done.written.seq,
                       done.replace_error)
