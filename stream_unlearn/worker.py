@@ -52,7 +52,10 @@ Restart or hand-over = load the unit's newest valid snapshot, seek to its
 offsets, replay. Replayed events meet a state that already holds their
 effect, and the semantics are a function of the SET of events, so a kill -9
 at any instant loses nothing and applies nothing twice. Pending receipts
-are in the snapshot and re-sent after a crash (at-least-once).
+are in the snapshot and re-sent after a crash (at-least-once), by the
+writer thread right after the restore. A kill -9 while the writer is busy
+leaves the unit's previous snapshot (or, once written, the new one) and at
+most a ``.tmp-*`` directory, removed when the store is next opened.
 """
 
 from __future__ import annotations
