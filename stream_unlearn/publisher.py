@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
 import msgpack
 import numpy as np
@@ -62,7 +62,7 @@ class PublishError(RuntimeError):
 
 
 class Publisher:
-    """A KafkaProducer whose send failures surface on :meth:`flush`."""
+    """A KafkaProducer whose send failures surface on :meth:`flush`; thread-safe (so is the producer)."""
 
     def __init__(self, config: WorkerConfig) -> None:
         from kafka import KafkaProducer
@@ -86,6 +86,20 @@ class Publisher:
     def _on_error(self, exc: BaseException) -> None:
         with self._lock:
             self._errors.append(exc)
+
+    def send_acked(self, topic: str, records: Sequence[tuple[bytes, bytes]], timeout: float = 30.0) -> None:
+        """Send ``(key, value)`` records and wait until the broker acknowledged each one.
+
+        Their failures are raised here (:class:`PublishError`) and not on
+        :meth:`flush`, so a thread waiting for its own records (the snapshot
+        writer's receipts) neither takes nor hides the errors of records
+        other threads sent meanwhile.
+        """
+        futures = [self._producer.send(topic, key=key, value=value) for key, value in records]
+        self._producer.flush(timeout=timeout)
+        failed = [f.exception for f in futures if not f.succeeded()]
+        if failed:
+            raise PublishError(f"{len(failed)} of {len(futures)} record(s) not acknowledged, first: {failed[0]!r}")
 
     def flush(self, timeout: float = 30.0) -> None:
         self._producer.flush(timeout=timeout)

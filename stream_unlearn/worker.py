@@ -12,17 +12,19 @@ store ``<snapshot-dir>/partition-<p>/``. ``--algorithm q`` is one global
 model, so it runs as one unit over every partition, snapshots in
 ``<snapshot-dir>/`` itself, and requires ``--no-group`` (one worker).
 
-One thread does everything, in this order, so that a unit's snapshot is
-always a consistent cut (its model, semantics and offsets after the same
-record):
+One thread (the loop) does everything but snapshot I/O, in this order, so
+that a unit's snapshot is always a consistent cut (its model, semantics and
+offsets after the same record):
 
 1. poll a batch (``--max-batch`` records); the rebalance listener only
    records what the group revoked or assigned, and the loop handles it
-   right after ``poll()`` returns: a revoked partition is snapshotted, its
-   final summary published and its owner lock released (the batch before
-   it is already applied); an assigned one is locked (waiting for its
-   previous owner to let go), restored from its newest snapshot or replayed
-   from the earliest offset, and the consumer seeks to its offsets;
+   right after ``poll()`` returns: a revoked partition is snapshotted
+   (waiting for its snapshot in flight, then writing a last one and
+   waiting for it), its final summary published and its owner lock
+   released (the batch before it is already applied); an assigned one is
+   locked (waiting for its previous owner to let go), restored from its
+   newest snapshot or replayed from the earliest offset, and the consumer
+   seeks to its offsets;
 2. decode; a bad record goes to the dead-letter topic with its reason and
    source position in headers; records a unit already holds are skipped;
 3. fold each unit's events into its semantics
@@ -33,17 +35,27 @@ record):
    model to the model topic; read the other workers' summaries; commit
    offsets to the group (only for lag tools: the snapshots' offsets are the
    truth);
-5. every ``--snapshot-interval`` seconds, per changed unit: flush the
-   producer (dead letters are durable before offsets pass them), write a
-   snapshot, prune every older one of that unit, then send one erasure
-   receipt per delete, and replace the snapshot by one that no longer lists
-   the receipts' ids.
+5. book the snapshots the writer thread finished (metrics, the unit's last
+   seq, receipts put back as pending if the write or their send failed);
+6. every ``--snapshot-interval`` seconds, mark the changed units due; each
+   step then captures one due unit (its model and semantics state bytes,
+   offsets and pending receipts: the cut) unless its previous snapshot is
+   still in flight (then it waits for the next interval), and hands it to
+   the writer thread (:mod:`stream_unlearn.snapshot_writer`), which flushes
+   the producer (dead letters are durable before offsets pass them),
+   writes the snapshot, prunes every older one of that unit, then sends one
+   erasure receipt per delete, and replaces the snapshot by one that no
+   longer lists the receipts' ids. :meth:`Worker.snapshot` (SIGTERM, tests)
+   is synchronous: it waits for the snapshots in flight and for its own.
 
 Restart or hand-over = load the unit's newest valid snapshot, seek to its
 offsets, replay. Replayed events meet a state that already holds their
 effect, and the semantics are a function of the SET of events, so a kill -9
 at any instant loses nothing and applies nothing twice. Pending receipts
-are in the snapshot and re-sent after a crash (at-least-once).
+are in the snapshot and re-sent after a crash (at-least-once), by the
+writer thread right after the restore. A kill -9 while the writer is busy
+leaves the unit's previous snapshot (or, once written, the new one) and at
+most a ``.tmp-*`` directory, removed when the store is next opened.
 """
 
 from __future__ import annotations
@@ -63,6 +75,7 @@ from typing import Any
 from . import QKMeans, __version__
 from .base import UnlearningModel
 from .broker import ensure_topics
+from .lloyd import nearest_sq_dists
 from .config import ConfigError, WorkerConfig, config_from_args
 from .ownership import OwnerLock, OwnershipError, RebalanceLog, partitions_of
 from .partitioned import (
@@ -75,9 +88,10 @@ from .partitioned import (
     partition_summary,
     position,
 )
-from .receipts import PendingReceipt, encode_receipt, pending_to_meta
+from .receipts import PendingReceipt, pending_to_meta
 from .semantics import EventTimeState
-from .snapshot import SnapshotError, SnapshotStore
+from .snapshot import SnapshotError, SnapshotInfo, SnapshotStore
+from .snapshot_writer import Completion, SnapshotJob, SnapshotWriter
 from .summaries import GlobalModel, PartitionSummary, SummaryError, encode_summary, newer
 from .publisher import PublishError, Publisher, dead_letter_headers, encode_global_message, encode_model_message
 from .units import META_FORMAT, MODEL_PART, SEMANTICS_PART, Unit, WorkerError, restore_unit
@@ -155,12 +169,21 @@ class Worker:
         self._own_summaries: dict[int, PartitionSummary] = {}
         self._consumer: Any = None
         self._publisher: Publisher | None = None
+        self._writer: SnapshotWriter | None = None
+        #: units whose snapshot job is in flight, by unit name
+        self._writing: dict[str, Unit] = {}
+        #: units due for a periodic snapshot, captured one per step
+        self._due: list[Unit] = []
         self._reader: Any = None
         self._rebalance = RebalanceLog()
         self._gaps: collections.Counter[tuple[str, int, int]] = collections.Counter()
         self._root_store: SnapshotStore | None = None
         self._last_snapshot = self._last_publish = self._last_loss = self._last_housekeeping = 0.0
         self._q_counters = (0, 0, 0)
+        #: the units still to add to the model loss of this round, and the round's centroids and sums
+        self._loss_units: list[Unit] = []
+        self._loss_centroids: Any = None
+        self._loss_sum, self._loss_n = 0.0, 0
         self._global_params: dict[str, Any] = {}
 
     # -- reading -------------------------------------------------------------------
@@ -248,6 +271,7 @@ class Worker:
         )
         self.n_partitions = self._partition_count()
         self._publisher = Publisher(c)
+        self._writer = SnapshotWriter(self._publisher, c.receipts_topic)
         if self.dc:
             from .model_cmd import SummaryReader
 
@@ -431,16 +455,20 @@ class Worker:
         self.restored_seqs[unit.key] = unit.restored_seq
         self.offsets.update(unit.offsets)
         unit.summary_dirty = True
-        if unit.unsent:  # receipts of the restored snapshot may not have gone out
+        if unit.unsent:  # receipts of the restored snapshot may not have gone out: send them in the background
             assert snap is not None
-            self._send_receipts(unit, snap.seq, snap.path, snap.parts)
+            durable = SnapshotInfo(path=snap.path, seq=snap.seq, created_at=snap.created_at,
+                                   size_bytes=snap.size_bytes)
+            self._submit(SnapshotJob(unit.name, unit.store, snap.parts, snap.meta, tuple(unit.unsent), (),
+                                     durable=durable), unit)
+            unit.unsent = []
 
     def _release(self, p: int) -> None:
         """Let go of partition ``p``: snapshot, final summary, unlock; keep it parked in memory."""
         unit = self._units.pop(p)
         if any(q in self._units for q in unit.partitions):  # the q unit: released with its last partition
             return
-        self._snapshot_unit(unit, flush=True)
+        self._snapshot_now(unit)
         self._publish_summaries([unit])
         assert self._publisher is not None
         try:
@@ -477,8 +505,12 @@ class Worker:
             self._publish()
         if now - self._last_housekeeping >= HOUSEKEEPING_INTERVAL:
             self._housekeeping()
+        self._drain()
         if now - self._last_snapshot >= self.config.snapshot_interval:
-            self.snapshot()
+            self._last_snapshot = now
+            self._due = [u for u in self._unique_units() if u.changed or u.unsent]
+        if self._due:
+            self._snapshot_next()
         return n
 
     def _apply(self, batch: Mapping[Any, list[Any]]) -> int:
@@ -591,14 +623,15 @@ class Worker:
             return (model.certificates_passed_, model.certificates_failed_, model.refits_)
         return (0, 0, 0)
 
-    def _account_model(self, force_loss: bool = False) -> None:
+    def _account_model(self) -> None:
         now = time.monotonic()
-        loss = None
         units = self._unique_units()
-        if force_loss or now - self._last_loss >= LOSS_INTERVAL:
-            loss = self.model.loss() if units else 0.0
+        if now - self._last_loss >= LOSS_INTERVAL and not self._loss_units:
             self._last_loss = now
-        self.metrics.model_state(sum(u.model.n_points_ for u in units), loss)
+            self._loss_units = list(units)
+            self._loss_centroids = self.model.centroids_ if units else None
+            self._loss_sum, self._loss_n = 0.0, 0
+        self.metrics.model_state(sum(u.model.n_points_ for u in units), self._loss_step() if units else 0.0)
         stats = self._q_stats()
         passed, failed, refits = (new - old for new, old in zip(stats, self._q_counters))
         if passed or failed:
@@ -606,6 +639,28 @@ class Worker:
         if refits:
             self.metrics.refits(refits)
         self._q_counters = stats
+
+    def _loss_step(self) -> float | None:
+        """Add one unit's squared distances to the centroids of its round; the mean once all are in.
+
+        The loss is an O(n) pass over every held point: one unit per batch
+        keeps that stall to a unit's share (like snapshot captures). Every
+        unit of a round uses the centroids of the round's start.
+        """
+        C = self._loss_centroids
+        while self._loss_units:
+            unit = self._loss_units.pop(0)
+            if C is None or not any(self._units.get(p) is unit for p in unit.partitions) or not unit.model.n_points_:
+                continue
+            _, X, _ = unit.model.held()
+            if len(C):
+                self._loss_sum += float(nearest_sq_dists(X, C).sum())
+            self._loss_n += len(X)
+            break
+        if self._loss_units or C is None:
+            return None
+        self._loss_centroids = None
+        return self._loss_sum / self._loss_n if self._loss_n else 0.0
 
     def _housekeeping(self) -> None:
         """Lag per owned partition, tombstone count, offsets committed for lag tools."""
@@ -725,79 +780,112 @@ class Worker:
         }
 
     def snapshot(self) -> int | None:
-        """Snapshot every owned unit that changed, prune older ones, send receipts.
+        """Snapshot every owned unit that changed, prune older ones, send receipts; synchronous.
 
-        Returns the seq of the last snapshot written, or None if there was
-        nothing to do or a write failed (it is retried at the next interval).
+        Waits for the snapshots in flight, then has every changed unit
+        written and waits again: on return all applied changes are durable
+        and their receipts out, or the failure was logged and counted (and is
+        retried at the next interval). Returns the seq of the last snapshot
+        written, or None if there was nothing to do or a write failed.
         """
         self._last_snapshot = time.monotonic()
+        self._due = []
+        self._drain(wait=True)
         units = [u for u in self._unique_units() if u.changed or u.unsent]
-        if not units:
-            return None
-        assert self._publisher is not None
-        # Dead letters must be durable before a snapshot's offsets pass them.
-        self._publisher.flush()
-        seq = None
         for unit in units:
-            seq = self._snapshot_unit(unit, flush=False) or seq
+            self._capture(unit)
+        seq = None
+        for done in self._drain(wait=True):
+            if done.last is not None and done.error is None:
+                seq = done.last.seq
         self._publish_summaries(units)
         return seq
 
-    def _snapshot_unit(self, unit: Unit, flush: bool) -> int | None:
-        assert self._publisher is not None
-        if not unit.changed and not unit.unsent:
-            return None
-        if flush:
-            self._publisher.flush()
-        pending = unit.unsent + unit.new_pending
-        started = time.perf_counter()
-        try:
-            parts = {MODEL_PART: unit.model.to_state(), SEMANTICS_PART: unit.semantics.to_bytes()}
-            info = unit.store.write(parts, self._meta(unit, pending))
-        except OSError as exc:
-            self.metrics.snapshot_failed("os_error")
-            log.error("%s: snapshot failed, retrying in %.1fs: %s", unit.name, self.config.snapshot_interval, exc)
-            return None
-        self.metrics.snapshot(time.perf_counter() - started, info.size_bytes, info.created_at)
-        unit.store.prune(info.seq, verify=False)  # write() returned: it is durable
-        self.metrics.delete_persisted([info.created_at - p.deleted_ts for p in unit.new_pending])
-        unit.unsent, unit.new_pending, unit.changed = pending, [], False
-        unit.last_seq = self.last_snapshot_seq = info.seq
-        log.debug("%s: snapshot %s: %d points, %d receipts pending", unit.name, info.path,
-                  unit.model.n_points_, len(pending))
-        self._send_receipts(unit, info.seq, info.path, parts)
-        return info.seq
+    def _snapshot_next(self) -> None:
+        """Capture the next due unit (one per step: capturing blocks the loop) unless one of its
+        snapshots is still in flight (then it waits for the next interval, still marked changed)."""
+        while self._due:
+            unit = self._due.pop(0)
+            owned = any(self._units.get(p) is unit for p in unit.partitions)
+            if owned and not self._writer_busy(unit) and (unit.changed or unit.unsent):
+                self._capture(unit)
+                self._publish_summaries([unit])
+                return
 
-    def _send_receipts(self, unit: Unit, seq: int, path: Path, parts: dict[str, bytes]) -> None:
-        """Publish the receipts of a unit's snapshot, then drop their ids from disk.
+    def _snapshot_now(self, unit: Unit) -> None:
+        """Snapshot one unit synchronously (hand-over): wait for its job in flight, write, wait."""
+        self._drain(wait=True, names=[unit.name])
+        if unit.changed or unit.unsent:
+            self._capture(unit)
+            self._drain(wait=True, names=[unit.name])
 
-        The snapshot lists the receipts' ids so that a crash cannot lose
-        them; once they are acknowledged, an identical snapshot without that
-        list replaces it (its parts hard-linked from the first, only the
-        manifest is new), so no file under the snapshot root names a person
-        whose receipt is out. ``path`` is snapshot ``seq``'s directory.
+    def _writer_busy(self, unit: Unit) -> bool:
+        return unit.name in self._writing
+
+    def _capture(self, unit: Unit) -> None:
+        """Take a unit's consistent cut on the loop and hand it to the writer thread.
+
+        The pending receipts move into the job; :meth:`_completed` puts
+        them back if the snapshot listing them could not be written.
         """
-        assert self._publisher is not None
-        if not unit.unsent:
-            return
-        for pending in unit.unsent:
-            self._publisher.send(self.config.receipts_topic, *encode_receipt(pending, seq))
-        try:
-            self._publisher.flush()
-        except PublishError as exc:
-            log.warning("receipts not acknowledged, re-sent after the next snapshot: %s", exc)
-            return
-        self.metrics.receipts(len(unit.unsent))
-        unit.unsent = []
-        try:
-            info = unit.store.write(parts, self._meta(unit, []), reuse=path)
-        except OSError as exc:
+        started = time.perf_counter()
+        parts = {MODEL_PART: unit.model.to_state(), SEMANTICS_PART: unit.semantics.to_bytes()}
+        job = SnapshotJob(unit.name, unit.store, parts, self._meta(unit, unit.unsent + unit.new_pending),
+                          tuple(unit.unsent), tuple(unit.new_pending), time.perf_counter() - started)
+        unit.unsent, unit.new_pending, unit.changed = [], [], False
+        self._submit(job, unit)
+
+    def _submit(self, job: SnapshotJob, unit: Unit) -> None:
+        assert self._writer is not None
+        self._writing[unit.name] = unit
+        self._writer.submit(job)
+
+    def _drain(self, wait: bool = False, names: list[str] | None = None) -> list[Completion]:
+        """Book the writer's completions (waiting for those of ``names``, or all, if ``wait``)."""
+        if self._writer is None:
+            return []
+        done = self._writer.wait(names) if wait else self._writer.completions()
+        for completion in done:
+            self._completed(completion)
+        return done
+
+    def _completed(self, done: Completion) -> None:
+        """Unit bookkeeping and metrics for a finished snapshot job (on the loop thread)."""
+        job = done.job
+        unit = self._writing.pop(job.name)
+        if done.written is None:  # nothing durable: all stays pending, retried at the next interval
+            unit.unsent = [*job.unsent, *unit.unsent]
+            unit.new_pending = [*job.new_pending, *unit.new_pending]
+            unit.changed = True
+            if not isinstance(done.error, OSError):
+                assert done.error is not None
+                raise done.error  # a failed dead-letter flush or a bug: fatal, replayed after a restart
             self.metrics.snapshot_failed("os_error")
-            log.error("%s: could not replace snapshot %d after its receipts: %s", unit.name, seq, exc)
-            unit.changed = True  # retry at the next interval
+            log.error("%s: snapshot failed, retrying in %.1fs: %s", unit.name, self.config.snapshot_interval,
+                      done.error)
             return
-        unit.store.prune(info.seq, verify=False)
-        unit.last_seq = self.last_snapshot_seq = info.seq
+        if job.durable is None:
+            info = done.written
+            self.metrics.snapshot(job.captured_seconds + done.seconds.get("write", 0.0), info.size_bytes,
+                                  info.created_at)
+            self.metrics.delete_persisted([info.created_at - p.deleted_ts for p in job.new_pending])
+            log.debug("%s: snapshot %s: %d receipts pending", unit.name, info.path, len(job.pending))
+        unit.last_seq = self.last_snapshot_seq = done.written.seq
+        if job.pending and not done.receipts_acked:
+            log.warning("%s: receipts not acknowledged, re-sent after the next snapshot: %s", unit.name,
+                        done.receipts_error)
+            unit.unsent = [*job.pending, *unit.unsent]
+            return
+        self.metrics.receipts(len(job.pending))
+        if done.replace_error is not None:
+            if not isinstance(done.replace_error, OSError):
+                raise done.replace_error  # a bug: fatal, as on the loop before
+            self.metrics.snapshot_failed("os_error")
+            log.error("%s: could not replace snapshot %d after its receipts: %s", unit.name, done.written.seq,
+                      done.replace_error)
+            unit.changed = True  # retry at the next interval
+        elif done.replaced is not None:
+            unit.last_seq = self.last_snapshot_seq = done.replaced.seq
 
     # -- stop ----------------------------------------------------------------------
     def _shutdown(self) -> None:
@@ -813,6 +901,8 @@ class Worker:
 
     def _close(self) -> None:
         # Keep the models readable through .model after run() returned.
+        if self._writer is not None:  # before the owner locks go: it may still write a snapshot
+            self._writer.close()
         if self.dc:
             self._retired_models = {p: u.model for p, u in self._units.items()}
         else:

@@ -17,7 +17,10 @@ from stream_unlearn.snapshot import MANIFEST_NAME, SnapshotStore
 from stream_unlearn.worker import MODEL_PART
 
 from worker_support import (
+    WRITER_PHASES,
     chunks,
+    make_stream,
+    records_handled,
     send_steps,
     assert_holds_exactly,
     assert_one_receipt_per_delete,
@@ -33,27 +36,6 @@ from worker_support import (
     wait_consumed,
     wait_until,
 )
-
-
-def make_stream(n: int, seed: int) -> tuple[list[tuple], dict[str, np.ndarray], int]:
-    """Steps (kind, ids, X|None, ts), the survivors, and the number of deletes."""
-    rng = np.random.default_rng(seed)
-    names = ids("crash", n)
-    X = rng.normal(size=(n, 4))
-    steps: list[tuple] = []
-    survivors = {names[i]: X[i] for i in range(n)}
-    early = list(range(0, n, 25))  # deleted before they are inserted
-    steps.append(("delete", [names[i] for i in early], None, 50.0))
-    steps.append(("insert", names, X, 10.0))
-    later = [i for i in range(3, n, 9)]
-    steps.append(("delete", [names[i] for i in later], None, 60.0))
-    back = later[::4]
-    steps.append(("insert", [names[i] for i in back], X[back] + 5.0, 70.0))
-    for i in early + later:
-        survivors.pop(names[i], None)
-    for i in back:
-        survivors[names[i]] = X[i] + 5.0
-    return steps, survivors, len(early) + len(later)
 
 
 def test_kill_9_at_random_moments_changes_nothing(broker, unique_topic, tmp_path, consume):
@@ -220,3 +202,85 @@ def test_receipts_pending_in_a_snapshot_are_sent_after_a_restart(broker, unique_
         assert decode_receipt(receipts[-1].value).id == lost.id
     assert partition_snapshots(snaps)[partition].meta["pending_receipts"] == []
     assert np.array_equal(worker.model.centroids_, fresh_fit(config, survivors))
+
+
+def _pending_ids(snap) -> list[str]:
+    return [row[0] for row in snap.meta["pending_receipts"]]
+
+
+def _durable(snaps: Path) -> dict:
+    """The newest valid snapshot of each partition store, {} if none yet."""
+    from stream_unlearn.inspect_cmd import NoSnapshot
+
+    try:
+        return partition_snapshots(snaps)
+    except NoSnapshot:
+        return {}
+
+
+@pytest.mark.parametrize("phase", WRITER_PHASES)
+def test_kill_9_while_a_snapshot_is_in_flight_changes_nothing(broker, unique_topic, tmp_path, consume, phase):
+    """The writer thread is held inside a snapshot job while the loop applies more; kill -9 there.
+
+    While held: receipts are out only once the snapshot listing them is durable and every older
+    one of its unit is gone. After a restart: the exact model, one receipt per delete, no leftovers.
+    """
+    from stream_unlearn.broker import free_port
+    from stream_unlearn.receipts import decode_receipt
+
+    topics = Topics.fresh(unique_topic)
+    snaps = tmp_path / "snaps"
+    port = free_port()
+    config = make_config(broker, topics, snaps, snapshot_interval=0.1, max_batch=20, group=False,
+                         metrics_port=port)
+    create_topics(config)
+    steps, survivors, n_deletes = make_stream(900, seed=21)
+    first, second, third = chunks(steps, 3)
+    sent = send_steps(config, first)
+    marker, log = tmp_path / "held", tmp_path / "worker.log"
+    proc = spawn_worker(config, log, hold_writer_at=phase, marker=marker)
+    try:
+        wait_until(lambda: marker.exists() or proc.poll() is not None, 60, f"the writer to reach {phase!r}")
+        assert proc.poll() is None, log.read_text()[-2000:]
+        durable = _durable(snaps)
+        sent += send_steps(config, second)
+        # The poll loop applies everything while the writer is held...
+        wait_until(lambda: records_handled(port) >= sent or proc.poll() is not None, 60, "the loop to apply")
+        assert proc.poll() is None, log.read_text()[-2000:]
+        # ...and no snapshot became durable meanwhile (one writer thread, held).
+        assert {p: s.seq for p, s in _durable(snaps).items()} == {p: s.seq for p, s in durable.items()}
+        if phase == "write":  # nothing durable yet, so no receipt
+            assert durable == {} and consume(broker, config.receipts_topic, 0) == []
+        else:  # the held job's snapshot is durable, alone in its store, and lists its receipts
+            held = [s for s in durable.values() if s.meta["pending_receipts"]]
+            assert len(held) == 1
+            assert [p.name for p in held[0].path.parent.glob("snap-*")] == [held[0].path.name]
+            out = [decode_receipt(r.value) for r in consume(broker, config.receipts_topic, 0)]
+            if phase == "receipts":
+                assert out == []
+            else:
+                out = [decode_receipt(r.value) for r in consume(broker, config.receipts_topic,
+                                                                len(_pending_ids(held[0])))]
+                assert sorted(r.id for r in out) == sorted(_pending_ids(held[0]))
+                assert {r.snapshot for r in out} == {held[0].seq}
+        proc.kill()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait(10)
+    total = sent + send_steps(config, third)
+    proc = spawn_worker(config, log)
+    try:
+        wait_until(lambda: snapshot_position(snaps) == total, 90, "the restarted worker to catch up")
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(30) == 0, log.read_text()[-2000:]
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(10)
+    recovered, _, _ = load_model_for_reading(snaps)
+    assert np.array_equal(recovered.centroids_, fresh_fit(config, survivors))
+    assert_holds_exactly(recovered, survivors)
+    assert_one_receipt_per_delete(broker, config, consume, n_deletes)
+    assert all(_pending_ids(s) == [] for s in partition_snapshots(snaps).values())
+    assert not list(snaps.glob("*/.tmp-*"))  # the half-written one was cleaned up

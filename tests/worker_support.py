@@ -143,12 +143,83 @@ def partition_snapshots(snapshot_dir: Path) -> dict[int, Any]:
     return load_partitioned(snapshot_dir, retries=1)[0]
 
 
-def spawn_worker(config: WorkerConfig, log_path: Path) -> subprocess.Popen[bytes]:
-    """``stream-unlearn worker`` as a real process (for kill -9 and SIGTERM)."""
+def spawn_worker(config: WorkerConfig, log_path: Path, hold_writer_at: str | None = None,
+                 marker: Path | None = None) -> subprocess.Popen[bytes]:
+    """``stream-unlearn worker`` as a real process (for kill -9 and SIGTERM).
+
+    ``hold_writer_at`` (one of :data:`WRITER_PHASES`): the worker's snapshot
+    writer thread stops for good the first time it gets there, after
+    touching ``marker``; see :func:`run_worker_holding_writer`.
+    """
     env = {k: v for k, v in os.environ.items() if not k.startswith("STREAM_UNLEARN_")}
+    if hold_writer_at is None:
+        cmd = [sys.executable, "-m", "stream_unlearn.cli", "worker", *config.to_argv()]
+    else:
+        assert hold_writer_at in WRITER_PHASES and marker is not None
+        code = (f"import sys; sys.path.insert(0, {str(Path(__file__).parent)!r}); import worker_support; "
+                f"sys.exit(worker_support.run_worker_holding_writer({hold_writer_at!r}, {str(marker)!r}, "
+                f"{config.to_argv()!r}))")
+        cmd = [sys.executable, "-c", code]
     with open(log_path, "ab") as log:
-        return subprocess.Popen([sys.executable, "-m", "stream_unlearn.cli", "worker", *config.to_argv()],
-                                stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, env=env)
+        return subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, env=env)
+
+
+#: Where :func:`run_worker_holding_writer` can stop the snapshot writer thread: in the middle of
+#: writing a snapshot (parts written, no manifest, not renamed), with a snapshot durable but its
+#: receipts not sent, or with the receipts acknowledged but the snapshot listing them not replaced.
+WRITER_PHASES = ("write", "receipts", "replace")
+
+
+def run_worker_holding_writer(phase: str, marker: str, argv: list[str]) -> int:
+    """Run the worker CLI whose snapshot writer thread blocks forever the first time it reaches
+    ``phase`` (touching ``marker`` then), while the poll loop runs on: for kill -9 tests."""
+    from stream_unlearn import cli, publisher, snapshot, snapshot_writer
+
+    held = threading.Event()
+
+    def hold() -> None:
+        if threading.current_thread().name == snapshot_writer.THREAD_NAME and not held.is_set():
+            held.set()
+            Path(marker).touch()
+            threading.Event().wait()
+
+    if phase == "write":
+        write_file = snapshot._write_file
+
+        def holding_write_file(path: Path, data: bytes) -> None:
+            if path.name == snapshot.MANIFEST_NAME:
+                hold()
+            write_file(path, data)
+
+        snapshot._write_file = holding_write_file
+    elif phase == "receipts":
+        send_acked = publisher.Publisher.send_acked
+
+        def holding_send_acked(self: Any, *args: Any, **kwargs: Any) -> None:
+            hold()
+            send_acked(self, *args, **kwargs)
+
+        publisher.Publisher.send_acked = holding_send_acked  # type: ignore[method-assign]
+    else:
+        write = snapshot.SnapshotStore.write
+
+        def holding_write(self: Any, parts: Any, meta: Any, *, reuse: Any = None) -> Any:
+            if reuse is not None:
+                hold()
+            return write(self, parts, meta, reuse=reuse)
+
+        snapshot.SnapshotStore.write = holding_write  # type: ignore[method-assign]
+    return cli.main(["worker", *argv])
+
+
+def records_handled(metrics_port: int) -> float:
+    """Records a worker process has handled so far, from its /metrics (0 while it starts)."""
+    from stream_unlearn.demo import scrape, total
+
+    try:
+        return total(scrape(metrics_port), "stream_unlearn_events_total")
+    except OSError:
+        return 0.0
 
 
 def fresh_fit(config: WorkerConfig, survivors: dict[str, np.ndarray]) -> np.ndarray:
@@ -182,6 +253,27 @@ def assert_one_receipt_per_delete(broker: str, config, consume, n_deletes: int) 
     receipts = {(r.id, r.deleted_ts) for r in (decode_receipt(rec.value)
                                                for rec in consume(broker, config.receipts_topic, n_deletes))}
     assert len(receipts) == n_deletes
+
+
+def make_stream(n: int, seed: int) -> tuple[list[tuple], dict[str, np.ndarray], int]:
+    """Steps (kind, ids, X|None, ts), the survivors, and the number of deletes."""
+    rng = np.random.default_rng(seed)
+    names = ids("crash", n)
+    X = rng.normal(size=(n, 4))
+    steps: list[tuple] = []
+    survivors = {names[i]: X[i] for i in range(n)}
+    early = list(range(0, n, 25))  # deleted before they are inserted
+    steps.append(("delete", [names[i] for i in early], None, 50.0))
+    steps.append(("insert", names, X, 10.0))
+    later = [i for i in range(3, n, 9)]
+    steps.append(("delete", [names[i] for i in later], None, 60.0))
+    back = later[::4]
+    steps.append(("insert", [names[i] for i in back], X[back] + 5.0, 70.0))
+    for i in early + later:
+        survivors.pop(names[i], None)
+    for i in back:
+        survivors[names[i]] = X[i] + 5.0
+    return steps, survivors, len(early) + len(later)
 
 
 def send_steps(config: WorkerConfig, steps: list[tuple]) -> int:

@@ -1,0 +1,155 @@
+"""Snapshots in the background writer thread: the loop goes on, order and durability are kept.
+
+Real broker, real files; the writer thread is held or made to fail by
+wrapping the real snapshot-store and publisher methods (no Kafka mocks).
+"""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from stream_unlearn import publisher
+from stream_unlearn.receipts import decode_receipt
+from stream_unlearn.snapshot import SnapshotStore, load_snapshot
+from stream_unlearn.snapshot_writer import THREAD_NAME
+
+from worker_support import (
+    Topics,
+    WorkerThread,
+    assert_holds_exactly,
+    assert_one_receipt_per_delete,
+    chunks,
+    create_topics,
+    fresh_fit,
+    make_config,
+    make_stream,
+    partition_snapshots,
+    running_worker,
+    send_steps,
+    snapshot_position,
+    wait_consumed,
+    wait_until,
+)
+
+
+def in_writer() -> bool:
+    return threading.current_thread().name == THREAD_NAME
+
+
+def assert_clean_and_exact(config, snaps: Path, survivors: dict, worker) -> None:
+    """The last snapshots list no pending receipt; the model is exact."""
+    for snap in partition_snapshots(snaps).values():
+        assert snap.meta["pending_receipts"] == []
+    assert np.array_equal(worker.model.centroids_, fresh_fit(config, survivors))
+    assert_holds_exactly(worker.model, survivors)
+
+
+def test_the_loop_applies_while_a_snapshot_is_in_flight(broker, unique_topic, tmp_path, consume, monkeypatch):
+    snaps = tmp_path / "snaps"
+    config = make_config(broker, Topics.fresh(unique_topic), snaps, group=False, max_batch=20)
+    create_topics(config)
+    steps, survivors, n_deletes = make_stream(600, seed=31)
+    first, second = chunks(steps, 2)
+    held, release = threading.Event(), threading.Event()
+    write = SnapshotStore.write
+
+    def holding_write(self, parts, meta, *, reuse=None):
+        if in_writer() and not held.is_set():
+            held.set()
+            release.wait()
+        return write(self, parts, meta, reuse=reuse)
+
+    monkeypatch.setattr(SnapshotStore, "write", holding_write)
+    sent = send_steps(config, first)
+    thread = WorkerThread(config).start()
+    try:
+        wait_until(held.is_set, 30, "a snapshot job")
+        sent += send_steps(config, second)
+        wait_consumed(thread.worker, sent)  # the loop is not waiting for the writer
+        assert snapshot_position(snaps) == 0  # nothing durable yet: the only writer is held
+        assert consume(broker, config.receipts_topic, 0) == []
+    finally:
+        release.set()
+        thread.stop()  # the final snapshot() waits for the one in flight, then writes its own
+    assert snapshot_position(snaps) == sent
+    assert_clean_and_exact(config, snaps, survivors, thread.worker)
+    assert_one_receipt_per_delete(broker, config, consume, n_deletes)
+
+
+def test_receipts_go_out_only_after_their_snapshot_is_durable_and_older_ones_pruned(
+        broker, unique_topic, tmp_path, consume, monkeypatch):
+    """When the receipts are sent, the store holds exactly one snapshot: durable, listing them."""
+    snaps = tmp_path / "snaps"
+    config = make_config(broker, Topics.fresh(unique_topic), snaps, group=False, max_batch=30)
+    create_topics(config)
+    steps, survivors, n_deletes = make_stream(600, seed=32)
+    last_write: dict[str, Path] = {}
+    checked: list[int] = []
+    problems: list[str] = []
+    write, send_acked = SnapshotStore.write, publisher.Publisher.send_acked
+
+    def recording_write(self, parts, meta, *, reuse=None):
+        info = write(self, parts, meta, reuse=reuse)
+        last_write["path"] = info.path
+        return info
+
+    def checking_send_acked(self, topic, records, *args, **kwargs):
+        if topic == config.receipts_topic and in_writer():
+            path = last_write["path"]
+            on_disk = sorted(p.name for p in path.parent.glob("snap-*"))
+            listed = sorted(row[0] for row in load_snapshot(path).meta["pending_receipts"])
+            receipts = [decode_receipt(value) for _, value in records]
+            if on_disk != [path.name]:
+                problems.append(f"receipts sent while {on_disk} are on disk")
+            if sorted(r.id for r in receipts) != listed or {r.snapshot for r in receipts} != {int(path.name[5:])}:
+                problems.append(f"receipts {receipts[:3]}... do not match {path}")
+            checked.append(len(receipts))
+        return send_acked(self, topic, records, *args, **kwargs)
+
+    monkeypatch.setattr(SnapshotStore, "write", recording_write)
+    monkeypatch.setattr(publisher.Publisher, "send_acked", checking_send_acked)
+    total = 0
+    with running_worker(config) as worker:
+        for chunk in chunks(steps, 4):
+            total += send_steps(config, chunk)
+            wait_consumed(worker, total)
+    assert snapshot_position(snaps) == total
+    assert problems == []
+    assert sum(checked) >= n_deletes and len(checked) > 1
+    assert_clean_and_exact(config, snaps, survivors, worker)
+    assert_one_receipt_per_delete(broker, config, consume, n_deletes)
+
+
+@pytest.mark.parametrize("fail_replacement", [False, True])
+def test_a_failed_background_write_is_counted_and_retried(broker, unique_topic, tmp_path, consume, monkeypatch,
+                                                          fail_replacement):
+    snaps = tmp_path / "snaps"
+    config = make_config(broker, Topics.fresh(unique_topic), snaps, group=False)
+    create_topics(config)
+    steps, survivors, n_deletes = make_stream(300, seed=33)
+    failed = threading.Event()
+    write = SnapshotStore.write
+
+    def failing_write(self, parts, meta, *, reuse=None):
+        if in_writer() and (reuse is not None) == fail_replacement and not failed.is_set():
+            failed.set()
+            raise OSError(28, "No space left on device (test)")
+        return write(self, parts, meta, reuse=reuse)
+
+    monkeypatch.setattr(SnapshotStore, "write", failing_write)
+    total = send_steps(config, steps)
+    with running_worker(config) as worker:
+        wait_consumed(worker, total)
+        wait_until(failed.is_set, 30, "the failure")
+        registry = worker.metrics.registry
+        wait_until(lambda: registry.get_sample_value("stream_unlearn_snapshot_failures_total",
+                                                     {"reason": "os_error"}) == 1, 30, "the failure counted")
+        assert_one_receipt_per_delete(broker, config, consume, n_deletes)  # retried at the next interval
+    assert registry.get_sample_value("stream_unlearn_snapshot_failures_total", {"reason": "os_error"}) == 1
+    assert snapshot_position(snaps) == total
+    assert_clean_and_exact(config, snaps, survivors, worker)
+    assert not list(snaps.glob("*/.tmp-*"))
