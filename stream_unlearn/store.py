@@ -8,6 +8,7 @@ Deletion swaps the last row into the hole: O(d), no gaps, no compaction.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from itertools import chain
 
 import numpy as np
 
@@ -161,17 +162,14 @@ class PointStore:
 
     def items(self) -> tuple[list[str], np.ndarray, np.ndarray]:
         """All ids, vectors and bucket numbers (a copy, bucket by bucket)."""
-        ids: list[str] = []
-        parts, owners = [], []
-        for b, bucket in enumerate(self.buckets):
-            if bucket is None:
-                continue
-            ids.extend(bucket.ids)
-            parts.append(bucket.vectors[: bucket.size])
-            owners.append(np.full(bucket.size, b, dtype=np.int64))
+        live = [(b, bucket) for b, bucket in enumerate(self.buckets) if bucket is not None]
         d = self.n_features or 0
-        X = np.concatenate(parts) if parts else np.empty((0, d))
-        return ids, X, np.concatenate(owners) if owners else np.empty(0, dtype=np.int64)
+        if not live:
+            return [], np.empty((0, d)), np.empty(0, dtype=np.int64)
+        ids = list(chain.from_iterable(bucket.ids for _, bucket in live))
+        X = np.concatenate([bucket.vectors[: bucket.size] for _, bucket in live])
+        owners = np.repeat(np.array([b for b, _ in live], dtype=np.int64), [bucket.size for _, bucket in live])
+        return ids, X, owners
 
     def vector_bytes(self) -> int:
         """Bytes allocated for vectors and keys across buckets."""
