@@ -89,6 +89,7 @@ class WorkerConfig:
     snapshot_interval: float = 5.0
     model_publish_interval: float = 1.0
     tombstone_horizon: float = 7 * 24 * 3600.0
+    max_ts_ahead: float = 24 * 3600.0
     metrics_port: int = 9464
     metrics_addr: str = "127.0.0.1"
     max_batch: int = 5000
@@ -169,6 +170,8 @@ def _validate(c: WorkerConfig) -> None:
          f"--model-publish-interval must be >= 0 seconds, got {c.model_publish_interval}")
     need(c.tombstone_horizon > 0 and not math.isnan(c.tombstone_horizon),
          f"--tombstone-horizon must be > 0 seconds (or inf), got {c.tombstone_horizon}")
+    need(c.max_ts_ahead >= 0 and not math.isnan(c.max_ts_ahead),
+         f"--max-ts-ahead must be >= 0 seconds (or inf), got {c.max_ts_ahead}")
     need(0 <= c.metrics_port <= 65535, f"--metrics-port must lie in [0, 65535] (0 = off), got {c.metrics_port}")
     need(bool(c.metrics_addr), "--metrics-addr must not be empty")
     need(1 <= c.max_batch <= 1_000_000, f"--max-batch must lie in [1, 1000000], got {c.max_batch}")
@@ -254,6 +257,8 @@ _HELP: dict[str, str] = {
     "snapshot_interval": "seconds between snapshots (and erasure receipts)",
     "model_publish_interval": "minimum seconds between centroid messages on the model topic",
     "tombstone_horizon": "seconds of event time a delete is remembered; later events are dropped (inf = forever)",
+    "max_ts_ahead": "seconds an event's ts may lie after its Kafka record timestamp; later ones are dead letters "
+                    "(bad_ts), since they would push the tombstone horizon past honest events (inf = no limit)",
     "metrics_port": "Prometheus port (0 = no endpoint)",
     "metrics_addr": "address the Prometheus endpoint binds to",
     "max_batch": "maximum records per poll (one model update per poll)",

@@ -579,12 +579,14 @@ class Worker:
         record_ts = record.timestamp / 1000.0 if record.timestamp is not None and record.timestamp >= 0 else time.time()
         if is_insert:
             event = decode_insert(record.value, dim=self._dim, record_ts=record_ts, key=record.key,
-                                  max_id_bytes=c.max_id_bytes, max_value_bytes=c.max_value_bytes)
+                                  max_id_bytes=c.max_id_bytes, max_value_bytes=c.max_value_bytes,
+                                  max_ts_ahead=c.max_ts_ahead)
             if self._dim is None:
                 self._dim = len(event.vec)
             return event
         return decode_delete(record.value, record_ts=record_ts, key=record.key,
-                             max_id_bytes=c.max_id_bytes, max_value_bytes=c.max_value_bytes)
+                             max_id_bytes=c.max_id_bytes, max_value_bytes=c.max_value_bytes,
+                             max_ts_ahead=c.max_ts_ahead)
 
     def _dead_letter(self, tp: Any, record: Any, bad: BadRecord, kind: str) -> None:
         assert self._publisher is not None

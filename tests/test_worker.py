@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import struct
+import time
 
 import msgpack
 import numpy as np
@@ -100,6 +101,7 @@ def malformed_corpus(dim: int) -> list[tuple[bytes | None, bytes | None, str]]:
         (b"g14", pack({"id": "g14", "vec": [True] * dim}), "bad_vector"),
         (b"g15", pack({"id": "g15", "vec": good, "ts": math.inf}), "bad_ts"),
         (b"g16", pack({"id": "g16", "vec": good, "ts": "now"}), "wrong_type"),
+        (b"g19", pack({"id": "g19", "vec": good, "ts": time.time() * 1000}), "bad_ts"),  # ms, not s: far future
         (b"wrong", pack({"id": "g17", "vec": good}), "key_mismatch"),
         (b"g18", b"\x01" * 5000, "oversized"),
     ]
