@@ -20,38 +20,19 @@ _OPTS = {"cache": True, "boundscheck": False, "nogil": True}
 
 @njit(inline="always", **_OPTS)
 def sqd(A: np.ndarray, i: int, B: np.ndarray, j: int) -> float:
-    """Squared distance between rows ``A[i]`` and ``B[j]``, in one fixed order."""
-    d = A.shape[1]
-    s0 = 0.0
-    s1 = 0.0
-    s2 = 0.0
-    s3 = 0.0
-    f = 0
-    while f + 4 <= d:
-        t0 = A[i, f] - B[j, f]
-        t1 = A[i, f + 1] - B[j, f + 1]
-        t2 = A[i, f + 2] - B[j, f + 2]
-        t3 = A[i, f + 3] - B[j, f + 3]
-        s0 += t0 * t0
-        s1 += t1 * t1
-        s2 += t2 * t2
-        s3 += t3 * t3
-        f += 4
-    while f < d:
-        t0 = A[i, f] - B[j, f]
-        s0 += t0 * t0
-        f += 1
-    return (s0 + s1) + (s2 + s3)
+    """Squared distance between rows ``A[i]`` and ``B[j]``: four interleaved accumulators, one fixed order."""
+    return sqd_below(A, i, B, j, np.inf)
 
 
 @njit(inline="always", **_OPTS)
 def sqd_below(A: np.ndarray, i: int, B: np.ndarray, j: int, cap: float) -> float:
-    """``sqd(A, i, B, j)`` if it is below ``cap``, else some value ``>= cap``.
+    """The squared distance of rows ``A[i]`` and ``B[j]`` if it is below ``cap``, else some value ``>= cap``.
 
-    Same accumulators in the same order as :func:`sqd`, so a distance below
-    ``cap`` is bit-identical; every 8 features it stops once the partial
-    sum reaches ``cap``. Exact because IEEE addition of non-negative terms
-    never decreases, so the full sum can only be larger still.
+    Feature f goes to accumulator f mod 4, in order, and the four are added
+    as ``(s0 + s1) + (s2 + s3)``: one fixed order, whatever the cap. Every 8
+    features it stops once the partial sum reaches ``cap``: exact, because
+    IEEE addition of non-negative terms never decreases, so the full sum
+    could only be larger still.
     """
     d = A.shape[1]
     s0 = 0.0
@@ -59,26 +40,6 @@ def sqd_below(A: np.ndarray, i: int, B: np.ndarray, j: int, cap: float) -> float
     s2 = 0.0
     s3 = 0.0
     f = 0
-    while f + 8 <= d:
-        t0 = A[i, f] - B[j, f]
-        t1 = A[i, f + 1] - B[j, f + 1]
-        t2 = A[i, f + 2] - B[j, f + 2]
-        t3 = A[i, f + 3] - B[j, f + 3]
-        s0 += t0 * t0
-        s1 += t1 * t1
-        s2 += t2 * t2
-        s3 += t3 * t3
-        t0 = A[i, f + 4] - B[j, f + 4]
-        t1 = A[i, f + 5] - B[j, f + 5]
-        t2 = A[i, f + 6] - B[j, f + 6]
-        t3 = A[i, f + 7] - B[j, f + 7]
-        s0 += t0 * t0
-        s1 += t1 * t1
-        s2 += t2 * t2
-        s3 += t3 * t3
-        f += 8
-        if (s0 + s1) + (s2 + s3) >= cap:
-            return cap
     while f + 4 <= d:
         t0 = A[i, f] - B[j, f]
         t1 = A[i, f + 1] - B[j, f + 1]
@@ -89,6 +50,8 @@ def sqd_below(A: np.ndarray, i: int, B: np.ndarray, j: int, cap: float) -> float
         s2 += t2 * t2
         s3 += t3 * t3
         f += 4
+        if f & 7 == 0 and (s0 + s1) + (s2 + s3) >= cap:
+            return cap
     while f < d:
         t0 = A[i, f] - B[j, f]
         s0 += t0 * t0

@@ -33,9 +33,18 @@ from worker_support import (
     running_worker,
     snapshot_position,
     spawn_worker,
+    stop_cleanly,
     wait_consumed,
     wait_until,
+    worker_process,
 )
+
+
+def _restart_until_caught_up_then_stop(config, log: Path, snaps: Path, total: int) -> None:
+    """Start the worker again, wait until its snapshots cover ``total`` records, stop it with SIGTERM."""
+    with worker_process(config, log) as proc:
+        wait_until(lambda: snapshot_position(snaps) == total, 90, "the restarted worker to catch up")
+        stop_cleanly(proc, log)
 
 
 def test_kill_9_at_random_moments_changes_nothing(broker, unique_topic, tmp_path, consume):
@@ -66,15 +75,7 @@ def test_kill_9_at_random_moments_changes_nothing(broker, unique_topic, tmp_path
             proc.wait(10)
         assert proc.returncode == -signal.SIGKILL
     total += send_steps(config, rounds[-1])
-    proc = spawn_worker(config, log)
-    try:
-        wait_until(lambda: snapshot_position(snaps) == total, 90, "the restarted worker to catch up")
-        proc.send_signal(signal.SIGTERM)
-        assert proc.wait(30) == 0, log.read_text()[-2000:]
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait(10)
+    _restart_until_caught_up_then_stop(config, log, snaps, total)
     crashed, _, warnings = load_model_for_reading(snaps)
 
     # The same topics consumed once, without crashes.
@@ -97,17 +98,11 @@ def test_sigterm_finishes_the_batch_and_snapshots(broker, unique_topic, tmp_path
     steps, survivors, _ = make_stream(600, seed=3)
     total = send_steps(config, steps)
     log = tmp_path / "worker.log"
-    proc = spawn_worker(config, log)
-    try:
+    with worker_process(config, log) as proc:
         # The only snapshot the worker writes with a 30 s interval is the one on SIGTERM.
         # Started and owning its partitions (a consumer group join takes a few seconds).
         wait_until(lambda: b"own partition(s) [0, 1, 2]" in log.read_bytes(), 30, "start")
-        proc.send_signal(signal.SIGTERM)
-        assert proc.wait(30) == 0, log.read_text()[-2000:]
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait(10)
+        stop_cleanly(proc, log)
     assert b"stopped cleanly" in log.read_bytes()
     snaps_by_partition = partition_snapshots(snaps)
     assert snaps_by_partition  # partitions with nothing applied yet have no snapshot
@@ -268,16 +263,7 @@ def test_kill_9_while_a_snapshot_is_in_flight_changes_nothing(broker, unique_top
         if proc.poll() is None:
             proc.kill()
         proc.wait(10)
-    total = sent + send_steps(config, third)
-    proc = spawn_worker(config, log)
-    try:
-        wait_until(lambda: snapshot_position(snaps) == total, 90, "the restarted worker to catch up")
-        proc.send_signal(signal.SIGTERM)
-        assert proc.wait(30) == 0, log.read_text()[-2000:]
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait(10)
+    _restart_until_caught_up_then_stop(config, log, snaps, sent + send_steps(config, third))
     recovered, _, _ = load_model_for_reading(snaps)
     assert np.array_equal(recovered.centroids_, fresh_fit(config, survivors))
     assert_holds_exactly(recovered, survivors)

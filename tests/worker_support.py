@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import signal
 import subprocess
 import sys
 import threading
@@ -162,6 +163,24 @@ def spawn_worker(config: WorkerConfig, log_path: Path, hold_writer_at: str | Non
         cmd = [sys.executable, "-c", code]
     with open(log_path, "ab") as log:
         return subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, env=env)
+
+
+@contextlib.contextmanager
+def worker_process(config: WorkerConfig, log_path: Path, **kwargs: Any) -> Iterator[subprocess.Popen[bytes]]:
+    """:func:`spawn_worker`, killed on the way out if still alive (also when the test fails): never leaked."""
+    proc = spawn_worker(config, log_path, **kwargs)
+    try:
+        yield proc
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(10)
+
+
+def stop_cleanly(proc: subprocess.Popen[bytes], log_path: Path) -> None:
+    """SIGTERM: the worker must finish its batch, snapshot and exit 0."""
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(30) == 0, log_path.read_text()[-2000:]
 
 
 #: Where :func:`run_worker_holding_writer` can stop the snapshot writer thread: in the middle of
