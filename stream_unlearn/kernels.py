@@ -15,6 +15,7 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
+_INSERTION_SORT_MAX = 64
 _OPTS = {"cache": True, "boundscheck": False, "nogil": True}
 
 
@@ -319,12 +320,20 @@ def segment_order(keys, offsets, order):
     """``order[lo:hi]`` = indices sorting each segment ``offsets[b]:offsets[b+1]`` of ``keys`` (stable).
 
     Returns True if some segment holds equal keys (the caller then breaks
-    those ties by id). Segments are small (DC leaves), so insertion sort.
+    those ties by id). DC leaves are small, so insertion sort; a big
+    segment (few leaves, many points) takes a merge sort instead.
     """
     ties = False
     for b in range(len(offsets) - 1):
         lo = offsets[b]
         hi = offsets[b + 1]
+        if hi - lo > _INSERTION_SORT_MAX:
+            local = np.argsort(keys[lo:hi], kind="mergesort")
+            for p in range(hi - lo):
+                order[lo + p] = lo + local[p]
+                if p > 0 and keys[order[lo + p - 1]] == keys[order[lo + p]]:
+                    ties = True
+            continue
         for i in range(lo, hi):
             key = keys[i]
             p = i

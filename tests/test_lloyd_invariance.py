@@ -144,8 +144,10 @@ def test_node_batches_solve_the_same_on_one_thread_or_all():
 
 
 @settings(max_examples=40, deadline=None)
-@given(st.lists(st.lists(st.integers(0, 6), max_size=12), min_size=1, max_size=8))
+@given(st.lists(st.one_of(st.lists(st.integers(0, 6), max_size=12), st.lists(st.integers(0, 2**40), max_size=300)),
+                min_size=1, max_size=8))
 def test_segment_order_sorts_each_segment_stably_and_reports_ties(segments):
+    """Small segments by insertion sort, big ones (a DC tree with few leaves) by merge sort: same order."""
     keys = np.array([k for seg in segments for k in seg], dtype=np.uint64)
     offsets = np.concatenate([[0], np.cumsum([len(seg) for seg in segments])]).astype(np.int64)
     order = np.empty(len(keys), dtype=np.int64)
