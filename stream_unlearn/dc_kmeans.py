@@ -63,7 +63,7 @@ class DCKMeans(UnlearningModel):
         self._dirty_nodes: list[set[int]] = [set() for _ in widths]
         self._node_centroids: list[np.ndarray | None] = [None] * len(widths)
         self._node_weights: list[np.ndarray | None] = [None] * len(widths)
-        self._races: dict[int, np.ndarray] = {}
+        self._level_logu: dict[int, np.ndarray] = {}
         self._candidates = default_candidates(self.k)
         self._leaf_salt = seed_key(self.seed, 100)
 
@@ -154,11 +154,11 @@ class DCKMeans(UnlearningModel):
         laid out as the child level's rows, so they are fixed by the tree
         shape and computed once: item ``r * k + c`` is cluster c of child row r.
         """
-        if level not in self._races:
+        if level not in self._level_logu:
             slots = np.arange(self.level_widths_[level - 1] * self.k, dtype=np.uint64)
             keys = combine(seed_key(self.seed, 200 + level), slots)
-            self._races[level] = race_log_uniforms(keys, self.k, seed_key(self.seed, 100 + level))
-        return self._races[level]
+            self._level_logu[level] = race_log_uniforms(keys, self.k, seed_key(self.seed, 100 + level))
+        return self._level_logu[level]
 
     def _fit_internal(self, level: int, nodes: list[int]) -> None:
         """Recompute dirty internal nodes of one level, straight from the child level's arrays."""

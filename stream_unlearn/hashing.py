@@ -59,17 +59,15 @@ def id_keys(ids: Sequence[str], seed: int) -> np.ndarray:
 
 def _id_words(ids: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
     """UTF-8 bytes of each id, zero-padded to a common multiple of 8, as little-endian words; byte lengths."""
-    n = len(ids)
-    if all(map(str.isascii, ids)):  # code points are the bytes: let numpy pack them in C
-        lengths = np.fromiter(map(len, ids), dtype=np.uint64, count=n)
-        width = max(8, -(-int(lengths.max()) // 8) * 8)
-        raw = np.array(ids, dtype=f"U{width}").view(np.uint32).astype(np.uint8).reshape(n, width)
+    ascii_only = all(map(str.isascii, ids))  # then code points are the bytes: numpy packs them in C
+    encoded: Sequence[str | bytes] = ids if ascii_only else [s.encode("utf-8") for s in ids]
+    lengths = np.fromiter(map(len, encoded), dtype=np.uint64, count=len(ids))
+    width = max(8, -(-int(lengths.max()) // 8) * 8)
+    if ascii_only:
+        raw = np.array(ids, dtype=f"U{width}").view(np.uint32).astype(np.uint8)
     else:
-        encoded = [s.encode("utf-8") for s in ids]
-        lengths = np.fromiter(map(len, encoded), dtype=np.uint64, count=n)
-        width = max(8, -(-int(lengths.max()) // 8) * 8)
-        raw = np.array(encoded, dtype=f"S{width}").view(np.uint8).reshape(n, width)
-    return raw.view("<u8"), lengths
+        raw = np.array(encoded, dtype=f"S{width}").view(np.uint8)
+    return raw.reshape(len(ids), width).view("<u8"), lengths
 
 
 def uniforms(keys: np.ndarray, salt: np.uint64 | np.ndarray) -> np.ndarray:

@@ -81,13 +81,6 @@ def assign_rows(X: np.ndarray, C: np.ndarray, out: np.ndarray) -> None:
 
 
 @njit(**_OPTS)
-def dists_to_rows(X: np.ndarray, i: int, C: np.ndarray, out: np.ndarray) -> None:
-    """``out[j]`` = squared distance of ``X[i]`` to ``C[j]`` (what the race computes)."""
-    for j in range(C.shape[0]):
-        out[j] = sqd(X, i, C, j)
-
-
-@njit(**_OPTS)
 def seed_node(X, w, logu, k, L, seed_index, cand, cand_score, pots, fallback, d2):
     """Greedy k-means++ by exponential races on one node's items.
 

@@ -102,13 +102,6 @@ def sq_dists(X: np.ndarray, C: np.ndarray) -> np.ndarray:
     return np.maximum(d2, 0.0, out=d2)
 
 
-def dists_to_rows(x: np.ndarray, C: np.ndarray) -> np.ndarray:
-    """Squared distance (r,) of one point (d,) to each row of C (r, d), as the race computes it."""
-    out = np.empty(C.shape[0])
-    kernels.dists_to_rows(np.ascontiguousarray(x, dtype=np.float64)[None], 0, np.ascontiguousarray(C), out)
-    return out
-
-
 def cluster_sums(X: np.ndarray, w: np.ndarray, labels: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     """Weighted sums (k, d) and weights (k,) per cluster, items left to right."""
     sums = np.empty((k, X.shape[1]))
@@ -177,16 +170,12 @@ def fit_ranges(
 
 def fit_batch(
     X: np.ndarray, w: np.ndarray, keys: np.ndarray, k: int, max_iter: int, salt: np.uint64,
-    n_candidates: int | None = None, logu: np.ndarray | None = None,
+    n_candidates: int | None = None,
 ) -> BatchResult:
-    """Weighted k-means on each of B padded problems (B, m, d); weight-0 items are inert.
-
-    ``logu`` (k, B, m) may pass precomputed race uniforms when keys never change.
-    """
+    """Weighted k-means on each of B padded problems (B, m, d); weight-0 items are inert."""
     B, m, d = X.shape
     L = default_candidates(k) if n_candidates is None else n_candidates
-    if logu is None:
-        logu = race_log_uniforms(keys, k, salt)
+    logu = race_log_uniforms(keys, k, salt)
     offsets = np.arange(B + 1, dtype=np.int64) * m
     return fit_ragged(X.reshape(B * m, d), w.reshape(B * m), logu.reshape(k, B * m), offsets, k, max_iter, L)
 

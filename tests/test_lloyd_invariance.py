@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 from stream_unlearn.hashing import id_keys, seed_key
 from stream_unlearn import kernels
 from stream_unlearn.lloyd import (
-    assign, cluster_sums, dists_to_rows, fit_batch, fit_one, fit_ragged, fit_ranges, race_log_uniforms,
+    assign, cluster_sums, fit_batch, fit_one, fit_ragged, fit_ranges, race_log_uniforms,
 )
 
 
@@ -35,9 +35,9 @@ def test_distances_are_row_independent(m, d, k, seed):
     assert assign(X[:, i : i + 1].copy(), C)[0, 0] == labels[i]
     assert assign(misaligned(X), misaligned(C))[0].tolist() == labels.tolist()
     assert assign(np.broadcast_to(X[0, i], (3, 1, d)), np.repeat(C, 3, axis=0))[:, 0].tolist() == [labels[i]] * 3
-    in_place = np.empty(k)
-    kernels.dists_to_rows(X[0], i, C[0], in_place)
-    assert np.array_equal(dists_to_rows(misaligned(X[0, i : i + 1])[0], C[0]), in_place)
+    in_place = [kernels.sqd(X[0], i, C[0], j) for j in range(k)]
+    alone = misaligned(X[0, i : i + 1])
+    assert [kernels.sqd(alone, 0, C[0], j) for j in range(k)] == in_place
 
 
 @settings(max_examples=30, deadline=None)
