@@ -127,6 +127,27 @@ def test_a_capped_distance_is_exact_below_its_cap(d, seed, scale):
             assert capped >= cap
 
 
+def _reference_sqd(a: np.ndarray, b: np.ndarray) -> float:
+    """The documented order in plain Python floats: feature f to accumulator f mod 4 (the tail past
+    the last full four to accumulator 0), combined as ``(s0 + s1) + (s2 + s3)``."""
+    acc = [0.0, 0.0, 0.0, 0.0]
+    full = len(a) - len(a) % 4
+    for f in range(len(a)):
+        t = float(a[f]) - float(b[f])
+        acc[f % 4 if f < full else 0] += t * t
+    return (acc[0] + acc[1]) + (acc[2] + acc[3])
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.integers(1, 70), st.integers(0, 2**31))
+def test_distance_bits_follow_the_documented_order(d, seed):
+    """Cached node results in snapshots were computed with this order: any other order is a new model."""
+    rng = np.random.default_rng(seed)
+    A = rng.normal(size=(1, d)) * 10.0 ** rng.integers(-3, 4, size=d)
+    B = rng.normal(size=(1, d)) * 10.0 ** rng.integers(-3, 4, size=d)
+    assert kernels.sqd(A, 0, B, 0) == _reference_sqd(A[0], B[0])
+
+
 def test_node_batches_solve_the_same_on_one_thread_or_all():
     """A batch big enough to be split over threads gives each node what it gets solved alone."""
     rng = np.random.default_rng(7)
