@@ -29,6 +29,9 @@ def normalize_ids(ids: Iterable[object], max_id_bytes: int = MAX_ID_BYTES) -> li
     """A list of distinct canonical ids; a lone str is refused as ambiguous."""
     if isinstance(ids, (str, bytes)):
         raise ValueError("ids must be a sequence of ids, not a single string; wrap it in a list")
+    fast = _distinct_ints_as_text(ids, max_id_bytes)
+    if fast is not None:
+        return fast
     out = list(ids)
     if not _plain_short_strings(out, max_id_bytes):
         out = [normalize_id(i, max_id_bytes) for i in out]
@@ -36,6 +39,28 @@ def normalize_ids(ids: Iterable[object], max_id_bytes: int = MAX_ID_BYTES) -> li
         seen: set[str] = set()
         dup = next(i for i in out if i in seen or seen.add(i))  # type: ignore[func-returns-value]
         raise ValueError(f"duplicate id within one call: {dup!r}")
+    return out
+
+
+def _distinct_ints_as_text(ids: Iterable[object], max_id_bytes: int) -> list[str] | None:
+    """Fast path: distinct ints (an integer array or a list of plain ints) as decimal strings.
+
+    None when ``ids`` is anything else, holds a duplicate or an over-long
+    number: the general path then converts or names the offender.
+    """
+    if isinstance(ids, np.ndarray):
+        if ids.ndim != 1 or ids.dtype.kind not in "iu":
+            return None
+        values = ids.tolist()
+    elif isinstance(ids, list) and ids and set(map(type, ids)) == {int}:
+        values = ids
+    else:
+        return None
+    if len(set(values)) != len(values):  # distinct ints have distinct decimal forms
+        return None
+    out = list(map(str, values))
+    if out and max(map(len, out)) > max_id_bytes:
+        return None
     return out
 
 

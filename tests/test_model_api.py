@@ -11,6 +11,7 @@ import pytest
 
 from models import CONFIGS
 from stream_unlearn import DCKMeans, KMeans, QKMeans, StateError, load_model
+from stream_unlearn.validation import normalize_id, normalize_ids
 
 ALL = sorted(CONFIGS)
 
@@ -71,6 +72,19 @@ def test_int_ids_mean_their_decimal_string():
     m = DCKMeans(k=2, seed=0)
     m.insert([7, np.int64(8)], [[0.0], [1.0]])
     assert "7" in m and 8 in m and m.delete(["8"]) == 1
+
+
+@pytest.mark.parametrize("ids", [np.arange(-3, 40), np.arange(50, dtype=np.uint64) * 2**58, list(range(-3, 40)),
+                                 [2**70, -(2**70)], np.arange(5, dtype=np.int8)])
+def test_int_id_batches_match_their_strings_one_by_one(ids):
+    """The whole-batch path for integer ids gives exactly what each id's own normalization gives."""
+    expected = [normalize_id(i) for i in ids]
+    assert normalize_ids(ids) == expected
+    with pytest.raises(ValueError, match="duplicate id"):
+        normalize_ids(np.concatenate([np.asarray(ids), np.asarray(ids)[:1]]) if isinstance(ids, np.ndarray)
+                      else [*ids, ids[0]])
+    with pytest.raises(ValueError, match="longer than 5 bytes"):
+        normalize_ids(list(ids) + [10**6], max_id_bytes=5)
 
 
 def test_reinsert_replaces_the_vector(model):
