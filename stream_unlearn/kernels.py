@@ -18,6 +18,14 @@ from numba import njit
 _INSERTION_SORT_MAX = 64
 _OPTS = {"cache": True, "boundscheck": False, "nogil": True}
 
+#: Skipping a point's reassignment needs ``upper + _SLACK * scale < lower``: the
+#: bounds' own rounding (relative ~(d + 200) u of ``scale``) is far below it.
+_SLACK = 1e-9
+_SKIP_MAX_FEATURES = 100_000
+#: Nodes with fewer items compute distances one pair at a time (same bits):
+#: below this, the transposed copy costs more than SIMD saves.
+_SIMD_MIN_ITEMS = 48
+
 
 @njit(inline="always", **_OPTS)
 def sqd(A: np.ndarray, i: int, B: np.ndarray, j: int) -> float:
@@ -78,6 +86,47 @@ def sqd_below(A: np.ndarray, i: int, B: np.ndarray, j: int, cap: float) -> float
     return (s0 + s1) + (s2 + s3)
 
 
+@njit(**_OPTS)
+def distances_to_row(XT, y, a0, a1, a2, a3, out):
+    """``out[i]`` = :func:`sqd` of item i and row ``y``, for the items of ``XT`` (d, m), all at once.
+
+    Same additions in the same order as :func:`sqd` (feature f into
+    accumulator f mod 4, the tail into the first, then ``(a0 + a1) + (a2 +
+    a3)``), so the same bits; but each step runs over all items, which the
+    compiler turns into SIMD instructions (about 3x faster). ``a0..a3`` are
+    work space of m items.
+    """
+    d, m = XT.shape
+    a0[:] = 0.0
+    a1[:] = 0.0
+    a2[:] = 0.0
+    a3[:] = 0.0
+    f = 0
+    while f + 4 <= d:
+        y0 = y[f]
+        y1 = y[f + 1]
+        y2 = y[f + 2]
+        y3 = y[f + 3]
+        for i in range(m):
+            t0 = XT[f, i] - y0
+            t1 = XT[f + 1, i] - y1
+            t2 = XT[f + 2, i] - y2
+            t3 = XT[f + 3, i] - y3
+            a0[i] += t0 * t0
+            a1[i] += t1 * t1
+            a2[i] += t2 * t2
+            a3[i] += t3 * t3
+        f += 4
+    while f < d:
+        y0 = y[f]
+        for i in range(m):
+            t0 = XT[f, i] - y0
+            a0[i] += t0 * t0
+        f += 1
+    for i in range(m):
+        out[i] = (a0[i] + a1[i]) + (a2[i] + a3[i])
+
+
 @njit(inline="always", **_OPTS)
 def nearest(X: np.ndarray, i: int, C: np.ndarray) -> int:
     """Index of the centre nearest to ``X[i]`` (first on ties)."""
@@ -107,11 +156,20 @@ def seed_node(X, w, logu, k, L, seed_index, cand, cand_score, pots, fallback, d2
     the lowest weighted cost ``sum w min(D^2, |x - c|^2)`` wins. When no item
     has positive mass (fewer distinct items than k) the step draws a
     duplicate by weight alone and is flagged in ``fallback``.
+
+    A candidate's distances to all items come from :func:`distances_to_row`
+    (the bits of :func:`sqd`, computed for every item at once). Where
+    ``sqd_below`` would have stopped early the full distance is at least
+    D^2, so the kept ``min(D^2, d^2)`` is the same.
     """
     m = X.shape[0]
     topi = np.empty(L, np.int64)
     tops = np.empty(L)
     trial = np.empty((L, m))
+    wide = m >= _SIMD_MIN_ITEMS
+    XT = np.ascontiguousarray(X.T) if wide else np.empty((X.shape[1], 0))
+    n_wide = m if wide else 0
+    a0, a1, a2, a3, to_cand = np.empty(n_wide), np.empty(n_wide), np.empty(n_wide), np.empty(n_wide), np.empty(n_wide)
     for j in range(k):
         for slot in range(L):
             topi[slot] = -1
@@ -161,11 +219,13 @@ def seed_node(X, w, logu, k, L, seed_index, cand, cand_score, pots, fallback, d2
             c = topi[slot]
             if c < 0:
                 continue
+            if wide:
+                distances_to_row(XT, X[c], a0, a1, a2, a3, to_cand)
             pot = 0.0
             for i in range(m):
                 if w[i] <= 0.0:
                     continue
-                dist = sqd(X, i, X, c) if j == 0 else sqd_below(X, i, X, c, d2[i])
+                dist = to_cand[i] if wide else (sqd(X, i, X, c) if j == 0 else sqd_below(X, i, X, c, d2[i]))
                 if j > 0 and d2[i] < dist:
                     dist = d2[i]
                 trial[slot, i] = dist
@@ -199,10 +259,6 @@ def cluster_sums(X, w, labels, k, sums, counts):
             sums[lab, f] += wi * X[i, f]
 
 
-#: Skipping a point's reassignment needs ``upper + _SLACK * scale < lower``: the
-#: bounds' own rounding (relative ~(d + 200) u of ``scale``) is far below it.
-_SLACK = 1e-9
-_SKIP_MAX_FEATURES = 100_000
 
 
 @njit(inline="always", **_OPTS)
@@ -221,6 +277,33 @@ def nearest_two(X: np.ndarray, i: int, C: np.ndarray):
         elif dist < second_d:
             second_d = dist
     return best, np.sqrt(best_d), np.sqrt(second_d)
+
+
+@njit(**_OPTS)
+def nearest_two_all(XT, C, work, labels, first, second):
+    """:func:`nearest_two` for every item of ``XT`` (d, m) at once: same comparisons, same bits.
+
+    ``work`` (5, m) is work space.
+    """
+    m = XT.shape[1]
+    for i in range(m):
+        labels[i] = 0
+        first[i] = np.inf
+        second[i] = np.inf
+    column = work[4]
+    for j in range(C.shape[0]):
+        distances_to_row(XT, C[j], work[0], work[1], work[2], work[3], column)
+        for i in range(m):
+            dist = column[i]
+            if dist < first[i]:
+                second[i] = first[i]
+                first[i] = dist
+                labels[i] = j
+            elif dist < second[i]:
+                second[i] = dist
+    for i in range(m):
+        first[i] = np.sqrt(first[i])
+        second[i] = np.sqrt(second[i])
 
 
 @njit(**_OPTS)
@@ -245,8 +328,20 @@ def lloyd_node(X, w, C, max_iter, weights):
     upper = np.empty(m)
     lower = np.empty(m)
     scale = np.empty(m)
+    wide = m >= _SIMD_MIN_ITEMS
+    XT = np.ascontiguousarray(X.T) if wide else np.empty((d, 0))
+    n_wide = m if wide else 0
+    work = np.empty((5, n_wide))
+    near = np.empty(n_wide, np.int64)
+    first = np.empty(n_wide)
+    second = np.empty(n_wide)
+    pending = np.empty(m, np.int64)
+    if wide:
+        nearest_two_all(XT, C, work, labels, upper, lower)
+    else:
+        for i in range(m):
+            labels[i], upper[i], lower[i] = nearest_two(X, i, C)
     for i in range(m):
-        labels[i], upper[i], lower[i] = nearest_two(X, i, C)
         scale[i] = upper[i] + (lower[i] if lower[i] < np.inf else 0.0)
     sums = np.empty((k, d))
     counts = np.empty(k)
@@ -277,18 +372,29 @@ def lloyd_node(X, w, C, max_iter, weights):
                 far_at = j
             elif moved[j] > second_far:
                 second_far = moved[j]
+        n_pending = 0
         for i in range(m):
             a = labels[i]
             other = second_far if a == far_at else far
             upper[i] += moved[a]
             lower[i] -= other
             scale[i] += moved[a] + other
+            if can_skip and scale[i] > 1e-150 and upper[i] + _SLACK * scale[i] < lower[i]:
+                continue
+            pending[n_pending] = i
+            n_pending += 1
+        if wide and 3 * n_pending >= m:  # many to redo: all distances at once (SIMD) beat one point at a time
+            nearest_two_all(XT, C, work, near, first, second)
+            for p in range(n_pending):
+                i = pending[p]
+                labels[i], upper[i], lower[i] = near[i], first[i], second[i]
+                scale[i] = upper[i] + (lower[i] if lower[i] < np.inf else 0.0)
+            continue
+        for p in range(n_pending):
+            i = pending[p]
             if can_skip and scale[i] > 1e-150:
-                margin = _SLACK * scale[i]
-                if upper[i] + margin < lower[i]:
-                    continue
-                upper[i] = np.sqrt(sqd(X, i, C, a))
-                if upper[i] + margin < lower[i]:
+                upper[i] = np.sqrt(sqd(X, i, C, labels[i]))
+                if upper[i] + _SLACK * scale[i] < lower[i]:
                     continue
             labels[i], upper[i], lower[i] = nearest_two(X, i, C)
             scale[i] = upper[i] + (lower[i] if lower[i] < np.inf else 0.0)

@@ -219,3 +219,80 @@ def test_lloyd_with_bounds_gives_the_labels_of_plain_lloyd(m, d, k, seed, scale,
     assert n_iter == ref_iter
     assert np.array_equal(C, ref_C)
     assert np.array_equal(weights, ref_weights)
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.integers(1, 120), st.integers(1, 30), st.integers(1, 6), st.integers(0, 2**31),
+       st.sampled_from([1.0, 1e-150, 1e150]), st.booleans())
+def test_all_items_at_once_gives_the_bits_of_one_pair_at_a_time(m, d, k, seed, scale, coarse):
+    """The SIMD distance loops (transposed items) reproduce sqd and nearest_two exactly."""
+    rng = np.random.default_rng(seed)
+    X = rng.normal(size=(m, d))
+    if coarse:
+        X = np.round(X)
+    X *= scale
+    C = X[rng.integers(0, m, size=k)] + np.round(rng.normal(size=(k, d))) * scale
+    XT = np.ascontiguousarray(X.T)
+    work, out = np.empty((5, m)), np.empty(m)
+    for j in range(k):
+        kernels.distances_to_row(XT, C[j], work[0], work[1], work[2], work[3], out)
+        assert out.tolist() == [kernels.sqd(X, i, C, j) for i in range(m)]
+    labels, first, second = np.empty(m, np.int64), np.empty(m), np.empty(m)
+    kernels.nearest_two_all(XT, C, work, labels, first, second)
+    for i in range(m):
+        assert (labels[i], first[i], second[i]) == kernels.nearest_two(X, i, C)
+
+
+def _plain_seeding(X, w, logu, k, L):
+    """Greedy race seeding as defined in ``seed_node``'s docstring, one pair at a time in Python."""
+    m = len(X)
+    d2 = np.zeros(m)
+    seeds, pots = [], []
+    for j in range(k):
+        live = [i for i in range(m) if w[i] > 0 and (j == 0 or w[i] * d2[i] > 0)]
+        scores = {i: logu[j, i] / (w[i] if j == 0 else w[i] * d2[i]) for i in live}
+        top = sorted(live, key=lambda i: (-scores[i], i))[:L]
+        if not top:  # no mass left: a duplicate by weight alone
+            pick = max((i for i in range(m) if w[i] > 0), key=lambda i: (logu[j, i] / w[i], -i))
+            seeds.append(pick)
+            pots.append([np.inf] * L)
+            for i in range(m):
+                dist = kernels.sqd(X, i, X, pick)
+                if j == 0 or dist < d2[i]:
+                    d2[i] = dist
+            continue
+        rows, row_pots = [], []
+        for c in top:
+            row = np.array([min(d2[i], kernels.sqd(X, i, X, c)) if j else kernels.sqd(X, i, X, c) for i in range(m)])
+            pot = 0.0
+            for i in range(m):
+                if w[i] > 0:
+                    pot += w[i] * row[i]
+            rows.append(row)
+            row_pots.append(pot)
+        best = int(np.argmin(row_pots))
+        seeds.append(top[best])
+        pots.append(row_pots + [np.inf] * (L - len(top)))
+        d2 = np.where(w > 0, rows[best], d2)
+    return seeds, pots
+
+
+@settings(max_examples=30, deadline=None)
+@given(st.integers(1, 110), st.integers(1, 9), st.integers(1, 6), st.integers(0, 2**31), st.booleans())
+def test_seeding_matches_its_definition_pair_by_pair(m, d, k, seed, coarse):
+    """Seeding (SIMD distances in nodes of 48+ items, scalar below) equals the definition computed pair by pair."""
+    rng = np.random.default_rng(seed)
+    X = rng.normal(size=(m, d)) + rng.integers(0, 4, size=(m, 1)) * 3.0
+    if coarse:  # duplicates: steps run out of mass and fall back
+        X = np.round(X / 3.0)
+    w = rng.random(m) * (rng.random(m) > 0.1)
+    w[0] = 1.0
+    logu = np.log(rng.random((k, m)))
+    L = min(3, m)
+    index = np.full(k, -1, np.int64)
+    cand, score = np.full((k, L), -1, np.int64), np.full((k, L), -np.inf)
+    pots, fallback = np.full((k, L), np.inf), np.zeros(k, np.bool_)
+    kernels.seed_node(X, w, logu, k, L, index, cand, score, pots, fallback, np.zeros(m))
+    ref_seeds, ref_pots = _plain_seeding(X, w, logu, k, L)
+    assert index.tolist() == ref_seeds
+    assert pots.tolist() == ref_pots
