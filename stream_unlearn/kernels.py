@@ -464,7 +464,7 @@ def segment_order(keys, offsets, order):
 
 
 @njit(**_OPTS)
-def q_seeding_certificate(x, logu, sign, cand, chosen, potentials, last_scores, scale):
+def q_seeding_certificate(x, logu, sign, cand, chosen, potentials, last_scores, scale, new_potentials):
     """True if adding (+1) or removing (-1) point ``x`` provably leaves the greedy race seeding unchanged.
 
     ``cand`` (k, L, d): each step's candidates; ``chosen`` (k,): the winner's
@@ -474,10 +474,14 @@ def q_seeding_certificate(x, logu, sign, cand, chosen, potentials, last_scores, 
     newcomer must not enter any race, and each step's winner must keep the
     lowest cost by more than two summation orders of ``scale`` terms may
     differ (``4 scale u max|pot|``). Distances are :func:`sqd`, as in the fit.
+    ``new_potentials`` receives the costs with the change applied: the
+    caller keeps them once the change is certified, or the next certificate
+    would judge the race by costs the points no longer have.
     """
     k, L, d = cand.shape
     u = 2.0**-53
     x2 = x.reshape(1, d)
+    new_potentials[:] = potentials
     prev = np.inf  # D^2 of x before step j: its distance to the nearest seed chosen so far
     for j in range(k):
         if sign > 0:
@@ -497,6 +501,7 @@ def q_seeding_certificate(x, logu, sign, cand, chosen, potentials, last_scores, 
             pot = potentials[j, slot] + sign * dist
             if not np.isfinite(pot):
                 continue
+            new_potentials[j, slot] = pot
             top = max(top, abs(pot))
             if pot < best_pot:
                 best_pot = pot

@@ -117,21 +117,26 @@ class QKMeans(UnlearningModel):
         if not self._fitted:
             self._dirty = True
             return
-        if self._seeding_holds(x, point_id, sign, logu) and self._lloyd_holds(x, sign):
+        potentials = self._seeding_after(x, point_id, sign, logu)
+        if potentials is not None and self._lloyd_holds(x, sign):
+            self._arrays["potentials"] = potentials
             self.certificates_passed_ += 1
             return
         self.certificates_failed_ += 1
         self._fitted = False
         self._dirty = True
 
-    def _seeding_holds(self, x: np.ndarray, point_id: str, sign: int, logu: np.ndarray | None) -> bool:
+    def _seeding_after(self, x: np.ndarray, point_id: str, sign: int, logu: np.ndarray | None) -> np.ndarray | None:
+        """The seeding potentials with the change applied if the seeding provably stays; else None."""
         a = self._arrays
         if a["fallback"] or (sign < 0 and point_id in self._candidate_ids):
-            return False
-        return bool(kernels.q_seeding_certificate(
+            return None
+        potentials = np.empty_like(a["potentials"])
+        holds = kernels.q_seeding_certificate(
             np.ascontiguousarray(x, dtype=np.float64), self._no_logu if logu is None else np.ascontiguousarray(logu),
             float(sign), a["candidate_vectors"], a["chosen"], a["potentials"], a["last_scores"],
-            float(self._n_model + self._ops + 2)))
+            float(self._n_model + self._ops + 2), potentials)
+        return potentials if holds else None
 
     def _lloyd_holds(self, x: np.ndarray, sign: int) -> bool:
         a = self._arrays

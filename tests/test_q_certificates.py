@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from stream_unlearn import kernels
+from stream_unlearn import QKMeans, kernels
+from test_exact_contract import fresh_fit, make_vectors, point_id
 
 # Two seeding steps, two candidates each, on a line; candidate 0 won both steps.
 CAND = np.array([[[0.0], [10.0]], [[5.0], [20.0]]])
@@ -20,7 +21,7 @@ LAST = np.array([-1.0, -1.0])  # race keys of the last runner of each step
 
 def holds(x: float, sign: int, logu=(-2.0, -2.0), potentials=POTENTIALS) -> bool:
     return bool(kernels.q_seeding_certificate(np.array([x]), np.array(logu), float(sign), CAND, CHOSEN,
-                                              np.asarray(potentials, dtype=np.float64), LAST, 10.0))
+                                              np.asarray(potentials, dtype=np.float64), LAST, 10.0, np.empty((2, 2))))
 
 
 def test_a_far_from_the_race_point_is_certified():
@@ -37,3 +38,39 @@ def test_a_change_that_flips_or_nearly_flips_a_winner_is_refused():
     assert not holds(10.0, +1, potentials=[[100.0, 60.0 + 100.0 - 81.0], [50.0, 80.0]])  # winner flips
     assert not holds(1.0, +1, potentials=[[100.0, 20.0 + 1e-13], [50.0, 80.0]])  # within rounding of a tie
     assert holds(1.0, +1, potentials=[[100.0, 20.0 + 1e-6], [50.0, 80.0]])
+
+
+def test_a_certified_change_is_kept_in_the_seeding_costs():
+    """Found by the interleaving test: five certified deletes each passed against the fit's original
+    race costs, which drifted until a sixth certified a winner that had already lost. The stored costs
+    must follow every certified change, as a fresh fit would compute them (up to summation order)."""
+    rng = np.random.default_rng(9208)
+    X = rng.uniform(-1, 1, size=(17, 1)) * 10.0 ** rng.integers(-2, 3)
+    ids = [f"p{i}" for i in range(17)]
+    model = QKMeans(k=2, seed=9208, eps=2.0, gamma=0.5, max_iter=4)
+    model.insert(ids, X)
+    model.flush()
+    certified = 0
+    for victim in ids[:12]:
+        passed = model.certificates_passed_
+        model.delete([victim])
+        model.flush()
+        fresh = model.refit()
+        assert np.array_equal(model.centroids_, fresh.centroids_)
+        if model.certificates_passed_ > passed:
+            certified += 1
+            assert np.allclose(model._arrays["potentials"], fresh._arrays["potentials"], rtol=1e-12, atol=0)
+            assert np.array_equal(model._arrays["chosen"], fresh._arrays["chosen"])
+    assert certified >= 3
+
+
+def test_the_interleaving_that_found_stale_seeding_costs():
+    """The exact failing case of the contract test, kept as a regression."""
+    rng = np.random.default_rng(9208)
+    model = QKMeans(k=2, seed=9208, eps=2.0, gamma=0.5, max_iter=4)
+    inserted = [1, 11, 12, 23, 2, 10, 13, 4, 9, 6, 3, 5, 14, 8, 7, 15, 16]
+    model.insert([point_id(i) for i in inserted], make_vectors("uniform", rng, len(inserted), 1))
+    model.flush()
+    for i in [6, 10, 0, 1, 2, 8]:
+        model.delete([point_id(i)])
+        assert np.array_equal(model.centroids_, fresh_fit(model, 9209, 1).centroids_)
