@@ -24,7 +24,7 @@ _SLACK = 1e-9
 _SKIP_MAX_FEATURES = 100_000
 #: Nodes with fewer items compute distances one pair at a time (same bits):
 #: below this, the transposed copy costs more than SIMD saves.
-_SIMD_MIN_ITEMS = 48
+_SIMD_MIN_ITEMS = 16
 
 
 @njit(inline="always", **_OPTS)
