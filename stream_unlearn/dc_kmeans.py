@@ -22,10 +22,13 @@ import numpy as np
 from . import state as state_format
 from .base import UnlearningModel
 from .hashing import combine, murmur2_partition, seed_key
-from .lloyd import default_candidates, fit_one, fit_ragged, fit_ranges, race_log_uniforms
+from .lloyd import default_candidates, fit_one, fit_range_into, fit_ragged, fit_ranges, race_log_uniforms
 from .validation import MAX_ID_BYTES
 
 _INTERNAL_ITEMS = 320
+#: Up to this many dirty nodes in a level are refit one by one, straight into
+#: the level's arrays: a single event's path up the tree pays no batch bookkeeping.
+_FEW_NODES = 4
 
 
 class DCKMeans(UnlearningModel):
@@ -138,7 +141,12 @@ class DCKMeans(UnlearningModel):
         held = [leaf for leaf in leaves if self._store.buckets[leaf] is not None]
         empty = [leaf for leaf in leaves if self._store.buckets[leaf] is None]
         C[empty], W[empty] = 0.0, 0.0
-        if held:
+        if len(held) == 1:
+            keys, X, _ = self._store.gather(held)
+            leaf = held[0]
+            fit_range_into(X, np.ones(len(keys)), race_log_uniforms(keys, self.k, self._leaf_salt), 0, len(keys),
+                           self.k, self.max_iter, self._candidates, C[leaf : leaf + 1], W[leaf : leaf + 1])
+        elif held:
             keys, X, sizes = self._store.gather(held)
             offsets = np.zeros(len(sizes) + 1, dtype=np.int64)
             np.cumsum(sizes, out=offsets[1:])
@@ -170,6 +178,15 @@ class DCKMeans(UnlearningModel):
         width, child_width = self.level_widths_[level], self.level_widths_[level - 1]
         f, k, d = self.fanout, self.k, child_C.shape[2]
         logu = self._item_log_uniforms(level)
+        if len(nodes) <= _FEW_NODES:
+            for node in nodes:
+                p, first = node // width, (node % width) * f
+                rows = slice(p * child_width, (p + 1) * child_width)
+                fit_range_into(child_C[rows].reshape(child_width * k, d), child_W[rows].reshape(child_width * k), logu,
+                               first * k, min(first + f, child_width) * k, k, self.max_iter, self._candidates,
+                               C[node : node + 1], W[node : node + 1])
+            self._mark_parents(level, nodes)
+            return
         node_ids = np.asarray(nodes, dtype=np.int64)
         partitions, local = np.divmod(node_ids, width)
         first = local * f

@@ -13,6 +13,7 @@ from __future__ import annotations
 import os
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from functools import lru_cache
 
 import numpy as np
 
@@ -26,7 +27,9 @@ _PARALLEL_NODES = 16
 _pool: ThreadPoolExecutor | None = None
 
 
+@lru_cache(maxsize=1)
 def _threads() -> int:
+    """Cores this process may run on (read once: a flush must not pay a system call per level)."""
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
 
 
@@ -71,8 +74,15 @@ def default_candidates(k: int) -> int:
 
 def race_log_uniforms(keys: np.ndarray, k: int, salt: np.uint64) -> np.ndarray:
     """``log(u)`` (k, ...) for each seeding step and item key."""
-    steps = combine(salt, np.arange(k, dtype=np.uint64)).reshape((k,) + (1,) * keys.ndim)
+    steps = _race_steps(np.uint64(salt), k).reshape((k,) + (1,) * keys.ndim)
     return np.log(uniforms(keys[None], steps))
+
+
+@lru_cache(maxsize=256)
+def _race_steps(salt: np.uint64, k: int) -> np.ndarray:
+    steps = combine(salt, np.arange(k, dtype=np.uint64))
+    steps.setflags(write=False)
+    return steps
 
 
 def assign(X: np.ndarray, C: np.ndarray) -> np.ndarray:
@@ -166,6 +176,19 @@ def fit_ranges(
         for job in [_node_pool().submit(solve, a, b) for a, b in zip(cuts[:-1], cuts[1:]) if b > a]:
             job.result()
     return BatchResult(centroids, weights, n_iter)
+
+
+def fit_range_into(
+    X: np.ndarray, w: np.ndarray, logu: np.ndarray, start: int, stop: int, k: int, max_iter: int, n_candidates: int,
+    centroids: np.ndarray, weights: np.ndarray,
+) -> None:
+    """One problem on items ``start:stop`` of X, solved straight into ``centroids`` (1, k, d) and
+    ``weights`` (1, k): a single-node refit (one event's path up the tree) without batch bookkeeping.
+
+    X, w and logu must be C-contiguous float64 (as :func:`fit_ranges` would make them).
+    """
+    kernels.fit_nodes(X, w, logu, np.array([start], dtype=np.int64), np.array([stop], dtype=np.int64), k,
+                      max(1, n_candidates), max_iter, centroids, weights, np.zeros(1, dtype=np.int64))
 
 
 def fit_batch(
