@@ -259,8 +259,6 @@ def cluster_sums(X, w, labels, k, sums, counts):
             sums[lab, f] += wi * X[i, f]
 
 
-
-
 @njit(inline="always", **_OPTS)
 def nearest_two(X: np.ndarray, i: int, C: np.ndarray):
     """Nearest centre of ``X[i]`` (first on ties, as :func:`nearest`) and the square roots
@@ -389,15 +387,15 @@ def lloyd_node(X, w, C, max_iter, weights):
                 i = pending[p]
                 labels[i], upper[i], lower[i] = near[i], first[i], second[i]
                 scale[i] = upper[i] + (lower[i] if lower[i] < np.inf else 0.0)
-            continue
-        for p in range(n_pending):
-            i = pending[p]
-            if can_skip and scale[i] > 1e-150:
-                upper[i] = np.sqrt(sqd(X, i, C, labels[i]))
-                if upper[i] + _SLACK * scale[i] < lower[i]:
-                    continue
-            labels[i], upper[i], lower[i] = nearest_two(X, i, C)
-            scale[i] = upper[i] + (lower[i] if lower[i] < np.inf else 0.0)
+        else:
+            for p in range(n_pending):
+                i = pending[p]
+                if can_skip and scale[i] > 1e-150:
+                    upper[i] = np.sqrt(sqd(X, i, C, labels[i]))  # tighten the bound, then try the skip again
+                    if upper[i] + _SLACK * scale[i] < lower[i]:
+                        continue
+                labels[i], upper[i], lower[i] = nearest_two(X, i, C)
+                scale[i] = upper[i] + (lower[i] if lower[i] < np.inf else 0.0)
     weights[:] = 0.0
     for i in range(m):
         if w[i] > 0.0:
