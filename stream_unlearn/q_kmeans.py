@@ -204,7 +204,7 @@ class QKMeans(UnlearningModel):
         if not self._fitted:
             return {"fitted": False}
         return {
-            "fitted": True, "n_model": self._n_model, "ops": self._ops,
+            "fitted": True, "costs_tracked": True, "n_model": self._n_model, "ops": self._ops,
             "candidate_ids": sorted(self._candidate_ids),
             "fallback": bool(self._arrays["fallback"]),
             "arrays": {name: state_format.pack_array(self._arrays[name]) for name in _ARRAYS},
@@ -213,6 +213,11 @@ class QKMeans(UnlearningModel):
 
     def _load_cache(self, cache: dict[str, Any]) -> None:
         if not cache.get("fitted"):
+            return
+        self.certificates_passed_, self.certificates_failed_, self.refits_ = (int(v) for v in cache["stats"])
+        if not cache.get("costs_tracked"):
+            # States written before certified changes updated the seeding costs may hold stale
+            # costs; without the cache the model refits at its next change (exact either way).
             return
         arrays = {name: state_format.unpack_array(cache["arrays"][name]) for name in _ARRAYS}
         arrays["fallback"] = np.array(bool(cache["fallback"]))
@@ -225,6 +230,5 @@ class QKMeans(UnlearningModel):
         self._ops = int(cache["ops"])
         self._theta = phase(self.seed, d)
         self.n_iter_ = T
-        self.certificates_passed_, self.certificates_failed_, self.refits_ = (int(v) for v in cache["stats"])
         self._fitted = True
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import numpy as np
 
 from stream_unlearn import QKMeans, kernels
+from stream_unlearn import state as state_format
 from test_exact_contract import fresh_fit, make_vectors, point_id
 
 # Two seeding steps, two candidates each, on a line; candidate 0 won both steps.
@@ -74,3 +75,22 @@ def test_the_interleaving_that_found_stale_seeding_costs():
     for i in [6, 10, 0, 1, 2, 8]:
         model.delete([point_id(i)])
         assert np.array_equal(model.centroids_, fresh_fit(model, 9209, 1).centroids_)
+
+
+def test_a_state_from_before_the_cost_fix_refits_at_its_next_change():
+    """Costs in an older state may be stale: such a state loads, but certifies nothing until it refits."""
+    rng = np.random.default_rng(3)
+    model = QKMeans(k=3, seed=1, eps=0.3)
+    model.insert([f"p{i}" for i in range(300)], rng.normal(size=(300, 2)))
+    state = state_format.loads(model.to_state())
+    del state["cache"]["costs_tracked"]
+    body = {key: value for key, value in state.items() if key not in ("format", "version")}
+    old = QKMeans.from_state(state_format.dumps(body))
+    assert np.array_equal(old.centroids_, model.centroids_)
+    refits = old.refits_
+    old.delete(["p7"])
+    assert np.array_equal(old.centroids_, old.refit().centroids_) and old.refits_ == refits + 1
+    # A current state keeps its cache: the same delete is certified without a refit.
+    current = QKMeans.from_state(model.to_state())
+    current.delete(["p7"])
+    assert current.refits_ == model.refits_ and current.certificates_passed_ == model.certificates_passed_ + 1
