@@ -50,40 +50,29 @@ def sqd_below(A: np.ndarray, i: int, B: np.ndarray, j: int, cap: float) -> float
     s3 = 0.0
     f = 0
     while f + 8 <= d:  # two rounds of four per check: ~10% faster than a loop of four with a test
-        t0 = A[i, f] - B[j, f]
-        t1 = A[i, f + 1] - B[j, f + 1]
-        t2 = A[i, f + 2] - B[j, f + 2]
-        t3 = A[i, f + 3] - B[j, f + 3]
-        s0 += t0 * t0
-        s1 += t1 * t1
-        s2 += t2 * t2
-        s3 += t3 * t3
-        t0 = A[i, f + 4] - B[j, f + 4]
-        t1 = A[i, f + 5] - B[j, f + 5]
-        t2 = A[i, f + 6] - B[j, f + 6]
-        t3 = A[i, f + 7] - B[j, f + 7]
-        s0 += t0 * t0
-        s1 += t1 * t1
-        s2 += t2 * t2
-        s3 += t3 * t3
+        s0, s1, s2, s3 = _four_more(A, i, B, j, f, s0, s1, s2, s3)
+        s0, s1, s2, s3 = _four_more(A, i, B, j, f + 4, s0, s1, s2, s3)
         f += 8
         if (s0 + s1) + (s2 + s3) >= cap:
             return cap
     if f + 4 <= d:
-        t0 = A[i, f] - B[j, f]
-        t1 = A[i, f + 1] - B[j, f + 1]
-        t2 = A[i, f + 2] - B[j, f + 2]
-        t3 = A[i, f + 3] - B[j, f + 3]
-        s0 += t0 * t0
-        s1 += t1 * t1
-        s2 += t2 * t2
-        s3 += t3 * t3
+        s0, s1, s2, s3 = _four_more(A, i, B, j, f, s0, s1, s2, s3)
         f += 4
     while f < d:
         t0 = A[i, f] - B[j, f]
         s0 += t0 * t0
         f += 1
     return (s0 + s1) + (s2 + s3)
+
+
+@njit(inline="always", **_OPTS)
+def _four_more(A, i, B, j, f, s0, s1, s2, s3):
+    """Features f..f+3 of ``A[i] - B[j]``, squared, each into its accumulator."""
+    t0 = A[i, f] - B[j, f]
+    t1 = A[i, f + 1] - B[j, f + 1]
+    t2 = A[i, f + 2] - B[j, f + 2]
+    t3 = A[i, f + 3] - B[j, f + 3]
+    return s0 + t0 * t0, s1 + t1 * t1, s2 + t2 * t2, s3 + t3 * t3
 
 
 @njit(**_OPTS)
