@@ -97,12 +97,19 @@ class PointStore:
         rank = np.arange(len(order), dtype=np.int64) - np.repeat(starts, stops - starts)
         locs = (sorted_buckets << _ROW_BITS) | (np.repeat(first_row, stops - starts) + rank)
         for bucket, lo, hi in zip(chosen, starts.tolist(), stops.tolist()):
-            bucket.reserve(hi - lo)
             start = bucket.size
-            bucket.vectors[start : start + hi - lo] = X_sorted[lo:hi]
-            bucket.keys[start : start + hi - lo] = keys_sorted[lo:hi]
-            bucket.ids.extend(ids_sorted[lo:hi])
-            bucket.size += hi - lo
+            end = start + hi - lo
+            if end > len(bucket.keys):
+                bucket.reserve(hi - lo)
+            if hi - lo == 1:  # the common case in a stream: one new point in this bucket
+                bucket.vectors[start] = X_sorted[lo]
+                bucket.keys[start] = keys_sorted[lo]
+                bucket.ids.append(ids_sorted[lo])
+            else:
+                bucket.vectors[start:end] = X_sorted[lo:hi]
+                bucket.keys[start:end] = keys_sorted[lo:hi]
+                bucket.ids.extend(ids_sorted[lo:hi])
+            bucket.size = end
         self._where.update(zip(ids_sorted, locs.tolist()))
 
     def replace(self, point_id: str, vector: np.ndarray) -> None:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import numpy as np
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from stream_unlearn.store import PointStore
 
@@ -37,3 +39,40 @@ def test_removing_and_re_adding_keeps_rows_found_by_id():
     assert sorted(store.buckets[1].ids) == ["b", "c", "e"]
     assert store.vector("e").tolist() == [7.0] and store.vector("c").tolist() == [2.0]
     assert store.gather([1])[0].tolist() == [0, 2, 3]
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.tuples(st.booleans(), st.lists(st.integers(0, 60), min_size=1, max_size=30, unique=True)),
+                min_size=1, max_size=15),
+       st.integers(1, 6))
+def test_the_store_agrees_with_a_dict_after_any_adds_and_removes(steps, n_buckets):
+    """Rows found by id, bucket contents and gather's canonical order, against a plain dict model."""
+    store = PointStore(n_buckets=n_buckets)
+    expected: dict[str, tuple[int, int, float]] = {}  # id -> (bucket, key, value)
+    counter = 0
+    for adding, members in steps:
+        names = [f"p{m}" for m in members]
+        if adding:
+            new = [i for i in names if i not in expected]
+            if not new:
+                continue
+            keys = np.array([sum(map(ord, i)) % 7 for i in new], dtype=np.uint64)  # few keys: many ties
+            buckets = np.array([int(i[1:]) % n_buckets for i in new], dtype=np.int64)
+            X = np.arange(counter, counter + len(new), dtype=np.float64)[:, None]
+            counter += len(new)
+            store.add(new, keys, X, buckets)
+            expected.update({i: (int(b), int(k), float(x[0])) for i, b, k, x in zip(new, buckets, keys, X)})
+        else:
+            for i in names:
+                if i in expected:
+                    assert store.remove(i) == expected.pop(i)[0]
+        assert len(store) == len(expected)
+        for i, (b, k, x) in expected.items():
+            assert store.vector(i).tolist() == [x] and int(store.key(i)) == k
+        live = sorted({b for b, _, _ in expected.values()})
+        if live:
+            keys, X, sizes = store.gather(live)
+            want = sorted(((b, k, i) for i, (b, k, _) in expected.items()))
+            assert sizes.tolist() == [sum(1 for b2, _, _ in want if b2 == b) for b in live]
+            assert keys.tolist() == [k for _, k, _ in want]
+            assert X[:, 0].tolist() == [expected[i][2] for _, _, i in want]
