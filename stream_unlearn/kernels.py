@@ -22,9 +22,13 @@ _OPTS = {"cache": True, "boundscheck": False, "nogil": True}
 #: bounds' own rounding (relative ~(d + 200) u of ``scale``) is far below it.
 _SLACK = 1e-9
 _SKIP_MAX_FEATURES = 100_000
-#: Nodes with fewer items compute distances one pair at a time (same bits):
-#: below this, the transposed copy costs more than SIMD saves.
+#: Nodes of _SIMD_MIN_ITEMS to _SIMD_MAX_ITEMS items compute distances over
+#: transposed items (SIMD); others one pair at a time (same bits). Below, the
+#: transposed copy costs more than SIMD saves; above, the copy (as big as the
+#: node's data) stops fitting in cache and the pair loop is faster
+#: (100k x 25 seeding: 50 -> 35 ms), and the fit needs no second copy of X.
 _SIMD_MIN_ITEMS = 16
+_SIMD_MAX_ITEMS = 16_384
 
 
 @njit(inline="always", **_OPTS)
@@ -155,7 +159,7 @@ def seed_node(X, w, logu, k, L, seed_index, cand, cand_score, pots, fallback, d2
     topi = np.empty(L, np.int64)
     tops = np.empty(L)
     trial = np.empty((L, m))
-    wide = m >= _SIMD_MIN_ITEMS
+    wide = _SIMD_MIN_ITEMS <= m <= _SIMD_MAX_ITEMS
     XT = np.ascontiguousarray(X.T) if wide else np.empty((X.shape[1], 0))
     n_wide = m if wide else 0
     a0, a1, a2, a3, to_cand = np.empty(n_wide), np.empty(n_wide), np.empty(n_wide), np.empty(n_wide), np.empty(n_wide)
@@ -315,7 +319,7 @@ def lloyd_node(X, w, C, max_iter, weights):
     upper = np.empty(m)
     lower = np.empty(m)
     scale = np.empty(m)
-    wide = m >= _SIMD_MIN_ITEMS
+    wide = _SIMD_MIN_ITEMS <= m <= _SIMD_MAX_ITEMS
     XT = np.ascontiguousarray(X.T) if wide else np.empty((d, 0))
     n_wide = m if wide else 0
     work = np.empty((5, n_wide))
