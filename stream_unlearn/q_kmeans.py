@@ -164,7 +164,7 @@ class QKMeans(UnlearningModel):
             self._fit(*self._store.canonical())
         return self._arrays["centres"][-1].copy()
 
-    def _fit(self, keys: np.ndarray, X: np.ndarray, ids: list[str]) -> None:
+    def _fit(self, keys: np.ndarray, X: np.ndarray, ids: Sequence[str]) -> None:
         """Seed, then quantized Lloyd until the snapped centres repeat or ``max_iter``."""
         n, d = X.shape
         k = self.k

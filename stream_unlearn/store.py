@@ -43,6 +43,21 @@ class Bucket:
         self.vectors, self.keys = vectors, keys
 
 
+class _Reordered(Sequence[str]):
+    """``ids[order[i]]`` for each i, without building the list."""
+
+    def __init__(self, ids: list[str], order: np.ndarray) -> None:
+        self._ids, self._order = ids, order
+
+    def __len__(self) -> int:
+        return len(self._order)
+
+    def __getitem__(self, i):  # type: ignore[override]
+        if isinstance(i, slice):
+            return [self._ids[j] for j in self._order[i].tolist()]
+        return self._ids[self._order[i]]
+
+
 class PointStore:
     """All held points, bucketed; an id maps to (bucket, row) in one dict."""
 
@@ -160,12 +175,16 @@ class PointStore:
                     order[lo:hi] = lo + canonical_order(keys[lo:hi], chosen[j].ids)
         return keys[order], X[order], sizes
 
-    def canonical(self) -> tuple[np.ndarray, np.ndarray, list[str]]:
-        """Keys, vectors and ids of all buckets together, in canonical ``(key, id)`` order."""
+    def canonical(self) -> tuple[np.ndarray, np.ndarray, Sequence[str]]:
+        """Keys, vectors and ids of all buckets together, in canonical ``(key, id)`` order.
+
+        The ids come as a lazy view: a refit of all points needs a handful of
+        them, and building the reordered list cost ~8 ms per 100k points.
+        """
         ids, X, _ = self.items()
         keys = np.concatenate([b.keys[: b.size] for b in self.buckets if b is not None]) if ids else np.empty(0, np.uint64)
         order = canonical_order(keys, ids)
-        return keys[order], X[order], [ids[i] for i in order]
+        return keys[order], X[order], _Reordered(ids, order)
 
     def items(self) -> tuple[list[str], np.ndarray, np.ndarray]:
         """All ids, vectors and bucket numbers (a copy, bucket by bucket)."""
