@@ -159,8 +159,11 @@ class UnlearningModel(ABC):
         C = self.centroids_
         if len(self._store) == 0 or len(C) == 0:
             return 0.0
-        _, X, _ = self._store.items()
-        return float(nearest_sq_dists(X, C).mean())
+        return float(nearest_sq_dists(self._store.vectors(), C).mean())
+
+    def held_vectors(self) -> np.ndarray:
+        """The vectors of :meth:`held` alone (a copy), for passes that need no ids."""
+        return self._store.vectors()
 
     def held(self) -> tuple[list[str], np.ndarray, np.ndarray]:
         """Ids, vectors and partitions of every held point (copies)."""

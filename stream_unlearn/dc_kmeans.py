@@ -141,18 +141,18 @@ class DCKMeans(UnlearningModel):
         held = [leaf for leaf in leaves if self._store.buckets[leaf] is not None]
         empty = [leaf for leaf in leaves if self._store.buckets[leaf] is None]
         C[empty], W[empty] = 0.0, 0.0
-        if len(held) == 1:
-            keys, X, _ = self._store.gather(held)
-            leaf = held[0]
-            fit_range_into(X, np.ones(len(keys)), race_log_uniforms(keys, self.k, self._leaf_salt), 0, len(keys),
-                           self.k, self.max_iter, self._candidates, C[leaf : leaf + 1], W[leaf : leaf + 1])
-        elif held:
+        if held:
             keys, X, sizes = self._store.gather(held)
-            offsets = np.zeros(len(sizes) + 1, dtype=np.int64)
-            np.cumsum(sizes, out=offsets[1:])
             logu = race_log_uniforms(keys, self.k, self._leaf_salt)
-            result = fit_ragged(X, np.ones(len(keys)), logu, offsets, self.k, self.max_iter, self._candidates)
-            C[held], W[held] = result.centroids, result.weights
+            if len(held) == 1:
+                leaf = held[0]
+                fit_range_into(X, np.ones(len(keys)), logu, 0, len(keys), self.k, self.max_iter, self._candidates,
+                               C[leaf : leaf + 1], W[leaf : leaf + 1])
+            else:
+                offsets = np.zeros(len(sizes) + 1, dtype=np.int64)
+                np.cumsum(sizes, out=offsets[1:])
+                result = fit_ragged(X, np.ones(len(keys)), logu, offsets, self.k, self.max_iter, self._candidates)
+                C[held], W[held] = result.centroids, result.weights
         self._mark_parents(0, leaves)
 
     def _item_log_uniforms(self, level: int) -> np.ndarray:
@@ -172,19 +172,16 @@ class DCKMeans(UnlearningModel):
         """Recompute dirty internal nodes of one level, straight from the child level's arrays."""
         if not nodes:
             return
-        child_C, child_W = self._node_centroids[level - 1], self._node_weights[level - 1]
         C, W = self._node_centroids[level], self._node_weights[level]
-        assert child_C is not None and child_W is not None and C is not None and W is not None
+        assert C is not None and W is not None
         width, child_width = self.level_widths_[level], self.level_widths_[level - 1]
-        f, k, d = self.fanout, self.k, child_C.shape[2]
+        f, k = self.fanout, self.k
         logu = self._item_log_uniforms(level)
         if len(nodes) <= _FEW_NODES:
             for node in nodes:
                 p, first = node // width, (node % width) * f
-                rows = slice(p * child_width, (p + 1) * child_width)
-                fit_range_into(child_C[rows].reshape(child_width * k, d), child_W[rows].reshape(child_width * k), logu,
-                               first * k, min(first + f, child_width) * k, k, self.max_iter, self._candidates,
-                               C[node : node + 1], W[node : node + 1])
+                fit_range_into(*self._child_items(level, p), logu, first * k, min(first + f, child_width) * k, k,
+                               self.max_iter, self._candidates, C[node : node + 1], W[node : node + 1])
             self._mark_parents(level, nodes)
             return
         node_ids = np.asarray(nodes, dtype=np.int64)
@@ -193,11 +190,19 @@ class DCKMeans(UnlearningModel):
         starts, stops = first * k, np.minimum(first + f, child_width) * k
         for p in np.unique(partitions).tolist():
             mine = partitions == p
-            rows = slice(p * child_width, (p + 1) * child_width)
-            result = fit_ranges(child_C[rows].reshape(child_width * k, d), child_W[rows].reshape(child_width * k),
-                                logu, starts[mine], stops[mine], k, self.max_iter, self._candidates)
+            result = fit_ranges(*self._child_items(level, p), logu, starts[mine], stops[mine], k, self.max_iter,
+                                self._candidates)
             C[node_ids[mine]], W[node_ids[mine]] = result.centroids, result.weights
         self._mark_parents(level, nodes)
+
+    def _child_items(self, level: int, partition: int) -> tuple[np.ndarray, np.ndarray]:
+        """The items (child_width * k, d) and weights under one partition at ``level``: views of the child level."""
+        child_C, child_W = self._node_centroids[level - 1], self._node_weights[level - 1]
+        assert child_C is not None and child_W is not None
+        child_width = self.level_widths_[level - 1]
+        rows = slice(partition * child_width, (partition + 1) * child_width)
+        return (child_C[rows].reshape(child_width * self.k, child_C.shape[2]),
+                child_W[rows].reshape(child_width * self.k))
 
     def partition_summaries(self) -> tuple[np.ndarray, np.ndarray]:
         """Centroids (P, k, d) and weights (P, k) of each partition's subtree root."""

@@ -22,6 +22,7 @@ _OPTS = {"cache": True, "boundscheck": False, "nogil": True}
 #: bounds' own rounding (relative ~(d + 200) u of ``scale``) is far below it.
 _SLACK = 1e-9
 _SKIP_MAX_FEATURES = 100_000
+_MIN_SCALE = 1e-150  # below it the bounds' relative rounding analysis does not hold (subnormals)
 #: Nodes of _SIMD_MIN_ITEMS to _SIMD_MAX_ITEMS items compute distances over
 #: transposed items (SIMD); others one pair at a time (same bits). Below, the
 #: transposed copy costs more than SIMD saves; above, the copy (as big as the
@@ -121,6 +122,20 @@ def distances_to_row(XT, y, a0, a1, a2, a3, out):
 
 
 @njit(inline="always", **_OPTS)
+def _transposed_for_simd(X):
+    """X.T as a C-contiguous (d, m) copy if the node's size takes the SIMD loops, else (d, 0)."""
+    if _SIMD_MIN_ITEMS <= X.shape[0] <= _SIMD_MAX_ITEMS:
+        return np.ascontiguousarray(X.T)
+    return np.empty((X.shape[1], 0))
+
+
+@njit(inline="always", **_OPTS)
+def _bound_scale(upper, lower):
+    """The magnitude a point's Hamerly bounds are compared at (``lower`` is inf with one centre)."""
+    return upper + (lower if lower < np.inf else 0.0)
+
+
+@njit(inline="always", **_OPTS)
 def nearest(X: np.ndarray, i: int, C: np.ndarray) -> int:
     """Index of the centre nearest to ``X[i]`` (first on ties)."""
     best = 0
@@ -159,9 +174,9 @@ def seed_node(X, w, logu, k, L, seed_index, cand, cand_score, pots, fallback, d2
     topi = np.empty(L, np.int64)
     tops = np.empty(L)
     trial = np.empty((L, m))
-    wide = _SIMD_MIN_ITEMS <= m <= _SIMD_MAX_ITEMS
-    XT = np.ascontiguousarray(X.T) if wide else np.empty((X.shape[1], 0))
-    n_wide = m if wide else 0
+    XT = _transposed_for_simd(X)
+    n_wide = XT.shape[1]
+    wide = n_wide > 0
     a0, a1, a2, a3, to_cand = np.empty(n_wide), np.empty(n_wide), np.empty(n_wide), np.empty(n_wide), np.empty(n_wide)
     for j in range(k):
         for slot in range(L):
@@ -319,9 +334,9 @@ def lloyd_node(X, w, C, max_iter, weights):
     upper = np.empty(m)
     lower = np.empty(m)
     scale = np.empty(m)
-    wide = _SIMD_MIN_ITEMS <= m <= _SIMD_MAX_ITEMS
-    XT = np.ascontiguousarray(X.T) if wide else np.empty((d, 0))
-    n_wide = m if wide else 0
+    XT = _transposed_for_simd(X)
+    n_wide = XT.shape[1]
+    wide = n_wide > 0
     work = np.empty((5, n_wide))
     near = np.empty(n_wide, np.int64)
     first = np.empty(n_wide)
@@ -333,7 +348,7 @@ def lloyd_node(X, w, C, max_iter, weights):
         for i in range(m):
             labels[i], upper[i], lower[i] = nearest_two(X, i, C)
     for i in range(m):
-        scale[i] = upper[i] + (lower[i] if lower[i] < np.inf else 0.0)
+        scale[i] = _bound_scale(upper[i], lower[i])
     sums = np.empty((k, d))
     counts = np.empty(k)
     previous = np.empty((k, d))
@@ -370,7 +385,7 @@ def lloyd_node(X, w, C, max_iter, weights):
             upper[i] += moved[a]
             lower[i] -= other
             scale[i] += moved[a] + other
-            if can_skip and scale[i] > 1e-150 and upper[i] + _SLACK * scale[i] < lower[i]:
+            if can_skip and scale[i] > _MIN_SCALE and upper[i] + _SLACK * scale[i] < lower[i]:
                 continue
             pending[n_pending] = i
             n_pending += 1
@@ -379,16 +394,16 @@ def lloyd_node(X, w, C, max_iter, weights):
             for p in range(n_pending):
                 i = pending[p]
                 labels[i], upper[i], lower[i] = near[i], first[i], second[i]
-                scale[i] = upper[i] + (lower[i] if lower[i] < np.inf else 0.0)
+                scale[i] = _bound_scale(upper[i], lower[i])
         else:
             for p in range(n_pending):
                 i = pending[p]
-                if can_skip and scale[i] > 1e-150:
+                if can_skip and scale[i] > _MIN_SCALE:
                     upper[i] = np.sqrt(sqd(X, i, C, labels[i]))  # tighten the bound, then try the skip again
                     if upper[i] + _SLACK * scale[i] < lower[i]:
                         continue
                 labels[i], upper[i], lower[i] = nearest_two(X, i, C)
-                scale[i] = upper[i] + (lower[i] if lower[i] < np.inf else 0.0)
+                scale[i] = _bound_scale(upper[i], lower[i])
     weights[:] = 0.0
     for i in range(m):
         if w[i] > 0.0:

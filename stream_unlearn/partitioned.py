@@ -175,8 +175,7 @@ class GlobalView:
         total = 0.0
         for m in self.models.values():
             if m.n_points_:
-                _, X, _ = m.held()
-                total += float(nearest_sq_dists(X, C).sum())
+                total += float(nearest_sq_dists(m.held_vectors(), C).sum())
         return total / self.n_points_
 
     def refit(self) -> DCKMeans:

@@ -105,9 +105,10 @@ class QKMeans(UnlearningModel):
         if not self._fitted:
             self._dirty = True
             return
-        logu = race_log_uniforms(keys, self.k, self._race_salt)  # (k, n): one numpy pass for the call
+        # (n, k): one numpy pass for the call, each point's row contiguous for its certificate
+        logu = np.ascontiguousarray(race_log_uniforms(keys, self.k, self._race_salt).T)
         for i in range(len(ids)):
-            self._certify(X[i], ids[i], +1, logu[:, i])
+            self._certify(X[i], ids[i], +1, logu[i])
 
     def _removed(self, point_id: str, key: np.uint64, vector: np.ndarray, bucket: int) -> None:
         self._certify(vector, point_id, -1, None)

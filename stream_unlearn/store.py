@@ -188,14 +188,22 @@ class PointStore:
 
     def items(self) -> tuple[list[str], np.ndarray, np.ndarray]:
         """All ids, vectors and bucket numbers (a copy, bucket by bucket)."""
-        live = [(b, bucket) for b, bucket in enumerate(self.buckets) if bucket is not None]
-        d = self.n_features or 0
-        if not live:
-            return [], np.empty((0, d)), np.empty(0, dtype=np.int64)
+        live = self._live()
         ids = list(chain.from_iterable(bucket.ids for _, bucket in live))
-        X = np.concatenate([bucket.vectors[: bucket.size] for _, bucket in live])
         owners = np.repeat(np.array([b for b, _ in live], dtype=np.int64), [bucket.size for _, bucket in live])
-        return ids, X, owners
+        return ids, self._vectors_of(live), owners
+
+    def vectors(self) -> np.ndarray:
+        """All vectors, in the order of :meth:`items` (a copy; no id list built)."""
+        return self._vectors_of(self._live())
+
+    def _live(self) -> list[tuple[int, Bucket]]:
+        return [(b, bucket) for b, bucket in enumerate(self.buckets) if bucket is not None]
+
+    def _vectors_of(self, live: list[tuple[int, Bucket]]) -> np.ndarray:
+        if not live:
+            return np.empty((0, self.n_features or 0))
+        return np.concatenate([bucket.vectors[: bucket.size] for _, bucket in live])
 
     def vector_bytes(self) -> int:
         """Bytes allocated for vectors and keys across buckets."""

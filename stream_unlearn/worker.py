@@ -669,9 +669,9 @@ class Worker:
         C = self._loss_centroids
         while self._loss_units:
             unit = self._loss_units.pop(0)
-            if C is None or not any(self._units.get(p) is unit for p in unit.partitions) or not unit.model.n_points_:
+            if C is None or not self._owns(unit) or not unit.model.n_points_:
                 continue
-            _, X, _ = unit.model.held()
+            X = unit.model.held_vectors()
             if len(C):
                 self._loss_sum += float(nearest_sq_dists(X, C).sum())
             self._loss_n += len(X)
@@ -825,8 +825,7 @@ class Worker:
         snapshots is still in flight (then it waits for the next interval, still marked changed)."""
         while self._due:
             unit = self._due.pop(0)
-            owned = any(self._units.get(p) is unit for p in unit.partitions)
-            if owned and not self._writer_busy(unit) and (unit.changed or unit.unsent):
+            if self._owns(unit) and not self._writer_busy(unit) and (unit.changed or unit.unsent):
                 self._capture(unit)
                 self._publish_summaries([unit])
                 return
@@ -837,6 +836,10 @@ class Worker:
         if unit.changed or unit.unsent:
             self._capture(unit)
             self._drain(wait=True, names=[unit.name])
+
+    def _owns(self, unit: Unit) -> bool:
+        """Whether this worker still owns (one of) the unit's partitions."""
+        return any(self._units.get(p) is unit for p in unit.partitions)
 
     def _writer_busy(self, unit: Unit) -> bool:
         return unit.name in self._writing

@@ -27,7 +27,6 @@ from worker_support import (
     Topics,
     create_topics,
     fresh_fit,
-    ids,
     make_config,
     partition_snapshots,
     running_worker,
