@@ -138,8 +138,9 @@ class DCKMeans(UnlearningModel):
             return
         C, W = self._node_centroids[0], self._node_weights[0]
         assert C is not None and W is not None
-        held = [leaf for leaf in leaves if self._store.buckets[leaf] is not None]
-        empty = [leaf for leaf in leaves if self._store.buckets[leaf] is None]
+        sizes = self._store.bucket_sizes
+        held = [leaf for leaf in leaves if sizes[leaf]]
+        empty = [leaf for leaf in leaves if not sizes[leaf]]
         C[empty], W[empty] = 0.0, 0.0
         if held:
             keys, X, sizes = self._store.gather(held)
@@ -213,11 +214,7 @@ class DCKMeans(UnlearningModel):
 
     def partition_sizes(self) -> np.ndarray:
         """Points held per partition (P,)."""
-        sizes = np.zeros(self.n_partitions, dtype=np.int64)
-        for b, bucket in enumerate(self._store.buckets):
-            if bucket is not None:
-                sizes[b // self.n_leaves] += bucket.size
-        return sizes
+        return self._store.bucket_sizes.reshape(self.n_partitions, self.n_leaves).sum(axis=1)
 
     def _fit_root(self) -> np.ndarray:
         top_C, top_W = self._node_centroids[-1], self._node_weights[-1]

@@ -6,7 +6,7 @@ import numpy as np
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from stream_unlearn.store import PointStore
+from stream_unlearn.store import ROWS_PER_PAGE, PointStore
 
 
 def _store(ids: list[str], keys: list[int], buckets: list[int]) -> PointStore:
@@ -36,7 +36,7 @@ def test_removing_and_re_adding_keeps_rows_found_by_id():
     store = _store(["a", "b", "c", "d"], [1, 2, 3, 4], [1, 1, 1, 2])
     assert store.remove("a") == 1
     store.add(["e"], np.array([0], dtype=np.uint64), np.array([[7.0]]), np.array([1]))
-    assert sorted(store.buckets[1].ids) == ["b", "c", "e"]
+    assert sorted(store.bucket_ids(1)) == ["b", "c", "e"]
     assert store.vector("e").tolist() == [7.0] and store.vector("c").tolist() == [2.0]
     assert store.gather([1])[0].tolist() == [0, 2, 3]
 
@@ -44,10 +44,15 @@ def test_removing_and_re_adding_keeps_rows_found_by_id():
 @settings(max_examples=60, deadline=None)
 @given(st.lists(st.tuples(st.booleans(), st.lists(st.integers(0, 60), min_size=1, max_size=30, unique=True)),
                 min_size=1, max_size=15),
-       st.integers(1, 6))
-def test_the_store_agrees_with_a_dict_after_any_adds_and_removes(steps, n_buckets):
-    """Rows found by id, bucket contents and gather's canonical order, against a plain dict model."""
+       st.integers(1, 6), st.sampled_from([1, 2, PointStore.repack_min_free]))
+def test_the_store_agrees_with_a_dict_after_any_adds_and_removes(steps, n_buckets, repack_min_free):
+    """Rows found by id, bucket contents and gather's canonical order, against a plain dict model.
+
+    Buckets span several pages, emptied pages are reused, and with a low
+    repack threshold the arrays are rebuilt in the middle of removals.
+    """
     store = PointStore(n_buckets=n_buckets)
+    store.repack_min_free = repack_min_free
     expected: dict[str, tuple[int, int, float]] = {}  # id -> (bucket, key, value)
     counter = 0
     for adding, members in steps:
@@ -76,3 +81,25 @@ def test_the_store_agrees_with_a_dict_after_any_adds_and_removes(steps, n_bucket
             assert sizes.tolist() == [sum(1 for b2, _, _ in want if b2 == b) for b in live]
             assert keys.tolist() == [k for _, k, _ in want]
             assert X[:, 0].tolist() == [expected[i][2] for _, _, i in want]
+
+
+def test_many_deletions_give_the_memory_back_and_keep_every_row():
+    rng = np.random.default_rng(0)
+    n, d = 20_000, 3
+    ids = [f"p{i}" for i in range(n)]
+    X = rng.normal(size=(n, d))
+    store = PointStore(n_buckets=8)
+    store.repack_min_free = 16  # (the default waits for 1024 free pages, ~100x this store's final size)
+    store.add(ids, np.arange(n, dtype=np.uint64), X, np.arange(n, dtype=np.int64) % 8)
+    full = store.vector_bytes()
+    assert full <= 1.3 * n * (d + 1) * 8  # vectors and keys
+    keep = set(rng.choice(n, 2_000, replace=False).tolist())
+    for i in range(n):
+        if i not in keep:
+            store.remove(ids[i])
+    # Repacked whenever half the pages were free: at most twice the pages the rows need.
+    assert store.vector_bytes() <= 2 * (len(keep) + 8 * ROWS_PER_PAGE) * (d + 1) * 8 < full / 4
+    assert len(store) == len(keep)
+    for i in keep:
+        assert np.array_equal(store.vector(ids[i]), X[i]) and int(store.key(ids[i])) == i
+    assert sorted(store.bucket_ids(3)) == sorted(ids[i] for i in keep if i % 8 == 3)
