@@ -9,7 +9,6 @@ Python (a 100k-point fit touches 4096 buckets).
 
 from __future__ import annotations
 
-import numpy as np
 from numba import njit
 
 _OPTS = {"cache": True, "boundscheck": False, "nogil": True}
