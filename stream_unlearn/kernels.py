@@ -157,6 +157,13 @@ def assign_rows(X: np.ndarray, C: np.ndarray, out: np.ndarray) -> None:
 
 @njit(**_OPTS)
 def seed_node(X, w, logu, k, L, seed_index, cand, cand_score, pots, fallback, d2):
+    """Greedy k-means++ by exponential races on one node's items (see :func:`_seed`)."""
+    _seed(X, _transposed_for_simd(X), w, logu, k, L, seed_index, cand, cand_score, pots, fallback, d2,
+          np.empty((k, 0)), np.zeros(k, np.bool_))
+
+
+@njit(**_OPTS)
+def _seed(X, XT, w, logu, k, L, seed_index, cand, cand_score, pots, fallback, d2, seed_rows, row_ready):
     """Greedy k-means++ by exponential races on one node's items.
 
     Step j: the L items with the highest ``log(u_j) / (w D^2)`` (ties: lower
@@ -169,15 +176,21 @@ def seed_node(X, w, logu, k, L, seed_index, cand, cand_score, pots, fallback, d2
     (the bits of :func:`sqd`, computed for every item at once). Where
     ``sqd_below`` would have stopped early the full distance is at least
     D^2, so the kept ``min(D^2, d^2)`` is the same.
+
+    ``XT`` is :func:`_transposed_for_simd` of X. If ``seed_rows`` (k, m)
+    has room, a step whose winner came from :func:`distances_to_row` keeps
+    the winner's distances to every item there and sets ``row_ready[j]``:
+    they are the bits Lloyd's first assignment would compute again.
     """
     m = X.shape[0]
     topi = np.empty(L, np.int64)
     tops = np.empty(L)
     trial = np.empty((L, m))
-    XT = _transposed_for_simd(X)
     n_wide = XT.shape[1]
     wide = n_wide > 0
-    a0, a1, a2, a3, to_cand = np.empty(n_wide), np.empty(n_wide), np.empty(n_wide), np.empty(n_wide), np.empty(n_wide)
+    keep_rows = wide and seed_rows.shape[1] == n_wide
+    a0, a1, a2, a3 = np.empty(n_wide), np.empty(n_wide), np.empty(n_wide), np.empty(n_wide)
+    raw = np.empty((L, n_wide))
     for j in range(k):
         for slot in range(L):
             topi[slot] = -1
@@ -228,12 +241,12 @@ def seed_node(X, w, logu, k, L, seed_index, cand, cand_score, pots, fallback, d2
             if c < 0:
                 continue
             if wide:
-                distances_to_row(XT, X[c], a0, a1, a2, a3, to_cand)
+                distances_to_row(XT, X[c], a0, a1, a2, a3, raw[slot])
             pot = 0.0
             for i in range(m):
                 if w[i] <= 0.0:
                     continue
-                dist = to_cand[i] if wide else (sqd(X, i, X, c) if j == 0 else sqd_below(X, i, X, c, d2[i]))
+                dist = raw[slot, i] if wide else (sqd(X, i, X, c) if j == 0 else sqd_below(X, i, X, c, d2[i]))
                 if j > 0 and d2[i] < dist:
                     dist = d2[i]
                 trial[slot, i] = dist
@@ -249,6 +262,9 @@ def seed_node(X, w, logu, k, L, seed_index, cand, cand_score, pots, fallback, d2
         for i in range(m):
             if w[i] > 0.0:
                 d2[i] = trial[best_slot, i]
+        if keep_rows:
+            seed_rows[j] = raw[best_slot]
+            row_ready[j] = True
 
 
 @njit(**_OPTS)
@@ -286,6 +302,28 @@ def nearest_two(X: np.ndarray, i: int, C: np.ndarray):
 
 
 @njit(**_OPTS)
+def nearest_two_of_rows(rows, labels, first, second):
+    """:func:`nearest_two_all` from precomputed squared distances ``rows`` (k, m): same comparisons."""
+    m = rows.shape[1]
+    for i in range(m):
+        labels[i] = 0
+        first[i] = np.inf
+        second[i] = np.inf
+    for j in range(rows.shape[0]):
+        for i in range(m):
+            dist = rows[j, i]
+            if dist < first[i]:
+                second[i] = first[i]
+                first[i] = dist
+                labels[i] = j
+            elif dist < second[i]:
+                second[i] = dist
+    for i in range(m):
+        first[i] = np.sqrt(first[i])
+        second[i] = np.sqrt(second[i])
+
+
+@njit(**_OPTS)
 def nearest_two_all(XT, C, work, labels, first, second):
     """:func:`nearest_two` for every item of ``XT`` (d, m) at once: same comparisons, same bits.
 
@@ -314,6 +352,12 @@ def nearest_two_all(XT, C, work, labels, first, second):
 
 @njit(**_OPTS)
 def lloyd_node(X, w, C, max_iter, weights):
+    """Weighted Lloyd from centres ``C`` (updated in place); see :func:`_lloyd`."""
+    return _lloyd(X, _transposed_for_simd(X), w, C, max_iter, weights, np.empty((C.shape[0], 0)), False)
+
+
+@njit(**_OPTS)
+def _lloyd(X, XT, w, C, max_iter, weights, start_rows, rows_ready):
     """Weighted Lloyd from centres ``C`` (updated in place) to an exact fixpoint or ``max_iter``.
 
     An empty cluster keeps its centre. ``weights`` gets each cluster's total
@@ -326,6 +370,11 @@ def lloyd_node(X, w, C, max_iter, weights):
     a thousand times the worst rounding of the bounds, and then every
     computed distance to another centre is provably larger than the one to
     its own: the labels are the bits :func:`nearest` would give.
+
+    ``XT`` is :func:`_transposed_for_simd` of X. If ``rows_ready``,
+    ``start_rows`` (k, m) hold every item's squared distance to each centre
+    of ``C`` as :func:`distances_to_row` gives them (seeding computed them),
+    and the first assignment reads them instead of computing them again.
     """
     m, d = X.shape
     k = C.shape[0]
@@ -334,7 +383,6 @@ def lloyd_node(X, w, C, max_iter, weights):
     upper = np.empty(m)
     lower = np.empty(m)
     scale = np.empty(m)
-    XT = _transposed_for_simd(X)
     n_wide = XT.shape[1]
     wide = n_wide > 0
     work = np.empty((5, n_wide))
@@ -342,7 +390,9 @@ def lloyd_node(X, w, C, max_iter, weights):
     first = np.empty(n_wide)
     second = np.empty(n_wide)
     pending = np.empty(m, np.int64)
-    if wide:
+    if rows_ready:
+        nearest_two_of_rows(start_rows, labels, upper, lower)
+    elif wide:
         nearest_two_all(XT, C, work, labels, upper, lower)
     else:
         for i in range(m):
@@ -421,13 +471,16 @@ def fit_node(X, w, logu, k, L, max_iter, centroids, weights):
         return 0
     L = min(L, m)
     seed_index = np.full(k, -1, np.int64)
-    seed_node(X, w, logu, k, L, seed_index, np.full((k, L), -1, np.int64), np.full((k, L), -np.inf),
-              np.full((k, L), np.inf), np.zeros(k, np.bool_), np.zeros(m))
+    XT = _transposed_for_simd(X)
+    seed_rows = np.empty((k, XT.shape[1]))
+    row_ready = np.zeros(k, np.bool_)
+    _seed(X, XT, w, logu, k, L, seed_index, np.full((k, L), -1, np.int64), np.full((k, L), -np.inf),
+          np.full((k, L), np.inf), np.zeros(k, np.bool_), np.zeros(m), seed_rows, row_ready)
     if seed_index[0] < 0:
         return 0  # no item of positive weight
     for j in range(k):
         centroids[j] = X[seed_index[j]]
-    return lloyd_node(X, w, centroids, max_iter, weights)
+    return _lloyd(X, XT, w, centroids, max_iter, weights, seed_rows, row_ready.all())
 
 
 @njit(**_OPTS)

@@ -280,7 +280,7 @@ def _plain_seeding(X, w, logu, k, L):
 @settings(max_examples=30, deadline=None)
 @given(st.integers(1, 110), st.integers(1, 9), st.integers(1, 6), st.integers(0, 2**31), st.booleans())
 def test_seeding_matches_its_definition_pair_by_pair(m, d, k, seed, coarse):
-    """Seeding (SIMD distances in nodes of 48+ items, scalar below) equals the definition computed pair by pair."""
+    """Seeding (SIMD distances in nodes of 16+ items, scalar below) equals the definition computed pair by pair."""
     rng = np.random.default_rng(seed)
     X = rng.normal(size=(m, d)) + rng.integers(0, 4, size=(m, 1)) * 3.0
     if coarse:  # duplicates: steps run out of mass and fall back
@@ -296,3 +296,25 @@ def test_seeding_matches_its_definition_pair_by_pair(m, d, k, seed, coarse):
     ref_seeds, ref_pots = _plain_seeding(X, w, logu, k, L)
     assert index.tolist() == ref_seeds
     assert pots.tolist() == ref_pots
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.integers(1, 110), st.integers(1, 9), st.integers(1, 6), st.integers(0, 2**31), st.booleans())
+def test_a_node_fit_is_its_seeding_then_lloyd_from_the_seeds(m, d, k, seed, coarse):
+    """fit_node reuses seeding's distances for Lloyd's first assignment: same bits as computing them again."""
+    rng = np.random.default_rng(seed)
+    X = rng.normal(size=(m, d)) + rng.integers(0, 4, size=(m, 1)) * 3.0
+    if coarse:  # duplicates: steps fall back, and then no distances are kept
+        X = np.round(X / 3.0)
+    w = rng.random(m) * (rng.random(m) > 0.1)
+    w[0] = 1.0
+    logu = np.log(rng.random((k, m)))
+    L = min(3, m)
+    C, weights = np.zeros((k, d)), np.zeros(k)
+    n_iter = kernels.fit_node(X, w, logu, k, L, 10, C, weights)
+    index = np.full(k, -1, np.int64)
+    kernels.seed_node(X, w, logu, k, L, index, np.full((k, L), -1, np.int64), np.full((k, L), -np.inf),
+                      np.full((k, L), np.inf), np.zeros(k, np.bool_), np.zeros(m))
+    ref_C, ref_weights = X[index].copy(), np.zeros(k)
+    assert n_iter == kernels.lloyd_node(X, w, ref_C, 10, ref_weights)
+    assert np.array_equal(C, ref_C) and np.array_equal(weights, ref_weights)
