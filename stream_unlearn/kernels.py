@@ -523,37 +523,61 @@ def segment_order(keys, offsets, order):
 
 
 @njit(**_OPTS)
-def q_seeding_certificate(x, logu, sign, cand, chosen, potentials, last_scores, scale, new_potentials):
+def q_seeding_certificate(x, logu, sign, cand, chosen, potentials, last_scores, scale, new_potentials,
+                          scores, entry_rank, entry_score):
     """True if adding (+1) or removing (-1) point ``x`` provably leaves the greedy race seeding unchanged.
 
     ``cand`` (k, L, d): each step's candidates; ``chosen`` (k,): the winner's
     slot; ``potentials`` (k, L): their weighted costs in the fit (inf where
     none ran); ``last_scores`` (k,): the L-th best race key of each step;
-    ``logu`` (k,): the newcomer's race log-uniforms (inserts only). A
-    newcomer must not enter any race, and each step's winner must keep the
-    lowest cost by more than two summation orders of ``scale`` terms may
-    differ (``4 scale u max|pot|``). Distances are :func:`sqd`, as in the fit.
-    ``new_potentials`` receives the costs with the change applied: the
-    caller keeps them once the change is certified, or the next certificate
-    would judge the race by costs the points no longer have.
+    ``logu`` (k,): the newcomer's race log-uniforms (inserts only). Each
+    step's winner must keep the lowest cost by more than two summation
+    orders of ``scale`` terms may differ (``4 scale u max|pot|``).
+    Distances are :func:`sqd`, as in the fit. ``new_potentials`` receives
+    the costs with the change applied: the caller keeps them once the
+    change is certified, or the next certificate would judge the race by
+    costs the points no longer have.
+
+    A newcomer whose race key puts it among a step's runners is refused,
+    unless ``scores`` (k, L) (the runners' race keys; pass (k, 0) to refuse
+    always) shows all L slots taken, no runner with the newcomer's key and
+    a winner other than the last runner, whom the newcomer pushes out.
+    Then ``entry_rank[j]`` gets the newcomer's slot, ``entry_score[j]``
+    its key, and the winner is judged among the runners that stay; the
+    caller must still show the newcomer loses (:func:`q_entry_cost`).
+    Steps it does not enter get rank -1.
     """
     k, L, d = cand.shape
     u = 2.0**-53
     x2 = x.reshape(1, d)
     new_potentials[:] = potentials
+    entry_rank[:] = -1
     prev = np.inf  # D^2 of x before step j: its distance to the nearest seed chosen so far
     for j in range(k):
+        dropped = -1
         if sign > 0:
             if prev == 0.0:
                 score = -np.inf  # log(u) < 0 over zero mass
             else:
                 score = logu[j] / (1.0 if prev == np.inf else prev)
             if score >= last_scores[j]:
-                return False
+                if scores.shape[1] != L or last_scores[j] == -np.inf or chosen[j] == L - 1:
+                    return False
+                rank = 0
+                for slot in range(L):
+                    if scores[j, slot] == score:
+                        return False  # a tie: the canonical order of the two points decides
+                    if scores[j, slot] > score:
+                        rank += 1
+                entry_rank[j] = rank
+                entry_score[j] = score
+                dropped = L - 1
         best = 0
         best_pot = np.inf
         top = 0.0
         for slot in range(L):
+            if slot == dropped:
+                continue
             dist = sqd(x2, 0, cand[j], slot)
             if prev < dist:
                 dist = prev
@@ -569,7 +593,7 @@ def q_seeding_certificate(x, logu, sign, cand, chosen, potentials, last_scores, 
             return False
         runner_up = np.inf
         for slot in range(L):
-            if slot == best:
+            if slot == best or slot == dropped:
                 continue
             dist = sqd(x2, 0, cand[j], slot)
             if prev < dist:
@@ -581,6 +605,30 @@ def q_seeding_certificate(x, logu, sign, cand, chosen, potentials, last_scores, 
             return False
         prev = min(prev, sqd(x2, 0, cand[j], chosen[j]))
     return True
+
+
+@njit(**_OPTS)
+def q_entry_cost(V, slots, skip, x, seeds):
+    """The seeding cost of newcomer ``x`` as a runner after ``seeds`` (j, d) were chosen.
+
+    Sums, over the points ``V[s]`` for s in ``slots`` (unless ``skip[s]``),
+    ``min(|v - x|^2, D^2)`` with D^2 the squared distance to the nearest
+    seed (no seed: the distance to x alone), as the fit's race does; the
+    newcomer's own term is 0. The order of the sum differs from the fit's,
+    which the certificate's margin covers.
+    """
+    d = V.shape[1]
+    x2 = x.reshape(1, d)
+    total = 0.0
+    for t in range(len(slots)):
+        s = slots[t]
+        if skip[s]:
+            continue
+        dist = sqd(V, s, x2, 0)
+        for j in range(seeds.shape[0]):
+            dist = min(dist, sqd_below(V, s, seeds, j, dist))
+        total += dist
+    return total
 
 
 @njit(**_OPTS)

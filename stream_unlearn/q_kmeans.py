@@ -31,7 +31,9 @@ _BUCKETS = 64
 #: Certify a batch point by point only while it has at most max(_BULK_MIN, n / this) changes.
 _CERTIFY_VS_REFIT = 8
 _BULK_MIN = 256
-_ARRAYS = ("centres", "sums", "counts", "max_abs", "candidate_vectors", "potentials", "chosen", "last_scores")
+_ARRAYS = ("centres", "sums", "counts", "max_abs", "candidate_vectors", "potentials", "chosen", "last_scores",
+           "scores")
+_U = 2.0**-53
 
 
 class QKMeans(UnlearningModel):
@@ -66,7 +68,8 @@ class QKMeans(UnlearningModel):
         self._fitted = False
         self._n_model = 0
         self._ops = 0
-        self._candidate_ids: set[str] = set()
+        self._candidate_ids: dict[str, int] = {}  # id -> in how many races it runs
+        self._candidate_slots: list[list[str | None]] = []  # each step's runners' ids, by slot
         self._arrays: dict[str, np.ndarray] = {}
         self._theta: np.ndarray | None = None
         self.n_iter_ = 0
@@ -108,36 +111,97 @@ class QKMeans(UnlearningModel):
         # (n, k): one numpy pass for the call, each point's row contiguous for its certificate
         logu = np.ascontiguousarray(race_log_uniforms(keys, self.k, self._race_salt).T)
         for i in range(len(ids)):
-            self._certify(X[i], ids[i], +1, logu[i])
+            self._certify(X[i], ids[i], +1, logu[i], (ids, i + 1))
 
     def _removed(self, point_id: str, key: np.uint64, vector: np.ndarray, bucket: int) -> None:
         self._certify(vector, point_id, -1, None)
 
-    def _certify(self, x: np.ndarray, point_id: str, sign: int, logu: np.ndarray | None) -> None:
-        """Apply one insert (+1, with its race log-uniforms) or delete (-1) without refitting if provably exact."""
+    def _certify(self, x: np.ndarray, point_id: str, sign: int, logu: np.ndarray | None,
+                 call: tuple[Sequence[str], int] = ((), 0)) -> None:
+        """Apply one insert (+1, with its race log-uniforms) or delete (-1) without refitting if provably exact.
+
+        ``call`` = (ids, i): the insert call's ids from i on are stored but not in the model yet.
+        """
         if not self._fitted:
             self._dirty = True
             return
-        potentials = self._seeding_after(x, point_id, sign, logu)
-        if potentials is not None and self._lloyd_holds(x, sign):
+        seeding = self._seeding_after(x, point_id, sign, logu, call)
+        if seeding is not None and self._lloyd_holds(x, sign):
+            potentials, entries = seeding
             self._arrays["potentials"] = potentials
+            for entry in entries:
+                self._join_race(x, point_id, *entry)
             self.certificates_passed_ += 1
             return
         self.certificates_failed_ += 1
         self._fitted = False
         self._dirty = True
 
-    def _seeding_after(self, x: np.ndarray, point_id: str, sign: int, logu: np.ndarray | None) -> np.ndarray | None:
-        """The seeding potentials with the change applied if the seeding provably stays; else None."""
+    def _seeding_after(self, x: np.ndarray, point_id: str, sign: int, logu: np.ndarray | None,
+                       call: tuple[Sequence[str], int]) -> tuple[np.ndarray, list[tuple[int, int, float, float]]] | None:
+        """The seeding potentials with the change applied, and the races a newcomer joins (step, slot,
+        race key, cost), if the seeding's winners provably stay; else None."""
         a = self._arrays
         if a["fallback"] or (sign < 0 and point_id in self._candidate_ids):
             return None
+        x = np.ascontiguousarray(x, dtype=np.float64)
         potentials = np.empty_like(a["potentials"])
+        rank, key = np.empty(self.k, dtype=np.int64), np.empty(self.k)
+        scale = float(self._n_model + self._ops + 2)
         holds = kernels.q_seeding_certificate(
-            np.ascontiguousarray(x, dtype=np.float64), self._no_logu if logu is None else np.ascontiguousarray(logu),
-            float(sign), a["candidate_vectors"], a["chosen"], a["potentials"], a["last_scores"],
-            float(self._n_model + self._ops + 2), potentials)
-        return potentials if holds else None
+            x, self._no_logu if logu is None else np.ascontiguousarray(logu), float(sign), a["candidate_vectors"],
+            a["chosen"], a["potentials"], a["last_scores"], scale, potentials, a["scores"], rank, key)
+        if not holds:
+            return None
+        entries = []
+        for j in np.flatnonzero(rank >= 0).tolist():
+            cost = self._entry_cost(x, j, call)
+            winner = int(a["chosen"][j])
+            kept = {s: float(p) for s, p in enumerate(potentials[j, :-1].tolist()) if np.isfinite(p)}  # the last drops out
+            best = kept[winner]
+            others = [p for s, p in kept.items() if s != winner] + [cost]
+            top = max(abs(p) for p in [*kept.values(), cost])
+            if not min(others) - best > 4.0 * scale * _U * top:
+                return None  # the newcomer would win, or come within rounding of it
+            entries.append((j, int(rank[j]), float(key[j]), cost))
+        return potentials, entries
+
+    def _set_candidates(self, runners: list[list[str | None]]) -> None:
+        self._candidate_slots = runners
+        self._candidate_ids = {}
+        for point_id in (i for row in runners for i in row if i is not None):
+            self._candidate_ids[point_id] = self._candidate_ids.get(point_id, 0) + 1
+
+    def _entry_cost(self, x: np.ndarray, step: int, call: tuple[Sequence[str], int]) -> float:
+        """Newcomer x's seeding cost as a runner of ``step``: one pass over the points of the model."""
+        V, slots = self._store.held_rows()
+        skip = np.zeros(len(V), dtype=np.bool_)
+        ids, first = call
+        skip[[self._store.slot(i) for i in ids[first:]]] = True
+        a = self._arrays
+        seeds = np.ascontiguousarray(a["candidate_vectors"][np.arange(step), a["chosen"][:step]])
+        return float(kernels.q_entry_cost(V, slots, skip, x, seeds))
+
+    def _join_race(self, x: np.ndarray, point_id: str, step: int, slot: int, key: float, cost: float) -> None:
+        """A certified newcomer runs in ``step``'s race from ``slot`` on; the last runner drops out."""
+        a = self._arrays
+        for name, value in (("candidate_vectors", x), ("potentials", cost), ("scores", key)):
+            row = a[name] = a[name].copy()
+            row[step, slot + 1 :] = row[step, slot:-1].copy()
+            row[step, slot] = value
+        chosen = a["chosen"] = a["chosen"].copy()
+        if slot <= chosen[step]:
+            chosen[step] += 1
+        last_scores = a["last_scores"] = a["last_scores"].copy()
+        last_scores[step] = a["scores"][step, -1]
+        runners = self._candidate_slots[step]
+        runners.insert(slot, point_id)
+        dropped = runners.pop()
+        self._candidate_ids[point_id] = self._candidate_ids.get(point_id, 0) + 1
+        if dropped is not None:
+            self._candidate_ids[dropped] -= 1
+            if not self._candidate_ids[dropped]:
+                del self._candidate_ids[dropped]
 
     def _lloyd_holds(self, x: np.ndarray, sign: int) -> bool:
         a = self._arrays
@@ -185,7 +249,7 @@ class QKMeans(UnlearningModel):
                 break  # an exact fixpoint: every further update would repeat it
         self.n_iter_ = len(sums)
         cand = seeds.candidates[0]
-        self._candidate_ids = {ids[i] for i in cand.ravel() if i >= 0}
+        self._set_candidates([[ids[i] if i >= 0 else None for i in row] for row in cand.tolist()])
         # With fewer runners than L any newcomer would join the race: never certify then.
         last = np.where(cand[:, -1] >= 0, seeds.scores[0][:, -1], -np.inf)
         self._arrays = {
@@ -193,6 +257,7 @@ class QKMeans(UnlearningModel):
             "max_abs": np.abs(X).max(axis=0),
             "candidate_vectors": X[np.maximum(cand, 0)], "potentials": seeds.potentials[0],
             "chosen": np.argmax(cand == seeds.index[0][:, None], axis=1), "last_scores": last,
+            "scores": seeds.scores[0],
             "fallback": np.array(bool(seeds.fallback.any())),
         }
         self._n_model = n
@@ -206,7 +271,7 @@ class QKMeans(UnlearningModel):
             return {"fitted": False}
         return {
             "fitted": True, "costs_tracked": True, "n_model": self._n_model, "ops": self._ops,
-            "candidate_ids": sorted(self._candidate_ids),
+            "candidate_slots": self._candidate_slots,
             "fallback": bool(self._arrays["fallback"]),
             "arrays": {name: state_format.pack_array(self._arrays[name]) for name in _ARRAYS},
             "stats": [self.certificates_passed_, self.certificates_failed_, self.refits_],
@@ -216,17 +281,22 @@ class QKMeans(UnlearningModel):
         if not cache.get("fitted"):
             return
         self.certificates_passed_, self.certificates_failed_, self.refits_ = (int(v) for v in cache["stats"])
-        if not cache.get("costs_tracked"):
+        if not cache.get("costs_tracked") or "candidate_slots" not in cache:
             # States written before certified changes updated the seeding costs may hold stale
-            # costs; without the cache the model refits at its next change (exact either way).
+            # costs, and older ones lack the runners' race keys; without the cache the model
+            # refits at its next change (exact either way).
             return
         arrays = {name: state_format.unpack_array(cache["arrays"][name]) for name in _ARRAYS}
         arrays["fallback"] = np.array(bool(cache["fallback"]))
         T, k, d = len(arrays["sums"]), self.k, self._store.n_features or 0
         if not 1 <= T <= self.max_iter or arrays["centres"].shape != (T + 1, k, d) or arrays["sums"].shape != (T, k, d):
             raise state_format.StateError("Q-k-means cache does not match k, max_iter and dimension")
+        L = arrays["potentials"].shape[1]
+        runners = cache["candidate_slots"]
+        if arrays["scores"].shape != (k, L) or len(runners) != k or any(len(row) != L for row in runners):
+            raise state_format.StateError("Q-k-means cache: seeding runners do not match k")
         self._arrays = arrays
-        self._candidate_ids = set(cache["candidate_ids"])
+        self._set_candidates([list(row) for row in cache["candidate_slots"]])
         self._n_model = int(cache["n_model"])
         self._ops = int(cache["ops"])
         self._theta = phase(self.seed, d)

@@ -177,6 +177,17 @@ class PointStore:
         pages.bucket_slots(buckets, ROWS_PER_PAGE, self._first, self._size, self._next, slots)
         return slots
 
+    def slot(self, point_id: str) -> int:
+        """The row of ``point_id`` in :meth:`held_rows`'s array."""
+        return self._where[point_id]
+
+    def held_rows(self) -> tuple[np.ndarray, np.ndarray]:
+        """The page array (read-only view) and the slots of all held points: a pass over every point
+        without copying their vectors."""
+        view = self._vectors.view()
+        view.setflags(write=False)
+        return view, self._slots_of(np.flatnonzero(self._size))
+
     def bucket_ids(self, bucket: int) -> list[str]:
         """Ids held in one bucket, in row order."""
         return self._ids[self._slots_of(np.array([bucket]))].tolist()

@@ -20,9 +20,14 @@ POTENTIALS = np.array([[100.0, 200.0], [50.0, 80.0]])
 LAST = np.array([-1.0, -1.0])  # race keys of the last runner of each step
 
 
-def holds(x: float, sign: int, logu=(-2.0, -2.0), potentials=POTENTIALS) -> bool:
-    return bool(kernels.q_seeding_certificate(np.array([x]), np.array(logu), float(sign), CAND, CHOSEN,
-                                              np.asarray(potentials, dtype=np.float64), LAST, 10.0, np.empty((2, 2))))
+def holds(x: float, sign: int, logu=(-2.0, -2.0), potentials=POTENTIALS, scores=None, chosen=CHOSEN,
+          last=LAST) -> bool:
+    """The certificate's verdict; without ``scores`` (the runners' race keys) a newcomer never joins a race."""
+    rank, key = np.empty(2, dtype=np.int64), np.empty(2)
+    scores = np.empty((2, 0)) if scores is None else np.asarray(scores, dtype=np.float64)
+    return bool(kernels.q_seeding_certificate(np.array([x]), np.array(logu), float(sign), CAND, np.asarray(chosen),
+                                              np.asarray(potentials, dtype=np.float64), np.asarray(last, dtype=float),
+                                              10.0, np.empty((2, 2)), scores, rank, key))
 
 
 def test_a_far_from_the_race_point_is_certified():
@@ -94,3 +99,57 @@ def test_a_state_from_before_the_cost_fix_refits_at_its_next_change():
     current = QKMeans.from_state(model.to_state())
     current.delete(["p7"])
     assert current.refits_ == model.refits_ and current.certificates_passed_ == model.certificates_passed_ + 1
+
+
+SCORES = np.array([[-0.2, -1.0], [-0.3, -1.0]])  # the runners' race keys; the last of each is LAST
+
+
+def test_a_newcomer_may_join_a_race_only_where_the_outcome_is_provable():
+    # step 0: key -0.5 ranks second, pushing the last runner (who lost) out: certified, pending its own cost
+    rank, key = np.empty(2, dtype=np.int64), np.empty(2)
+    assert kernels.q_seeding_certificate(np.array([1.0]), np.array([-0.5, -2.0]), 1.0, CAND, CHOSEN, POTENTIALS,
+                                         LAST, 10.0, np.empty((2, 2)), SCORES, rank, key)
+    assert rank.tolist() == [1, -1] and key[0] == -0.5
+    assert holds(1.0, +1, logu=(-0.5, -2.0), scores=SCORES)
+    assert not holds(1.0, +1, logu=(-0.2, -2.0), scores=SCORES)  # ties a runner's key: the point order decides
+    # the newcomer would push out the step's winner (the last runner)
+    assert not holds(1.0, +1, logu=(-0.5, -2.0), scores=SCORES, chosen=[1, 0], potentials=[[200.0, 100.0], [50.0, 80.0]])
+    # a race with an empty slot (fewer points than runners): any newcomer joins it; never certified
+    assert not holds(1.0, +1, logu=(-0.5, -2.0), scores=[[-0.2, -np.inf], [-0.3, -1.0]], last=[-np.inf, -1.0])
+
+
+def test_after_every_certified_insert_the_seeding_is_a_fresh_fits():
+    """Newcomers that join races (and lose) are certified: every runner, key, winner and cost then
+    equals a fresh fit's, batch inserts included (points later in a call are not yet in the model)."""
+    joined = certified = 0
+    for seed in range(60):
+        rng = np.random.default_rng(seed)
+        k, d, n0 = int(rng.integers(2, 5)), int(rng.integers(1, 4)), int(rng.integers(8, 40))
+        X = rng.normal(size=(n0 + 30, d)) * 3 + rng.integers(0, 3, size=(n0 + 30, 1)) * 5
+        if seed % 3 == 0:
+            X = np.round(X)
+        ids = [f"p{i}" for i in range(len(X))]
+        model = QKMeans(k=k, seed=seed, eps=[0.5, 2.0, 8.0][seed % 3], gamma=0.2, max_iter=6)
+        model.insert(ids[:n0], X[:n0])
+        model.flush()
+        i = n0
+        while i < len(X):
+            passed, runners = model.certificates_passed_, [list(r) for r in model._candidate_slots]
+            if rng.random() < 0.2:
+                model.delete([next(j for j in ids[:i] if j in model)])
+            else:
+                b = int(rng.integers(1, 6))
+                model.insert(ids[i : i + b], X[i : i + b])
+                i += b
+            model.flush()
+            fresh = model.refit()
+            assert np.array_equal(model.centroids_, fresh.centroids_)
+            if model._fitted and model.certificates_passed_ > passed:
+                certified += 1
+                joined += model._candidate_slots != runners
+                mine, theirs = model._arrays, fresh._arrays
+                for name in ("candidate_vectors", "chosen", "scores", "last_scores"):
+                    assert np.array_equal(mine[name], theirs[name]), name
+                assert np.allclose(mine["potentials"], theirs["potentials"], rtol=1e-12, atol=0)
+                assert model._candidate_slots == fresh._candidate_slots
+    assert certified > 300 and joined > 20
