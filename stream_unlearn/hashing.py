@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import numpy as np
+from numba import njit
 
 _GOLDEN = np.uint64(0x9E3779B97F4A7C15)
 _M1 = np.uint64(0xBF58476D1CE4E5B9)
@@ -74,6 +75,32 @@ def uniforms(keys: np.ndarray, salt: np.uint64 | np.ndarray) -> np.ndarray:
     """A float in the open interval (0, 1) per key, for the given salt."""
     bits = combine(np.asarray(keys, dtype=np.uint64), salt) >> np.uint64(11)
     return (bits.astype(np.float64) + 0.5) * _TWO_POW_MINUS_53
+
+
+def uniforms_per_salt(keys: np.ndarray, salts: np.ndarray) -> np.ndarray:
+    """``uniforms(keys, s)`` for each salt s: (len(salts), len(keys)), the same bits in one compiled pass.
+
+    numpy's version runs each of mix64's ten operations as a pass over a
+    temporary array: ~10 ms per 100k keys and five salts, a tenth of a DC fit.
+    """
+    salts = np.ascontiguousarray(salts, dtype=np.uint64)
+    out = np.empty((len(salts), len(keys)))
+    _uniforms_per_salt(np.ascontiguousarray(keys, dtype=np.uint64), mix64(salts + _GOLDEN), out)
+    return out
+
+
+@njit(cache=True, nogil=True)
+def _uniforms_per_salt(keys, mixed_salts, out):
+    m1, m2 = np.uint64(0xBF58476D1CE4E5B9), np.uint64(0x94D049BB133111EB)
+    s30, s27, s31, s11 = np.uint64(30), np.uint64(27), np.uint64(31), np.uint64(11)
+    for j in range(len(mixed_salts)):
+        salt = mixed_salts[j]
+        for i in range(len(keys)):
+            z = keys[i] ^ salt
+            z = (z ^ (z >> s30)) * m1
+            z = (z ^ (z >> s27)) * m2
+            z = z ^ (z >> s31)
+            out[j, i] = (np.float64(z >> s11) + 0.5) * 2.0**-53
 
 
 def canonical_order(keys: np.ndarray, ids: Sequence[str]) -> np.ndarray:

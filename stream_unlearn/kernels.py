@@ -304,23 +304,10 @@ def nearest_two(X: np.ndarray, i: int, C: np.ndarray):
 @njit(**_OPTS)
 def nearest_two_of_rows(rows, labels, first, second):
     """:func:`nearest_two_all` from precomputed squared distances ``rows`` (k, m): same comparisons."""
-    m = rows.shape[1]
-    for i in range(m):
-        labels[i] = 0
-        first[i] = np.inf
-        second[i] = np.inf
+    _reset_nearest(labels, first, second)
     for j in range(rows.shape[0]):
-        for i in range(m):
-            dist = rows[j, i]
-            if dist < first[i]:
-                second[i] = first[i]
-                first[i] = dist
-                labels[i] = j
-            elif dist < second[i]:
-                second[i] = dist
-    for i in range(m):
-        first[i] = np.sqrt(first[i])
-        second[i] = np.sqrt(second[i])
+        _fold_nearest(rows[j], j, labels, first, second)
+    _root_nearest(first, second)
 
 
 @njit(**_OPTS)
@@ -329,23 +316,38 @@ def nearest_two_all(XT, C, work, labels, first, second):
 
     ``work`` (5, m) is work space.
     """
-    m = XT.shape[1]
-    for i in range(m):
-        labels[i] = 0
-        first[i] = np.inf
-        second[i] = np.inf
+    _reset_nearest(labels, first, second)
     column = work[4]
     for j in range(C.shape[0]):
         distances_to_row(XT, C[j], work[0], work[1], work[2], work[3], column)
-        for i in range(m):
-            dist = column[i]
-            if dist < first[i]:
-                second[i] = first[i]
-                first[i] = dist
-                labels[i] = j
-            elif dist < second[i]:
-                second[i] = dist
-    for i in range(m):
+        _fold_nearest(column, j, labels, first, second)
+    _root_nearest(first, second)
+
+
+@njit(inline="always", **_OPTS)
+def _reset_nearest(labels, first, second):
+    for i in range(len(labels)):
+        labels[i] = 0
+        first[i] = np.inf
+        second[i] = np.inf
+
+
+@njit(inline="always", **_OPTS)
+def _fold_nearest(dists, j, labels, first, second):
+    """Centre j's squared distances into each item's nearest and second nearest (first on ties)."""
+    for i in range(len(labels)):
+        dist = dists[i]
+        if dist < first[i]:
+            second[i] = first[i]
+            first[i] = dist
+            labels[i] = j
+        elif dist < second[i]:
+            second[i] = dist
+
+
+@njit(inline="always", **_OPTS)
+def _root_nearest(first, second):
+    for i in range(len(first)):
         first[i] = np.sqrt(first[i])
         second[i] = np.sqrt(second[i])
 

@@ -95,7 +95,7 @@ class PointStore:
 
     def held_among(self, ids: Sequence[str]) -> set[str]:
         """Those of ``ids`` that are held."""
-        return self._where.keys() & ids
+        return self._where.keys() & ids if self._where else set()
 
     def vector(self, point_id: str) -> np.ndarray:
         """A copy of the vector held for ``point_id``."""

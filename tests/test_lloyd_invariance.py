@@ -10,7 +10,7 @@ import numpy as np
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from stream_unlearn.hashing import id_keys, seed_key
+from stream_unlearn.hashing import combine, id_keys, seed_key, uniforms, uniforms_per_salt
 from stream_unlearn import kernels
 from stream_unlearn.lloyd import (
     assign, cluster_sums, fit_batch, fit_one, fit_ragged, fit_ranges, race_log_uniforms,
@@ -97,6 +97,16 @@ def test_seeding_follows_k_means_plus_plus_on_separated_blobs():
         result = fit_one(X, np.ones(400), keys, 5, 20, seed_key(trial, 1))
         misses += int(np.any(result.weights[0] < 20))
     assert misses <= 2
+
+
+@settings(max_examples=50, deadline=None)
+@given(st.lists(st.integers(0, 2**64 - 1), min_size=1, max_size=50), st.integers(0, 2**40), st.integers(1, 9))
+def test_compiled_race_uniforms_are_numpys_bits(keys, salt, k):
+    """Race uniforms decide seeding: the compiled pass must give numpy's definition bit for bit."""
+    keys = np.array(keys, dtype=np.uint64)
+    salts = combine(np.uint64(salt), np.arange(k, dtype=np.uint64))
+    assert np.array_equal(uniforms_per_salt(keys, salts).view(np.uint64),
+                          uniforms(keys[None], salts[:, None]).view(np.uint64))
 
 
 @settings(max_examples=50, deadline=None)
