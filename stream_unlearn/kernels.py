@@ -526,7 +526,7 @@ def segment_order(keys, offsets, order):
 
 @njit(**_OPTS)
 def q_seeding_certificate(x, logu, sign, cand, chosen, potentials, last_scores, scale, new_potentials,
-                          scores, entry_rank, entry_score):
+                          scores, entry_rank, entry_score, peaks):
     """True if adding (+1) or removing (-1) point ``x`` provably leaves the greedy race seeding unchanged.
 
     ``cand`` (k, L, d): each step's candidates; ``chosen`` (k,): the winner's
@@ -534,7 +534,11 @@ def q_seeding_certificate(x, logu, sign, cand, chosen, potentials, last_scores, 
     none ran); ``last_scores`` (k,): the L-th best race key of each step;
     ``logu`` (k,): the newcomer's race log-uniforms (inserts only). Each
     step's winner must keep the lowest cost by more than two summation
-    orders of ``scale`` terms may differ (``4 scale u max|pot|``).
+    orders of ``scale`` terms may differ (``4 scale u M``), where M is the
+    largest cost the step has held since the fit (``peaks``, (k,), or the
+    costs now if larger): every rounding of a kept cost was at most u times
+    a value of at most M, and costs shrink as points are deleted, so the
+    current costs alone would understate the error.
     Distances are :func:`sqd`, as in the fit. ``new_potentials`` receives
     the costs with the change applied: the caller keeps them once the
     change is certified, or the next certificate would judge the race by
@@ -576,7 +580,7 @@ def q_seeding_certificate(x, logu, sign, cand, chosen, potentials, last_scores, 
                 dropped = L - 1
         best = 0
         best_pot = np.inf
-        top = 0.0
+        top = peaks[j]
         for slot in range(L):
             if slot == dropped:
                 continue

@@ -32,7 +32,7 @@ _BUCKETS = 64
 _CERTIFY_VS_REFIT = 8
 _BULK_MIN = 256
 _ARRAYS = ("centres", "sums", "counts", "max_abs", "candidate_vectors", "potentials", "chosen", "last_scores",
-           "scores")
+           "scores", "peaks")
 _U = 2.0**-53
 
 
@@ -131,6 +131,7 @@ class QKMeans(UnlearningModel):
             self._arrays["potentials"] = potentials
             for entry in entries:
                 self._join_race(x, point_id, *entry)
+            self._arrays["peaks"] = np.maximum(self._arrays["peaks"], _largest_finite(self._arrays["potentials"]))
             self.certificates_passed_ += 1
             return
         self.certificates_failed_ += 1
@@ -150,7 +151,7 @@ class QKMeans(UnlearningModel):
         scale = float(self._n_model + self._ops + 2)
         holds = kernels.q_seeding_certificate(
             x, self._no_logu if logu is None else np.ascontiguousarray(logu), float(sign), a["candidate_vectors"],
-            a["chosen"], a["potentials"], a["last_scores"], scale, potentials, a["scores"], rank, key)
+            a["chosen"], a["potentials"], a["last_scores"], scale, potentials, a["scores"], rank, key, a["peaks"])
         if not holds:
             return None
         entries = []
@@ -160,7 +161,7 @@ class QKMeans(UnlearningModel):
             kept = {s: float(p) for s, p in enumerate(potentials[j, :-1].tolist()) if np.isfinite(p)}  # the last drops out
             best = kept[winner]
             others = [p for s, p in kept.items() if s != winner] + [cost]
-            top = max(abs(p) for p in [*kept.values(), cost])
+            top = max(abs(p) for p in [*kept.values(), cost, float(a["peaks"][j])])
             if not min(others) - best > 4.0 * scale * _U * top:
                 return None  # the newcomer would win, or come within rounding of it
             entries.append((j, int(rank[j]), float(key[j]), cost))
@@ -257,7 +258,7 @@ class QKMeans(UnlearningModel):
             "max_abs": np.abs(X).max(axis=0),
             "candidate_vectors": X[np.maximum(cand, 0)], "potentials": seeds.potentials[0],
             "chosen": np.argmax(cand == seeds.index[0][:, None], axis=1), "last_scores": last,
-            "scores": seeds.scores[0],
+            "scores": seeds.scores[0], "peaks": _largest_finite(seeds.potentials[0]),
             "fallback": np.array(bool(seeds.fallback.any())),
         }
         self._n_model = n
@@ -281,10 +282,11 @@ class QKMeans(UnlearningModel):
         if not cache.get("fitted"):
             return
         self.certificates_passed_, self.certificates_failed_, self.refits_ = (int(v) for v in cache["stats"])
-        if not cache.get("costs_tracked") or "candidate_slots" not in cache:
+        if (not cache.get("costs_tracked") or "candidate_slots" not in cache
+                or any(name not in cache["arrays"] for name in _ARRAYS)):
             # States written before certified changes updated the seeding costs may hold stale
-            # costs, and older ones lack the runners' race keys; without the cache the model
-            # refits at its next change (exact either way).
+            # costs, and later ones lack the runners' race keys or the costs' peaks; without the
+            # cache the model refits at its next change (exact either way).
             return
         arrays = {name: state_format.unpack_array(cache["arrays"][name]) for name in _ARRAYS}
         arrays["fallback"] = np.array(bool(cache["fallback"]))
@@ -303,3 +305,8 @@ class QKMeans(UnlearningModel):
         self.n_iter_ = T
         self._fitted = True
 
+
+def _largest_finite(potentials: np.ndarray) -> np.ndarray:
+    """Per seeding step (rows), the largest finite |cost| (0 if none)."""
+    finite = np.where(np.isfinite(potentials), np.abs(potentials), 0.0)
+    return finite.max(axis=1)

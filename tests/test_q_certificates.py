@@ -21,13 +21,13 @@ LAST = np.array([-1.0, -1.0])  # race keys of the last runner of each step
 
 
 def holds(x: float, sign: int, logu=(-2.0, -2.0), potentials=POTENTIALS, scores=None, chosen=CHOSEN,
-          last=LAST) -> bool:
+          last=LAST, peaks=(0.0, 0.0)) -> bool:
     """The certificate's verdict; without ``scores`` (the runners' race keys) a newcomer never joins a race."""
     rank, key = np.empty(2, dtype=np.int64), np.empty(2)
     scores = np.empty((2, 0)) if scores is None else np.asarray(scores, dtype=np.float64)
     return bool(kernels.q_seeding_certificate(np.array([x]), np.array(logu), float(sign), CAND, np.asarray(chosen),
                                               np.asarray(potentials, dtype=np.float64), np.asarray(last, dtype=float),
-                                              10.0, np.empty((2, 2)), scores, rank, key))
+                                              10.0, np.empty((2, 2)), scores, rank, key, np.asarray(peaks, dtype=float)))
 
 
 def test_a_far_from_the_race_point_is_certified():
@@ -44,6 +44,14 @@ def test_a_change_that_flips_or_nearly_flips_a_winner_is_refused():
     assert not holds(10.0, +1, potentials=[[100.0, 60.0 + 100.0 - 81.0], [50.0, 80.0]])  # winner flips
     assert not holds(1.0, +1, potentials=[[100.0, 20.0 + 1e-13], [50.0, 80.0]])  # within rounding of a tie
     assert holds(1.0, +1, potentials=[[100.0, 20.0 + 1e-6], [50.0, 80.0]])
+
+
+def test_the_rounding_margin_follows_the_largest_cost_since_the_fit():
+    """Costs that shrank (deletions) still carry the rounding of the larger sums they came from."""
+    close = [[100.0, 20.0 + 1e-6], [50.0, 80.0]]  # after inserting 1.0: winner 101, runner-up 101 + 1e-6
+    assert holds(1.0, +1, potentials=close)
+    assert holds(1.0, +1, potentials=close, peaks=(1e3, 1e3))
+    assert not holds(1.0, +1, potentials=close, peaks=(1e9, 1e3))  # 4 * 10 * u * 1e9 = 4.4e-6 > 1e-6
 
 
 def test_a_certified_change_is_kept_in_the_seeding_costs():
@@ -108,7 +116,7 @@ def test_a_newcomer_may_join_a_race_only_where_the_outcome_is_provable():
     # step 0: key -0.5 ranks second, pushing the last runner (who lost) out: certified, pending its own cost
     rank, key = np.empty(2, dtype=np.int64), np.empty(2)
     assert kernels.q_seeding_certificate(np.array([1.0]), np.array([-0.5, -2.0]), 1.0, CAND, CHOSEN, POTENTIALS,
-                                         LAST, 10.0, np.empty((2, 2)), SCORES, rank, key)
+                                         LAST, 10.0, np.empty((2, 2)), SCORES, rank, key, np.zeros(2))
     assert rank.tolist() == [1, -1] and key[0] == -0.5
     assert holds(1.0, +1, logu=(-0.5, -2.0), scores=SCORES)
     assert not holds(1.0, +1, logu=(-0.2, -2.0), scores=SCORES)  # ties a runner's key: the point order decides
