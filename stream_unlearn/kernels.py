@@ -526,7 +526,7 @@ def segment_order(keys, offsets, order):
 
 @njit(**_OPTS)
 def q_seeding_certificate(x, logu, sign, cand, chosen, potentials, last_scores, scale, new_potentials,
-                          scores, entry_rank, entry_score, peaks):
+                          scores, entry_rank, entry_score, peaks, new_peaks):
     """True if adding (+1) or removing (-1) point ``x`` provably leaves the greedy race seeding unchanged.
 
     ``cand`` (k, L, d): each step's candidates; ``chosen`` (k,): the winner's
@@ -538,7 +538,8 @@ def q_seeding_certificate(x, logu, sign, cand, chosen, potentials, last_scores, 
     largest cost the step has held since the fit (``peaks``, (k,), or the
     costs now if larger): every rounding of a kept cost was at most u times
     a value of at most M, and costs shrink as points are deleted, so the
-    current costs alone would understate the error.
+    current costs alone would understate the error. ``new_peaks`` receives
+    the peaks with the changed costs, for the caller to keep with them.
     Distances are :func:`sqd`, as in the fit. ``new_potentials`` receives
     the costs with the change applied: the caller keeps them once the
     change is certified, or the next certificate would judge the race by
@@ -609,6 +610,7 @@ def q_seeding_certificate(x, logu, sign, cand, chosen, potentials, last_scores, 
                 runner_up = pot
         if not runner_up - best_pot > 4.0 * scale * u * top:
             return False
+        new_peaks[j] = top
         prev = min(prev, sqd(x2, 0, cand[j], chosen[j]))
     return True
 

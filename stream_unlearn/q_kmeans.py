@@ -31,6 +31,10 @@ _BUCKETS = 64
 #: Certify a batch point by point only while it has at most max(_BULK_MIN, n / this) changes.
 _CERTIFY_VS_REFIT = 8
 _BULK_MIN = 256
+#: After a failed Lloyd certificate, keep certifying the seeding for the rest of the call only
+#: while at most n / this changes remain: a seeding certificate costs ~8 us of Python, a fresh
+#: seeding ~0.3 us per point (k=5, d=25). Either way the model is exact.
+_SEEDING_CERTS_VS_SEEDING = 32
 _ARRAYS = ("centres", "sums", "counts", "max_abs", "candidate_vectors", "potentials", "chosen", "last_scores",
            "scores", "peaks")
 _U = 2.0**-53
@@ -65,7 +69,10 @@ class QKMeans(UnlearningModel):
         self.certificates_passed_ = 0
         self.certificates_failed_ = 0
         self.refits_ = 0
+        self.lloyd_refits_ = 0
+        self._changes_left = 0  # of the insert or delete call being applied
         self._fitted = False
+        self._seeding_kept = False  # not fitted, but the seeding is certified for the points held
         self._n_model = 0
         self._ops = 0
         self._candidate_ids: dict[str, int] = {}  # id -> in how many races it runs
@@ -98,14 +105,15 @@ class QKMeans(UnlearningModel):
 
     # -- events ----------------------------------------------------------------------
     def _expect_changes(self, count: int) -> None:
-        if self._fitted and count > max(_BULK_MIN, self._n_model // _CERTIFY_VS_REFIT):
+        self._changes_left = count
+        if (self._fitted or self._seeding_kept) and count > max(_BULK_MIN, self._n_model // _CERTIFY_VS_REFIT):
             # A certificate costs ~15 us, a refit ~2-4 us per point: for a bulk
             # change refitting is cheaper, and gives the same F(S).
-            self._fitted = False
+            self._fitted = self._seeding_kept = False
             self._dirty = True
 
     def _added(self, ids: Sequence[str], keys: np.ndarray, X: np.ndarray, buckets: np.ndarray) -> None:
-        if not self._fitted:
+        if not (self._fitted or self._seeding_kept):
             self._dirty = True
             return
         # (n, k): one numpy pass for the call, each point's row contiguous for its certificate
@@ -121,37 +129,51 @@ class QKMeans(UnlearningModel):
         """Apply one insert (+1, with its race log-uniforms) or delete (-1) without refitting if provably exact.
 
         ``call`` = (ids, i): the insert call's ids from i on are stored but not in the model yet.
+        When only the Lloyd certificate fails, the seeding is still certified
+        and kept, change after change, so that the refit can start from it
+        (:meth:`_refit_lloyd`); a failed seeding certificate drops it.
         """
-        if not self._fitted:
+        self._changes_left -= 1
+        if not (self._fitted or self._seeding_kept):
             self._dirty = True
             return
         seeding = self._seeding_after(x, point_id, sign, logu, call)
-        if seeding is not None and self._lloyd_holds(x, sign):
-            potentials, entries = seeding
-            self._arrays["potentials"] = potentials
-            for entry in entries:
-                self._join_race(x, point_id, *entry)
-            self._arrays["peaks"] = np.maximum(self._arrays["peaks"], _largest_finite(self._arrays["potentials"]))
-            self.certificates_passed_ += 1
+        if seeding is None:
+            if self._fitted:
+                self.certificates_failed_ += 1
+            self._fitted = self._seeding_kept = False
+            self._dirty = True
             return
-        self.certificates_failed_ += 1
-        self._fitted = False
-        self._dirty = True
+        if self._fitted and self._lloyd_holds(x, sign):
+            self.certificates_passed_ += 1
+        else:
+            if self._fitted:
+                self.certificates_failed_ += 1
+            self._fitted, self._dirty = False, True
+            self._seeding_kept = self._changes_left * _SEEDING_CERTS_VS_SEEDING <= self._n_model
+            if not self._seeding_kept:
+                return
+            self._n_model += sign
+            self._ops += 1
+        self._arrays["potentials"], self._arrays["peaks"], entries = seeding
+        for entry in entries:
+            self._join_race(x, point_id, *entry)
 
     def _seeding_after(self, x: np.ndarray, point_id: str, sign: int, logu: np.ndarray | None,
-                       call: tuple[Sequence[str], int]) -> tuple[np.ndarray, list[tuple[int, int, float, float]]] | None:
-        """The seeding potentials with the change applied, and the races a newcomer joins (step, slot,
-        race key, cost), if the seeding's winners provably stay; else None."""
+                       call: tuple[Sequence[str], int]) -> tuple[np.ndarray, np.ndarray, list[tuple[int, int, float, float]]] | None:
+        """The seeding potentials and their peaks with the change applied, and the races a newcomer
+        joins (step, slot, race key, cost), if the seeding's winners provably stay; else None."""
         a = self._arrays
         if a["fallback"] or (sign < 0 and point_id in self._candidate_ids):
             return None
         x = np.ascontiguousarray(x, dtype=np.float64)
         potentials = np.empty_like(a["potentials"])
-        rank, key = np.empty(self.k, dtype=np.int64), np.empty(self.k)
+        rank, key, peaks = np.empty(self.k, dtype=np.int64), np.empty(self.k), np.empty(self.k)
         scale = float(self._n_model + self._ops + 2)
         holds = kernels.q_seeding_certificate(
             x, self._no_logu if logu is None else np.ascontiguousarray(logu), float(sign), a["candidate_vectors"],
-            a["chosen"], a["potentials"], a["last_scores"], scale, potentials, a["scores"], rank, key, a["peaks"])
+            a["chosen"], a["potentials"], a["last_scores"], scale, potentials, a["scores"], rank, key, a["peaks"],
+            peaks)
         if not holds:
             return None
         entries = []
@@ -165,7 +187,8 @@ class QKMeans(UnlearningModel):
             if not min(others) - best > 4.0 * scale * _U * top:
                 return None  # the newcomer would win, or come within rounding of it
             entries.append((j, int(rank[j]), float(key[j]), cost))
-        return potentials, entries
+            peaks[j] = top
+        return potentials, peaks, entries
 
     def _set_candidates(self, runners: list[list[str | None]]) -> None:
         self._candidate_slots = runners
@@ -223,10 +246,12 @@ class QKMeans(UnlearningModel):
     def _recompute(self) -> np.ndarray:
         d = self._store.n_features or 0
         if len(self._store) == 0:
-            self._fitted = False
+            self._fitted = self._seeding_kept = False
             self._n_model = 0
             return np.empty((0, d))
-        if not self._fitted:
+        if self._seeding_kept:
+            self._refit_lloyd(self._store.canonical()[1])
+        elif not self._fitted:
             self._fit(*self._store.canonical())
         return self._arrays["centres"][-1].copy()
 
@@ -237,34 +262,48 @@ class QKMeans(UnlearningModel):
         w = np.ones(n)
         seeds = race_seeds(X[None], w[None], keys[None], k, self._race_salt, self._L())
         self._theta = phase(self.seed, d)
-        centres = [X[seeds.index[0]]]
-        sums, counts = [], []
+        cand = seeds.candidates[0]
+        self._set_candidates([[ids[i] if i >= 0 else None for i in row] for row in cand.tolist()])
+        # With fewer runners than L any newcomer would join the race: never certify then.
+        last = np.where(cand[:, -1] >= 0, seeds.scores[0][:, -1], -np.inf)
+        self._arrays = {
+            "candidate_vectors": X[np.maximum(cand, 0)], "potentials": seeds.potentials[0],
+            "chosen": np.argmax(cand == seeds.index[0][:, None], axis=1), "last_scores": last,
+            "scores": seeds.scores[0], "peaks": _largest_finite(seeds.potentials[0]),
+            "fallback": np.array(bool(seeds.fallback.any())),
+        }
+        self._ops = 0
+        self._lloyd(X, X[seeds.index[0]])
+        self.refits_ += 1
+
+    def _refit_lloyd(self, X: np.ndarray) -> None:
+        """The refit when only Lloyd changed: the kept seeding is the fresh fit's, so start from its seeds.
+
+        ``_ops`` keeps counting: the seeding costs carry every change since the full fit.
+        """
+        self._lloyd(X, self._arrays["centres"][0])
+        self.refits_ += 1
+        self.lloyd_refits_ += 1
+
+    def _lloyd(self, X: np.ndarray, start: np.ndarray) -> None:
+        """Quantized Lloyd from the seeds ``start`` until the snapped centres repeat or ``max_iter``."""
+        n = len(X)
+        w = np.ones(n)
+        centres, sums, counts = [start], [], []
         for _ in range(self.max_iter):
             labels = assign(X[None], centres[-1][None])[0]
-            s, c = cluster_sums(X, w, labels, k)
-            centre, _ = corrected_centroids(s, c, centres[-1], n, k, self.gamma)
+            s, c = cluster_sums(X, w, labels, self.k)
+            centre, _ = corrected_centroids(s, c, centres[-1], n, self.k, self.gamma)
             sums.append(s)
             counts.append(c)
             centres.append(snap(centre, self.eps, self._theta)[0])
             if np.array_equal(centres[-1], centres[-2]):
                 break  # an exact fixpoint: every further update would repeat it
         self.n_iter_ = len(sums)
-        cand = seeds.candidates[0]
-        self._set_candidates([[ids[i] if i >= 0 else None for i in row] for row in cand.tolist()])
-        # With fewer runners than L any newcomer would join the race: never certify then.
-        last = np.where(cand[:, -1] >= 0, seeds.scores[0][:, -1], -np.inf)
-        self._arrays = {
-            "centres": np.stack(centres), "sums": np.stack(sums), "counts": np.stack(counts),
-            "max_abs": np.abs(X).max(axis=0),
-            "candidate_vectors": X[np.maximum(cand, 0)], "potentials": seeds.potentials[0],
-            "chosen": np.argmax(cand == seeds.index[0][:, None], axis=1), "last_scores": last,
-            "scores": seeds.scores[0], "peaks": _largest_finite(seeds.potentials[0]),
-            "fallback": np.array(bool(seeds.fallback.any())),
-        }
+        self._arrays.update(centres=np.stack(centres), sums=np.stack(sums), counts=np.stack(counts),
+                            max_abs=np.abs(X).max(axis=0))
         self._n_model = n
-        self._ops = 0
-        self._fitted = True
-        self.refits_ += 1
+        self._fitted, self._seeding_kept = True, False
 
     # -- persistence ----------------------------------------------------------------------
     def _cache_state(self) -> dict[str, Any]:
