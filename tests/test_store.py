@@ -103,3 +103,26 @@ def test_many_deletions_give_the_memory_back_and_keep_every_row():
     for i in keep:
         assert np.array_equal(store.vector(ids[i]), X[i]) and int(store.key(ids[i])) == i
     assert sorted(store.bucket_ids(3)) == sorted(ids[i] for i in keep if i % 8 == 3)
+
+
+def test_growing_in_many_small_adds_keeps_every_row():
+    """The arrays grow in place (resize) many times over; every row, key and id stays found."""
+    rng = np.random.default_rng(1)
+    n, d = 6_000, 2
+    ids = [f"g{i}" for i in range(n)]
+    X = rng.normal(size=(n, d))
+    store = PointStore(n_buckets=5)
+    for lo in range(0, n, 37):
+        hi = min(n, lo + 37)
+        store.add(ids[lo:hi], np.arange(lo, hi, dtype=np.uint64), X[lo:hi], np.arange(lo, hi, dtype=np.int64) % 5)
+        if lo % 370 == 0 and lo:
+            store.remove(ids[lo - 1])
+    removed = {ids[lo - 1] for lo in range(370, n, 370)}
+    assert len(store) == n - len(removed)
+    for i, point_id in enumerate(ids):
+        if point_id not in removed:
+            assert np.array_equal(store.vector(point_id), X[i]) and int(store.key(point_id)) == i
+    keys, vectors, sizes = store.gather([2])
+    want = [i for i in range(2, n, 5) if ids[i] not in removed]
+    assert keys.tolist() == want and np.array_equal(vectors, X[want]) and sizes.tolist() == [len(want)]
+    assert sorted(store.bucket_ids(2)) == sorted(ids[i] for i in want)
