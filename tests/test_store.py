@@ -83,11 +83,15 @@ def test_the_store_agrees_with_a_dict_after_any_adds_and_removes(steps, n_bucket
             assert X[:, 0].tolist() == [expected[i][2] for _, _, i in want]
 
 
+def _numbered_points(n: int, d: int, seed: int) -> tuple[list[str], np.ndarray]:
+    """Ids p0..p(n-1) (point i gets key i below) and random vectors."""
+    return [f"p{i}" for i in range(n)], np.random.default_rng(seed).normal(size=(n, d))
+
+
 def test_many_deletions_give_the_memory_back_and_keep_every_row():
-    rng = np.random.default_rng(0)
     n, d = 20_000, 3
-    ids = [f"p{i}" for i in range(n)]
-    X = rng.normal(size=(n, d))
+    ids, X = _numbered_points(n, d, seed=0)
+    rng = np.random.default_rng(0)
     store = PointStore(n_buckets=8)
     store.repack_min_free = 16  # (the default waits for 1024 free pages, ~100x this store's final size)
     store.add(ids, np.arange(n, dtype=np.uint64), X, np.arange(n, dtype=np.int64) % 8)
@@ -107,10 +111,8 @@ def test_many_deletions_give_the_memory_back_and_keep_every_row():
 
 def test_growing_in_many_small_adds_keeps_every_row():
     """The arrays grow in place (resize) many times over; every row, key and id stays found."""
-    rng = np.random.default_rng(1)
     n, d = 6_000, 2
-    ids = [f"g{i}" for i in range(n)]
-    X = rng.normal(size=(n, d))
+    ids, X = _numbered_points(n, d, seed=1)
     store = PointStore(n_buckets=5)
     for lo in range(0, n, 37):
         hi = min(n, lo + 37)
