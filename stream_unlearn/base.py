@@ -159,7 +159,7 @@ class UnlearningModel(ABC):
         C = self.centroids_
         if len(self._store) == 0 or len(C) == 0:
             return 0.0
-        return float(nearest_sq_dists(self._store.vectors(), C).mean())
+        return float(nearest_sq_dists(self.held_vectors(), C).mean())
 
     def held_vectors(self) -> np.ndarray:
         """The vectors of :meth:`held` alone (a copy), for passes that need no ids."""

@@ -138,9 +138,9 @@ class DCKMeans(UnlearningModel):
             return
         C, W = self._node_centroids[0], self._node_weights[0]
         assert C is not None and W is not None
-        sizes = self._store.bucket_sizes
-        held = [leaf for leaf in leaves if sizes[leaf]]
-        empty = [leaf for leaf in leaves if not sizes[leaf]]
+        counts = self._store.bucket_sizes
+        held = [leaf for leaf in leaves if counts[leaf]]
+        empty = [leaf for leaf in leaves if not counts[leaf]]
         C[empty], W[empty] = 0.0, 0.0
         if held:
             keys, X, sizes = self._store.gather(held)
@@ -178,22 +178,20 @@ class DCKMeans(UnlearningModel):
         width, child_width = self.level_widths_[level], self.level_widths_[level - 1]
         f, k = self.fanout, self.k
         logu = self._item_log_uniforms(level)
-        if len(nodes) <= _FEW_NODES:
-            for node in nodes:
-                p, first = node // width, (node % width) * f
-                fit_range_into(*self._child_items(level, p), logu, first * k, min(first + f, child_width) * k, k,
-                               self.max_iter, self._candidates, C[node : node + 1], W[node : node + 1])
-            self._mark_parents(level, nodes)
-            return
         node_ids = np.asarray(nodes, dtype=np.int64)
         partitions, local = np.divmod(node_ids, width)
         first = local * f
         starts, stops = first * k, np.minimum(first + f, child_width) * k
-        for p in np.unique(partitions).tolist():
-            mine = partitions == p
-            result = fit_ranges(*self._child_items(level, p), logu, starts[mine], stops[mine], k, self.max_iter,
-                                self._candidates)
-            C[node_ids[mine]], W[node_ids[mine]] = result.centroids, result.weights
+        if len(nodes) <= _FEW_NODES:
+            for node, p, start, stop in zip(nodes, partitions.tolist(), starts.tolist(), stops.tolist()):
+                fit_range_into(*self._child_items(level, p), logu, start, stop, k, self.max_iter, self._candidates,
+                               C[node : node + 1], W[node : node + 1])
+        else:
+            for p in np.unique(partitions).tolist():
+                mine = partitions == p
+                result = fit_ranges(*self._child_items(level, p), logu, starts[mine], stops[mine], k, self.max_iter,
+                                    self._candidates)
+                C[node_ids[mine]], W[node_ids[mine]] = result.centroids, result.weights
         self._mark_parents(level, nodes)
 
     def _child_items(self, level: int, partition: int) -> tuple[np.ndarray, np.ndarray]:

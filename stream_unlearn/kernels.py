@@ -559,6 +559,7 @@ def q_seeding_certificate(x, logu, sign, cand, chosen, potentials, last_scores, 
     x2 = x.reshape(1, d)
     new_potentials[:] = potentials
     entry_rank[:] = -1
+    pots = np.empty(L)  # each runner's cost with the change (inf: none, or it overflowed)
     prev = np.inf  # D^2 of x before step j: its distance to the nearest seed chosen so far
     for j in range(k):
         dropped = -1
@@ -589,6 +590,7 @@ def q_seeding_certificate(x, logu, sign, cand, chosen, potentials, last_scores, 
             if prev < dist:
                 dist = prev
             pot = potentials[j, slot] + sign * dist
+            pots[slot] = pot if np.isfinite(pot) else np.inf
             if not np.isfinite(pot):
                 continue
             new_potentials[j, slot] = pot
@@ -600,14 +602,8 @@ def q_seeding_certificate(x, logu, sign, cand, chosen, potentials, last_scores, 
             return False
         runner_up = np.inf
         for slot in range(L):
-            if slot == best or slot == dropped:
-                continue
-            dist = sqd(x2, 0, cand[j], slot)
-            if prev < dist:
-                dist = prev
-            pot = potentials[j, slot] + sign * dist
-            if np.isfinite(pot) and pot < runner_up:
-                runner_up = pot
+            if slot != best and slot != dropped and pots[slot] < runner_up:
+                runner_up = pots[slot]
         if not runner_up - best_pot > 4.0 * scale * u * top:
             return False
         new_peaks[j] = top

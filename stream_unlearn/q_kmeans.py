@@ -75,8 +75,8 @@ class QKMeans(UnlearningModel):
         self._seeding_kept = False  # not fitted, but the seeding is certified for the points held
         self._n_model = 0
         self._ops = 0
-        self._candidate_ids: dict[str, int] = {}  # id -> in how many races it runs
         self._candidate_slots: list[list[str | None]] = []  # each step's runners' ids, by slot
+        self._candidate_ids: set[str] = set()  # all of them: a delete of one cannot be certified
         self._arrays: dict[str, np.ndarray] = {}
         self._theta: np.ndarray | None = None
         self.n_iter_ = 0
@@ -192,9 +192,7 @@ class QKMeans(UnlearningModel):
 
     def _set_candidates(self, runners: list[list[str | None]]) -> None:
         self._candidate_slots = runners
-        self._candidate_ids = {}
-        for point_id in (i for row in runners for i in row if i is not None):
-            self._candidate_ids[point_id] = self._candidate_ids.get(point_id, 0) + 1
+        self._candidate_ids = {i for row in runners for i in row if i is not None}
 
     def _entry_cost(self, x: np.ndarray, step: int, call: tuple[Sequence[str], int]) -> float:
         """Newcomer x's seeding cost as a runner of ``step``: one pass over the points of the model."""
@@ -220,12 +218,8 @@ class QKMeans(UnlearningModel):
         last_scores[step] = a["scores"][step, -1]
         runners = self._candidate_slots[step]
         runners.insert(slot, point_id)
-        dropped = runners.pop()
-        self._candidate_ids[point_id] = self._candidate_ids.get(point_id, 0) + 1
-        if dropped is not None:
-            self._candidate_ids[dropped] -= 1
-            if not self._candidate_ids[dropped]:
-                del self._candidate_ids[dropped]
+        runners.pop()
+        self._set_candidates(self._candidate_slots)
 
     def _lloyd_holds(self, x: np.ndarray, sign: int) -> bool:
         a = self._arrays

@@ -169,8 +169,7 @@ class PointStore:
         slots = self._slots_of(live)
         ids, keys, X = self._ids[slots], self._keys[slots], self._vectors[slots]
         owners = np.repeat(live, self._size[live])
-        self._allocate(int(pages.pages_needed(np.bincount(owners, minlength=self.n_buckets),
-                                              np.zeros(self.n_buckets, dtype=np.int64), ROWS_PER_PAGE)))
+        self._allocate(int((-(-self._size // ROWS_PER_PAGE)).sum()))
         self._where.clear()
         self.add(ids, keys, X, owners)
 
@@ -190,7 +189,11 @@ class PointStore:
         without copying their vectors. Valid until the store next changes (growth resizes in place)."""
         view = self._vectors.view()
         view.setflags(write=False)
-        return view, self._slots_of(np.flatnonzero(self._size))
+        return view, self._live_slots()
+
+    def _live_slots(self) -> np.ndarray:
+        """Slots of every held point, bucket by bucket (the order of :meth:`items`)."""
+        return self._slots_of(np.flatnonzero(self._size))
 
     def bucket_ids(self, bucket: int) -> list[str]:
         """Ids held in one bucket, in row order."""
@@ -220,7 +223,7 @@ class PointStore:
         The ids come as an object array (indexing gives the str): a refit of
         all points needs a handful of them, and a list of 100k costs ~8 ms.
         """
-        slots = self._slots_of(np.flatnonzero(self._size))
+        slots = self._live_slots()
         keys = self._keys[slots]
         order = canonical_order(keys, self._ids[slots])
         slots = slots[order]
@@ -234,7 +237,7 @@ class PointStore:
 
     def vectors(self) -> np.ndarray:
         """All vectors, in the order of :meth:`items` (a copy; no id list built)."""
-        return self._vectors[self._slots_of(np.flatnonzero(self._size))]
+        return self._vectors[self._live_slots()]
 
     def vector_bytes(self) -> int:
         """Bytes allocated for vectors and keys."""

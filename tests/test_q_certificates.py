@@ -8,6 +8,7 @@ pin every check of ``kernels.q_seeding_certificate`` down directly.
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
 from stream_unlearn import QKMeans, kernels
 from stream_unlearn import state as state_format
@@ -168,3 +169,24 @@ def test_after_every_certified_change_or_partial_refit_the_model_is_a_fresh_fits
                 joined += model._candidate_slots != runners
         partial += model.lloyd_refits_
     assert certified > 300 and joined > 20 and partial > 100
+
+
+def test_a_state_whose_seeding_runners_do_not_match_k_is_refused():
+    """A tampered certificate cache is a clear StateError at load, never a model that certifies from it."""
+    rng = np.random.default_rng(4)
+    model = QKMeans(k=3, seed=1, eps=0.3)
+    model.insert([f"p{i}" for i in range(200)], rng.normal(size=(200, 2)))
+    model.flush()
+    state = state_format.loads(model.to_state())
+    state["cache"]["candidate_slots"] = state["cache"]["candidate_slots"][:-1]
+    body = {key: value for key, value in state.items() if key not in ("format", "version")}
+    with pytest.raises(state_format.StateError, match="runners do not match"):
+        QKMeans.from_state(state_format.dumps(body))
+    # An older state without the runners' keys or peaks is no error: it loads and refits at its next change.
+    state = state_format.loads(model.to_state())
+    del state["cache"]["arrays"]["peaks"]
+    body = {key: value for key, value in state.items() if key not in ("format", "version")}
+    old = QKMeans.from_state(state_format.dumps(body))
+    refits = old.refits_
+    old.delete(["p7"])
+    assert np.array_equal(old.centroids_, old.refit().centroids_) and old.refits_ == refits + 1
