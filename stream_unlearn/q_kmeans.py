@@ -305,7 +305,7 @@ class QKMeans(UnlearningModel):
             return {"fitted": False}
         return {
             "fitted": True, "costs_tracked": True, "n_model": self._n_model, "ops": self._ops,
-            "candidate_slots": self._candidate_slots,
+            "candidate_slots": [list(row) for row in self._candidate_slots],  # a copy: _join_race edits rows
             "fallback": bool(self._arrays["fallback"]),
             "arrays": {name: state_format.pack_array(self._arrays[name]) for name in _ARRAYS},
             "stats": [self.certificates_passed_, self.certificates_failed_, self.refits_],

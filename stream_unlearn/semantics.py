@@ -34,7 +34,7 @@ import hashlib
 import heapq
 import math
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import msgpack
@@ -257,26 +257,34 @@ class EventTimeState:
     # -- persistence ---------------------------------------------------------------
     def to_bytes(self) -> bytes:
         """msgpack state for a snapshot: ids of held points, hashed tombstones."""
-        held_ids = list(self._held)
-        held_ts = np.fromiter((v[0] for v in self._held.values()), dtype="<f8", count=len(held_ids))
-        tomb_keys = list(self._tombstones)
-        tomb_ts = np.fromiter(self._tombstones.values(), dtype="<f8", count=len(tomb_keys))
-        return msgpack.packb(
-            {
-                "format": _FORMAT,
-                "version": _VERSION,
-                "key": self._key,
-                "horizon": self.horizon,
-                "watermark": self.watermark,
-                "floor": self.floor,
-                "held_ids": held_ids,
-                "held_ts": held_ts.tobytes(),
-                "held_digests": b"".join(v[1] for v in self._held.values()),
-                "tomb_hashes": b"".join(tomb_keys),
-                "tomb_ts": tomb_ts.tobytes(),
-            },
-            use_bin_type=True,
-        )
+        return self.capture_bytes()()
+
+    def capture_bytes(self) -> Callable[[], bytes]:
+        """The state as of now, encoded later (see ``UnlearningModel.capture_state``).
+
+        Now: shallow copies of the two maps (their keys and values are
+        immutable). The returned function encodes them, on any thread.
+        """
+        held, tombstones = dict(self._held), dict(self._tombstones)
+        scalars = {"format": _FORMAT, "version": _VERSION, "key": self._key, "horizon": self.horizon,
+                   "watermark": self.watermark, "floor": self.floor}
+
+        def encode() -> bytes:
+            held_ts = np.fromiter((v[0] for v in held.values()), dtype="<f8", count=len(held))
+            tomb_ts = np.fromiter(tombstones.values(), dtype="<f8", count=len(tombstones))
+            return msgpack.packb(
+                {
+                    **scalars,
+                    "held_ids": list(held),
+                    "held_ts": held_ts.tobytes(),
+                    "held_digests": b"".join(v[1] for v in held.values()),
+                    "tomb_hashes": b"".join(tombstones),
+                    "tomb_ts": tomb_ts.tobytes(),
+                },
+                use_bin_type=True,
+            )
+
+        return encode
 
     @classmethod
     def from_bytes(cls, blob: bytes, horizon: float | None = None) -> EventTimeState:

@@ -1,9 +1,11 @@
 """Snapshot I/O off the worker's poll loop: one background writer thread.
 
-The loop captures a unit's consistent cut (model and semantics state bytes,
-offsets in ``meta``, the receipts it makes durable) in a
+The loop captures a unit's consistent cut (copies of the model and
+semantics state, offsets in ``meta``, the receipts it makes durable) in a
 :class:`SnapshotJob` and submits it; the writer thread then, in this order:
 
+0. encodes the copied state into the parts' bytes (off the loop: at 100k
+   points the encoding takes ~4x as long as the copies);
 1. flushes the producer, so that dead letters sent before the cut are
    acknowledged before a snapshot's offsets pass them;
 2. writes the snapshot (temp dir, fsync, rename) and prunes every older
@@ -26,7 +28,7 @@ import logging
 import queue
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -52,7 +54,8 @@ class SnapshotJob:
     #: the unit's name: at most one job per name is in flight
     name: str
     store: SnapshotStore
-    parts: dict[str, bytes]
+    #: each part's bytes, or the function that encodes the captured state into them (run once)
+    parts: dict[str, bytes | Callable[[], bytes]]
     meta: dict[str, Any]
     #: receipts already listed in the last durable snapshot, then those of deletes applied since
     unsent: tuple[PendingReceipt, ...]
@@ -98,10 +101,12 @@ def run_job(job: SnapshotJob, publisher: Publisher, receipts_topic: str) -> Comp
         clock = now
 
     try:
+        parts = {name: part() if callable(part) else part for name, part in job.parts.items()}
+        lap("encode")
         if job.durable is None:
             publisher.flush()  # dead letters before the offsets that pass them
             lap("flush")
-            done.written = job.store.write(job.parts, job.meta)
+            done.written = job.store.write(parts, job.meta)
             lap("write")
             job.store.prune(done.written.seq, verify=False)  # write() returned: it is durable
             lap("prune")
@@ -121,7 +126,7 @@ def run_job(job: SnapshotJob, publisher: Publisher, receipts_topic: str) -> Comp
     finally:
         lap("receipts")
     try:
-        done.replaced = job.store.write(job.parts, {**job.meta, "pending_receipts": []}, reuse=done.written.path)
+        done.replaced = job.store.write(parts, {**job.meta, "pending_receipts": []}, reuse=done.written.path)
         job.store.prune(done.replaced.seq, verify=False)
     except BaseException as exc:  # the receipts are out; the loop decides (OSError: retry later)
         done.replace_error = exc

@@ -231,9 +231,14 @@ class PointStore:
 
     def items(self) -> tuple[list[str], np.ndarray, np.ndarray]:
         """All ids, vectors and bucket numbers (a copy, bucket by bucket)."""
+        ids, X, buckets = self.copy_rows()
+        return ids.tolist(), X, buckets
+
+    def copy_rows(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """:meth:`items` with the ids as an object array: no list of str built."""
         live = np.flatnonzero(self._size)
         slots = self._slots_of(live)
-        return self._ids[slots].tolist(), self._vectors[slots], np.repeat(live, self._size[live])
+        return self._ids[slots], self._vectors[slots], np.repeat(live, self._size[live])
 
     def vectors(self) -> np.ndarray:
         """All vectors, in the order of :meth:`items` (a copy; no id list built)."""

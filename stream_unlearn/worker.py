@@ -847,11 +847,13 @@ class Worker:
     def _capture(self, unit: Unit) -> None:
         """Take a unit's consistent cut on the loop and hand it to the writer thread.
 
+        The loop only copies the state; the writer thread encodes the copies.
+
         The pending receipts move into the job; :meth:`_completed` puts
         them back if the snapshot listing them could not be written.
         """
         started = time.perf_counter()
-        parts = {MODEL_PART: unit.model.to_state(), SEMANTICS_PART: unit.semantics.to_bytes()}
+        parts = {MODEL_PART: unit.model.capture_state(), SEMANTICS_PART: unit.semantics.capture_bytes()}
         job = SnapshotJob(unit.name, unit.store, parts, self._meta(unit, unit.unsent + unit.new_pending),
                           tuple(unit.unsent), tuple(unit.new_pending), time.perf_counter() - started)
         unit.unsent, unit.new_pending, unit.changed = [], [], False
@@ -888,7 +890,8 @@ class Worker:
             return
         if job.durable is None:
             info = done.written
-            self.metrics.snapshot(job.captured_seconds + done.seconds.get("write", 0.0), info.size_bytes,
+            taken = job.captured_seconds + done.seconds.get("encode", 0.0) + done.seconds.get("write", 0.0)
+            self.metrics.snapshot(taken, info.size_bytes,
                                   info.created_at)
             self.metrics.delete_persisted([info.created_at - p.deleted_ts for p in job.new_pending])
             log.debug("%s: snapshot %s: %d receipts pending", unit.name, info.path, len(job.pending))
