@@ -38,10 +38,11 @@ offsets after the same record):
 5. book the snapshots the writer thread finished (metrics, the unit's last
    seq, receipts put back as pending if the write or their send failed);
 6. every ``--snapshot-interval`` seconds, mark the changed units due; each
-   step then captures one due unit (its model and semantics state bytes,
-   offsets and pending receipts: the cut) unless its previous snapshot is
-   still in flight (then it waits for the next interval), and hands it to
-   the writer thread (:mod:`stream_unlearn.snapshot_writer`), which flushes
+   step then captures one due unit (copies of its model and semantics
+   state, offsets and pending receipts: the cut) unless its previous
+   snapshot is still in flight (then it waits for the next interval), and
+   hands it to the writer thread (:mod:`stream_unlearn.snapshot_writer`),
+   which encodes the copies, flushes
    the producer (dead letters are durable before offsets pass them),
    writes the snapshot, prunes every older one of that unit, then sends one
    erasure receipt per delete, and replaces the snapshot by one that no
