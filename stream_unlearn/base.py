@@ -17,7 +17,7 @@ import numpy as np
 
 from . import state as state_format
 from .hashing import id_keys
-from .lloyd import assign, nearest_sq_dists
+from .lloyd import assign
 from .store import PointStore
 from .validation import MAX_ID_BYTES, as_partitions, as_points, normalize_ids
 
@@ -160,11 +160,16 @@ class UnlearningModel(ABC):
         C = self.centroids_
         if len(self._store) == 0 or len(C) == 0:
             return 0.0
-        return float(nearest_sq_dists(self.held_vectors(), C).mean())
+        return self.sq_dist_sum(C) / len(self._store)
 
-    def held_vectors(self) -> np.ndarray:
-        """The vectors of :meth:`held` alone (a copy), for passes that need no ids."""
-        return self._store.vectors()
+    def sq_dist_sum(self, C: np.ndarray) -> float:
+        """Sum over held points of the squared distance to the nearest row of ``C`` (0 if either is empty).
+
+        The loss's O(n) pass, without copying the vectors: the worker runs it on its loop.
+        """
+        if len(self._store) == 0 or len(C) == 0:
+            return 0.0
+        return self._store.sq_dist_sum(C)
 
     def held(self) -> tuple[list[str], np.ndarray, np.ndarray]:
         """Ids, vectors and partitions of every held point (copies)."""

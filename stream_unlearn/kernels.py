@@ -156,6 +156,25 @@ def assign_rows(X: np.ndarray, C: np.ndarray, out: np.ndarray) -> None:
 
 
 @njit(**_OPTS)
+def nearest_sq_dist_sum(V, slots, C):
+    """Sum over rows ``V[slots]`` of the squared distance to the nearest centre of ``C`` (k >= 1).
+
+    For the loss (a report, not a decision): walking the store's rows in
+    place copies nothing; slots in increasing order read memory front to back.
+    """
+    total = 0.0
+    for p in range(len(slots)):
+        s = slots[p]
+        best = np.inf
+        for j in range(C.shape[0]):
+            dist = sqd_below(V, s, C, j, best)
+            if dist < best:
+                best = dist
+        total += best
+    return total
+
+
+@njit(**_OPTS)
 def seed_node(X, w, logu, k, L, seed_index, cand, cand_score, pots, fallback, d2):
     """Greedy k-means++ by exponential races on one node's items (see :func:`_seed`)."""
     _seed(X, _transposed_for_simd(X), w, logu, k, L, seed_index, cand, cand_score, pots, fallback, d2,

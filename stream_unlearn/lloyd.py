@@ -98,20 +98,6 @@ def assign(X: np.ndarray, C: np.ndarray) -> np.ndarray:
     return out
 
 
-def nearest_sq_dists(X: np.ndarray, C: np.ndarray) -> np.ndarray:
-    """Squared distance (n,) of each row of X (n, d) to its nearest centre in C (k, d): for the loss."""
-    return np.min(sq_dists(X[None], C[None])[0], axis=1)
-
-
-def sq_dists(X: np.ndarray, C: np.ndarray) -> np.ndarray:
-    """Squared distances (B, m, k): for reporting (loss), not for decisions."""
-    d2 = np.einsum("bmd,bkd->bmk", X, C)
-    d2 *= -2.0
-    d2 += np.einsum("bmd,bmd->bm", X, X)[:, :, None]
-    d2 += np.einsum("bkd,bkd->bk", C, C)[:, None, :]
-    return np.maximum(d2, 0.0, out=d2)
-
-
 def cluster_sums(X: np.ndarray, w: np.ndarray, labels: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     """Weighted sums (k, d) and weights (k,) per cluster, items left to right."""
     sums = np.empty((k, X.shape[1]))

