@@ -73,6 +73,8 @@ class QKMeans(UnlearningModel):
         self._changes_left = 0  # of the insert or delete call being applied
         self._fitted = False
         self._seeding_kept = False  # not fitted, but the seeding is certified for the points held
+        #: a certified delete since the full fit: the cache carries traces of a point no longer held
+        self._forgot_since_fit = False
         self._n_model = 0
         self._ops = 0
         self._candidate_slots: list[list[str | None]] = []  # each step's runners' ids, by slot
@@ -156,6 +158,7 @@ class QKMeans(UnlearningModel):
             self._n_model += sign
             self._ops += 1
         self._arrays["potentials"], self._arrays["peaks"], entries = seeding
+        self._forgot_since_fit |= sign < 0
         for entry in entries:
             self._join_race(x, point_id, *entry)
 
@@ -267,6 +270,7 @@ class QKMeans(UnlearningModel):
             "fallback": np.array(bool(seeds.fallback.any())),
         }
         self._ops = 0
+        self._forgot_since_fit = False
         self._lloyd(X, X[seeds.index[0]])
         self.refits_ += 1
 
@@ -301,20 +305,30 @@ class QKMeans(UnlearningModel):
 
     # -- persistence ----------------------------------------------------------------------
     def _cache_state(self) -> dict[str, Any]:
-        if not self._fitted:
-            return {"fitted": False}
+        """The certificate cache, unless a certified delete happened since the full fit.
+
+        A certified delete leaves traces of the point in the cache: the
+        per-feature largest |x| it may have set, the rounding residue of the
+        sums, the seeding costs' peaks. A state must hold nothing of a point
+        the model forgot, so it then goes without the cache (the centroids,
+        a fresh fit's bits, stay) and a restored model refits at its next change.
+        """
+        stats = [self.certificates_passed_, self.certificates_failed_, self.refits_]
+        if not self._fitted or self._forgot_since_fit:
+            return {"fitted": False, "stats": stats}
         return {
             "fitted": True, "costs_tracked": True, "n_model": self._n_model, "ops": self._ops,
             "candidate_slots": [list(row) for row in self._candidate_slots],  # a copy: _join_race edits rows
             "fallback": bool(self._arrays["fallback"]),
             "arrays": {name: state_format.pack_array(self._arrays[name]) for name in _ARRAYS},
-            "stats": [self.certificates_passed_, self.certificates_failed_, self.refits_],
+            "stats": stats,
         }
 
     def _load_cache(self, cache: dict[str, Any]) -> None:
+        if "stats" in cache:
+            self.certificates_passed_, self.certificates_failed_, self.refits_ = (int(v) for v in cache["stats"])
         if not cache.get("fitted"):
             return
-        self.certificates_passed_, self.certificates_failed_, self.refits_ = (int(v) for v in cache["stats"])
         if (not cache.get("costs_tracked") or "candidate_slots" not in cache
                 or any(name not in cache["arrays"] for name in _ARRAYS)):
             # States written before certified changes updated the seeding costs may hold stale

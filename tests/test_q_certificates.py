@@ -190,3 +190,38 @@ def test_a_state_whose_seeding_runners_do_not_match_k_is_refused():
     refits = old.refits_
     old.delete(["p7"])
     assert np.array_equal(old.centroids_, old.refit().centroids_) and old.refits_ == refits + 1
+
+
+def test_a_state_holds_nothing_of_a_point_forgotten_by_a_certified_delete():
+    """A certified delete keeps the cache, which then carries traces of the point (here: its
+    extreme coordinate, kept as the largest |x| of its feature). The state goes without the cache
+    until the next full fit, so its bytes hold nothing of the point; a restore refits at its next
+    change. Inserts alone keep the cache in the state."""
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(3000, 4))
+    X[17, 2] = 9.123456789
+    trace = np.float64(9.123456789).tobytes()
+    ids = [f"p{i}" for i in range(len(X))]
+    model = QKMeans(k=4, seed=1, eps=0.5)
+    model.insert(ids[:2900], X[:2900])
+    model.flush()
+    model.insert(ids[2900:], X[2900:])  # certified inserts: the state keeps its cache
+    model.flush()
+    assert model.refits_ == 1 and model.certificates_passed_ > 0
+    assert trace in model.to_state() and state_format.loads(model.to_state())["cache"]["fitted"]
+    passed = model.certificates_passed_
+    model.delete(["p17"])
+    model.flush()
+    assert model.certificates_passed_ == passed + 1 and model.refits_ == 1  # certified: no refit
+    state = model.to_state()
+    assert trace not in state
+    restored = QKMeans.from_state(state)
+    assert np.array_equal(restored.centroids_, model.centroids_) and restored.verify()
+    assert restored.certificates_passed_ == model.certificates_passed_  # the counters travel anyway
+    restored.delete(["p18"])
+    restored.flush()
+    assert restored.refits_ == model.refits_ + 1 and restored.verify()  # no cache: a refit
+    # After a full fit the state is clean and carries the cache again.
+    restored.insert(ids[:3000:7], X[:3000:7] + 0.5)  # a bulk change: full refit
+    restored.flush()
+    assert restored.refits_ == model.refits_ + 2 and state_format.loads(restored.to_state())["cache"]["fitted"]
