@@ -655,7 +655,7 @@ def q_entry_cost(V, slots, skip, x, seeds):
 
 
 @njit(**_OPTS)
-def q_lloyd_certificate(x, sign, centres, sums, counts, theta, eps, gamma, n_new, max_abs, n_terms,
+def q_lloyd_certificate(x, sign, centres, sums, counts, peak_counts, theta, eps, gamma, n_new, max_abs, n_terms,
                         new_sums, new_counts):
     """Redo one point's effect on every stored quantized-Lloyd iteration; True if nothing moves.
 
@@ -664,10 +664,13 @@ def q_lloyd_certificate(x, sign, centres, sums, counts, theta, eps, gamma, n_new
     multiply-adds). Each centre must also lie farther inside its grid cell
     than two computations of it may differ by rounding: sums of up to
     ``n_terms`` additions in different orders differ by at most
-    ``2 n_terms u sum|x|`` (twice the recursive-summation bound, with
-    ``sum|x| <= count * max_abs``), and dividing, blending and snapping add a
-    few ulps of each operand. ``new_sums``/``new_counts`` receive the
-    updated statistics.
+    ``2 n_terms u sum|x|`` (twice the recursive-summation bound), and
+    dividing, blending and snapping add a few ulps of each operand.
+    ``sum|x|`` is bounded by ``count * max_abs`` with the cluster's largest
+    count since the fit (``peak_counts``, ``max_abs`` likewise a peak): a
+    stored sum keeps the rounding of every partial sum it went through,
+    however small the cluster is now. ``new_sums``/``new_counts`` receive
+    the updated statistics.
     """
     T, k, d = sums.shape
     u = 2.0**-53
@@ -682,6 +685,7 @@ def q_lloyd_certificate(x, sign, centres, sums, counts, theta, eps, gamma, n_new
         new_counts[t, lab] += sign
         for j in range(k):
             c = new_counts[t, j]
+            peak = max(c, peak_counts[t, j])
             m = c if c > 0.0 else 1.0
             ratio = c / balance if balance > 0.0 else 1.0
             for f in range(d):
@@ -696,7 +700,7 @@ def q_lloyd_certificate(x, sign, centres, sums, counts, theta, eps, gamma, n_new
                 if eps * (cell + theta[f]) != centres[t + 1, j, f]:
                     return False
                 slack = (0.5 - abs(z - cell)) * eps
-                bound = (2.0 * (n_terms + 2) * u * (c * max_abs[f]) / m
+                bound = (2.0 * (n_terms + 2) * u * (peak * max_abs[f]) / m
                          + 8.0 * u * (abs(mean) + abs(prev))
                          + 4.0 * u * eps * (abs(z) + 1.0))
                 if not slack > bound:

@@ -35,8 +35,8 @@ _BULK_MIN = 256
 #: while at most n / this changes remain: a seeding certificate costs ~8 us of Python, a fresh
 #: seeding ~0.3 us per point (k=5, d=25). Either way the model is exact.
 _SEEDING_CERTS_VS_SEEDING = 32
-_ARRAYS = ("centres", "sums", "counts", "max_abs", "candidate_vectors", "potentials", "chosen", "last_scores",
-           "scores", "peaks")
+_ARRAYS = ("centres", "sums", "counts", "peak_counts", "max_abs", "candidate_vectors", "potentials", "chosen",
+           "last_scores", "scores", "peaks")
 _U = 2.0**-53
 
 
@@ -231,10 +231,12 @@ class QKMeans(UnlearningModel):
         n = self._n_model + sign
         holds = kernels.q_lloyd_certificate(
             np.ascontiguousarray(x, dtype=np.float64), float(sign), a["centres"], a["sums"], a["counts"],
-            self._theta, self.eps, self.gamma, n, max_abs, max(n, self._n_model) + self._ops + 1, sums, counts)
+            a["peak_counts"], self._theta, self.eps, self.gamma, n, max_abs, max(n, self._n_model) + self._ops + 1, sums, counts)
         if not holds:
             return False
         a["sums"], a["counts"], a["max_abs"] = sums, counts, max_abs
+        if sign > 0:
+            a["peak_counts"] = np.maximum(a["peak_counts"], counts)
         self._n_model = n
         self._ops += 1
         return True
@@ -299,7 +301,7 @@ class QKMeans(UnlearningModel):
                 break  # an exact fixpoint: every further update would repeat it
         self.n_iter_ = len(sums)
         self._arrays.update(centres=np.stack(centres), sums=np.stack(sums), counts=np.stack(counts),
-                            max_abs=np.abs(X).max(axis=0))
+                            peak_counts=np.stack(counts), max_abs=np.abs(X).max(axis=0))
         self._n_model = n
         self._fitted, self._seeding_kept = True, False
 
@@ -340,10 +342,20 @@ class QKMeans(UnlearningModel):
         T, k, d = len(arrays["sums"]), self.k, self._store.n_features or 0
         if not 1 <= T <= self.max_iter or arrays["centres"].shape != (T + 1, k, d) or arrays["sums"].shape != (T, k, d):
             raise state_format.StateError("Q-k-means cache does not match k, max_iter and dimension")
-        L = arrays["potentials"].shape[1]
+        L = arrays["potentials"].shape[1] if arrays["potentials"].ndim == 2 else -1
         runners = cache["candidate_slots"]
         if arrays["scores"].shape != (k, L) or len(runners) != k or any(len(row) != L for row in runners):
             raise state_format.StateError("Q-k-means cache: seeding runners do not match k")
+        # The compiled certificates index these without bounds checks: every shape and index is checked here.
+        shapes = {"counts": (T, k), "peak_counts": (T, k), "max_abs": (d,), "candidate_vectors": (k, L, d),
+                  "potentials": (k, L), "chosen": (k,), "last_scores": (k,), "peaks": (k,)}
+        for name, shape in shapes.items():
+            if arrays[name].shape != shape:
+                raise state_format.StateError(f"Q-k-means cache: {name} has shape {arrays[name].shape}, not {shape}")
+        if L < 1 or np.any((arrays["chosen"] < 0) | (arrays["chosen"] >= L)):
+            raise state_format.StateError("Q-k-means cache: a seeding winner outside its race")
+        if int(cache["n_model"]) != len(self._store):
+            raise state_format.StateError("Q-k-means cache: its point count is not the state's")
         self._arrays = arrays
         self._set_candidates([list(row) for row in cache["candidate_slots"]])
         self._n_model = int(cache["n_model"])

@@ -182,14 +182,28 @@ def test_a_state_whose_seeding_runners_do_not_match_k_is_refused():
     body = {key: value for key, value in state.items() if key not in ("format", "version")}
     with pytest.raises(state_format.StateError, match="runners do not match"):
         QKMeans.from_state(state_format.dumps(body))
-    # An older state without the runners' keys or peaks is no error: it loads and refits at its next change.
-    state = state_format.loads(model.to_state())
-    del state["cache"]["arrays"]["peaks"]
-    body = {key: value for key, value in state.items() if key not in ("format", "version")}
-    old = QKMeans.from_state(state_format.dumps(body))
-    refits = old.refits_
-    old.delete(["p7"])
-    assert np.array_equal(old.centroids_, old.refit().centroids_) and old.refits_ == refits + 1
+    # Arrays the compiled certificates index without bounds checks: any wrong shape or index is refused.
+    for name, tamper, message in (
+        ("candidate_vectors", lambda a: a[:, :1], "candidate_vectors has shape"),
+        ("peak_counts", lambda a: a[:, :2], "peak_counts has shape"),
+        ("chosen", lambda a: a + 5, "winner outside its race"),
+    ):
+        state = state_format.loads(model.to_state())
+        arrays = state["cache"]["arrays"]
+        arrays[name] = state_format.pack_array(tamper(state_format.unpack_array(arrays[name])))
+        body = {key: value for key, value in state.items() if key not in ("format", "version")}
+        with pytest.raises(state_format.StateError, match=message):
+            QKMeans.from_state(state_format.dumps(body))
+    # An older state without the runners' keys, the costs' peaks or the clusters' peak counts is no
+    # error: it loads and refits at its next change.
+    for name in ("peaks", "peak_counts"):
+        state = state_format.loads(model.to_state())
+        del state["cache"]["arrays"][name]
+        body = {key: value for key, value in state.items() if key not in ("format", "version")}
+        old = QKMeans.from_state(state_format.dumps(body))
+        refits = old.refits_
+        old.delete(["p7"])
+        assert np.array_equal(old.centroids_, old.refit().centroids_) and old.refits_ == refits + 1
 
 
 def test_a_state_holds_nothing_of_a_point_forgotten_by_a_certified_delete():
@@ -225,3 +239,49 @@ def test_a_state_holds_nothing_of_a_point_forgotten_by_a_certified_delete():
     restored.insert(ids[:3000:7], X[:3000:7] + 0.5)  # a bulk change: full refit
     restored.flush()
     assert restored.refits_ == model.refits_ + 2 and state_format.loads(restored.to_state())["cache"]["fitted"]
+
+
+def test_lloyd_rounding_margin_follows_the_largest_count_since_the_fit():
+    """A stored cluster sum keeps the rounding of every partial sum it went through. Shrink one
+    cluster from 6000 points to 3 by certified deletes, with ``eps`` put so that a cell edge falls
+    between the stored sum's mean and a fresh sum's mean: a margin sized by the current count (3)
+    passed all 5997 certificates and left centroids that are not a fresh fit's (found in review).
+    Sized by the largest count since the fit, a certificate fails and the model refits."""
+    from stream_unlearn.quantize import phase
+
+    n0, keep = 6000, 3
+    rng = np.random.default_rng(3)
+    ids = [f"p3_{i}" for i in range(n0)]
+    probe = QKMeans(k=1, seed=0, eps=100.0, gamma=0.0, max_iter=1)
+    probe.insert(ids, rng.random((n0, 1)))
+    probe.flush()
+    runners = sorted(probe._candidate_ids)  # k=1: the seeding race's runners depend on the keys alone
+    vals = 1.1 + 1e-3 * 0.998 * rng.random(n0)
+    vals[ids.index(runners[0])], vals[ids.index(runners[1])] = 1.1 + 1e-3, 1.1 + 0.999e-3  # never deleted
+    order = sorted((i for i in range(n0) if ids[i] not in runners), key=lambda i: vals[i])
+    gone = order[: n0 - keep]
+    # The stored sum after the deletes, as the certificates keep it, and a fresh sum of the survivors.
+    model = QKMeans(k=1, seed=0, eps=100.0, gamma=0.0, max_iter=1)
+    model.insert(ids, vals[:, None])
+    _, X_sorted, ids_sorted = model._store.canonical()
+    stored = 0.0
+    for v in X_sorted[:, 0]:
+        stored += v
+    for i in gone:
+        stored = stored + (-1.0) * vals[i]
+    dropped = {ids[i] for i in gone}
+    fresh = 0.0
+    for v, pid in zip(X_sorted[:, 0], ids_sorted):
+        if pid not in dropped:
+            fresh += v
+    stored, fresh = stored / keep, fresh / keep
+    old_margin = 2.0 * (n0 + 3) * 2.0**-53 * vals.max() + 16 * 2.0**-53 * 1.1
+    assert fresh - stored > 2.2 * old_margin  # the setup does put the two means apart
+    edge = (stored + fresh) / 2
+    model = QKMeans(k=1, seed=0, eps=edge / (phase(0, 1)[0] + 0.5), gamma=0.0, max_iter=1)
+    model.insert(ids, vals[:, None])
+    model.flush()
+    for i in gone:
+        model.delete([ids[i]])
+    assert model.certificates_failed_ >= 1
+    assert model.verify()
