@@ -55,6 +55,9 @@ __all__ = [
 
 ENV_PREFIX = "STREAM_UNLEARN_"
 ALGORITHMS = ("dc", "q")
+#: murmur2: a DC worker over several partitions dead-letters records off their id's murmur2 partition;
+#: any: trust the producers' partitioner (one that maps each key to one partition in both topics).
+PARTITIONERS = ("murmur2", "any")
 _TOPIC_RE = re.compile(r"^[A-Za-z0-9._-]{1,249}$")
 
 
@@ -79,6 +82,7 @@ class WorkerConfig:
     heartbeat_interval_ms: int = 3000
     handover_timeout: float = 120.0
     algorithm: str = "dc"
+    partitioner: str = "murmur2"
     k: int = 5
     seed: int = 0
     eps: float = 0.5
@@ -157,6 +161,7 @@ def _validate(c: WorkerConfig) -> None:
     need(math.isfinite(c.handover_timeout) and c.handover_timeout > 0,
          f"--handover-timeout must be a positive number of seconds, got {c.handover_timeout}")
     need(c.algorithm in ALGORITHMS, f"--algorithm must be one of {ALGORITHMS}, got {c.algorithm!r}")
+    need(c.partitioner in PARTITIONERS, f"--partitioner must be one of {PARTITIONERS}, got {c.partitioner!r}")
     need(c.k >= 1, f"--k must be >= 1, got {c.k}")
     need(0 <= c.seed < 2**63, f"--seed must lie in [0, 2**63), got {c.seed}")
     need(math.isfinite(c.eps) and c.eps > 0, f"--eps must be a positive finite number, got {c.eps}")
@@ -247,6 +252,9 @@ _HELP: dict[str, str] = {
     "heartbeat_interval_ms": "consumer group heartbeat interval (well below the session timeout)",
     "handover_timeout": "seconds a new owner waits for the previous owner to snapshot and let go of a partition",
     "algorithm": "dc (divide and conquer) or q (quantized Lloyd)",
+    "partitioner": "dc over several partitions: murmur2 = an id's records must be on its Kafka default "
+                   "(murmur2) partition, others are dead letters (wrong_partition); any = trust the producers' "
+                   "key partitioner (it must map each id to one partition in both topics)",
     "k": "number of clusters",
     "seed": "model seed",
     "eps": "q: quantization grid spacing, in data units",
@@ -299,6 +307,8 @@ def add_worker_arguments(parser: argparse.ArgumentParser) -> None:
                                   "type": _argparse_type(_PARSERS[kind])}
         if f.name == "algorithm":
             kwargs["choices"] = ALGORITHMS
+        if f.name == "partitioner":
+            kwargs["choices"] = PARTITIONERS
         parser.add_argument(_flag(f.name), **kwargs)
 
 

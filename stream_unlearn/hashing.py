@@ -118,6 +118,47 @@ def canonical_order(keys: np.ndarray, ids: Sequence[str]) -> np.ndarray:
     return order
 
 
+def murmur2_partitions(ids: Sequence[str], n_partitions: int) -> np.ndarray:
+    """:func:`murmur2_partition` of many ids in one compiled pass (int64 array)."""
+    data = [i.encode("utf-8") for i in ids]
+    offsets = np.zeros(len(data) + 1, dtype=np.int64)
+    np.cumsum([len(b) for b in data], out=offsets[1:])
+    out = np.empty(len(data), dtype=np.int64)
+    _murmur2_partitions(np.frombuffer(b"".join(data), dtype=np.uint8), offsets, n_partitions, out)
+    return out
+
+
+@njit(cache=True, nogil=True)
+def _murmur2_partitions(data, offsets, n_partitions, out):
+    """Kafka's murmur2 (32-bit, in uint64 with masks) of each ``data[offsets[i]:offsets[i+1]]``."""
+    m = np.uint64(0x5BD1E995)
+    mask = np.uint64(0xFFFFFFFF)
+    for j in range(len(out)):
+        lo, length = offsets[j], offsets[j + 1] - offsets[j]
+        h = (np.uint64(0x9747B28C) ^ np.uint64(length)) & mask
+        tail = length & ~3
+        for i in range(lo, lo + tail, 4):
+            k = (np.uint64(data[i]) | (np.uint64(data[i + 1]) << np.uint64(8))
+                 | (np.uint64(data[i + 2]) << np.uint64(16)) | (np.uint64(data[i + 3]) << np.uint64(24)))
+            k = (k * m) & mask
+            k ^= k >> np.uint64(24)
+            k = (k * m) & mask
+            h = ((h * m) & mask) ^ k
+        rest = length & 3
+        end = lo + tail
+        if rest == 3:
+            h ^= np.uint64(data[end + 2]) << np.uint64(16)
+        if rest >= 2:
+            h ^= np.uint64(data[end + 1]) << np.uint64(8)
+        if rest >= 1:
+            h ^= np.uint64(data[end])
+            h = (h * m) & mask
+        h ^= h >> np.uint64(13)
+        h = (h * m) & mask
+        h ^= h >> np.uint64(15)
+        out[j] = np.int64(h & np.uint64(0x7FFFFFFF)) % n_partitions
+
+
 def murmur2_partition(point_id: str, n_partitions: int) -> int:
     """Kafka's default partitioner for the key ``point_id`` (UTF-8 bytes).
 

@@ -79,6 +79,9 @@ BAD_RECORD_REASONS: tuple[str, ...] = (
     "wrong_dimension",  # vector length differs from the model's dimension
     "non_finite",  # NaN or infinity in the vector
     "bad_ts",  # ts is NaN or infinite, or too far ahead of the Kafka record timestamp
+    # Checked by the worker, not the decoder: with DC over several partitions, the record's
+    # partition is not its id's (murmur2 of the UTF-8 id, Kafka's default partitioner).
+    "wrong_partition",
 )
 
 

@@ -73,10 +73,13 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 
 from . import QKMeans, __version__
 from .base import UnlearningModel
 from .broker import ensure_topics
+from .hashing import murmur2_partitions
 from .config import ConfigError, WorkerConfig, config_from_args
 from .ownership import OwnerLock, OwnershipError, RebalanceLog, partitions_of
 from .partitioned import (
@@ -532,7 +535,8 @@ class Worker:
 
     def _apply(self, batch: Mapping[Any, list[Any]]) -> int:
         """Decode, fold into each unit's semantics, apply to its model, account."""
-        work: dict[int, tuple[Unit, list[InsertEvent | DeleteEvent], list[int], dict[tuple[str, int], int]]] = {}
+        work: dict[int, tuple[Unit, list[InsertEvent | DeleteEvent], list[tuple[Any, Any, bool]],
+                              dict[tuple[str, int], int]]] = {}
         dead = 0
         for tp, records in batch.items():
             unit = self._units.get(tp.partition)
@@ -553,7 +557,7 @@ class Worker:
                     continue
                 log.error("%s/%d: offsets %d..%d are gone from the log (retention?); going on without them",
                           tp.topic, tp.partition, expected, records[0].offset - 1)
-            _, events, partitions, consumed = work.setdefault(id(unit), (unit, [], [], {}))
+            _, events, sources, consumed = work.setdefault(id(unit), (unit, [], [], {}))
             is_insert = tp.topic == self.config.insert_topic
             for record in records:
                 try:
@@ -563,12 +567,16 @@ class Worker:
                     dead += 1
                     continue
                 events.append(event)
-                partitions.append(tp.partition)
+                sources.append((tp, record, is_insert))
             consumed[key] = records[-1].offset + 1
 
         n_events = 0
         seconds = 0.0
-        for unit, events, partitions, consumed in work.values():
+        for unit, events, sources, consumed in work.values():
+            if self.dc and self.n_partitions > 1 and self.config.partitioner == "murmur2":
+                events, sources, misplaced = self._on_their_partition(events, sources)
+                dead += misplaced
+            partitions = [tp.partition for tp, _, _ in sources]
             plan = unit.semantics.apply(events, partitions)
             started = time.perf_counter()
             if plan.delete_ids:
@@ -590,6 +598,29 @@ class Worker:
                 self.metrics.model_update(seconds, n_events)
             self._account_model()
         return n_events + dead
+
+    def _on_their_partition(
+        self, events: list[InsertEvent | DeleteEvent], sources: list[tuple[Any, Any, bool]]
+    ) -> tuple[list[InsertEvent | DeleteEvent], list[tuple[Any, Any, bool]], int]:
+        """Dead-letter the events whose record is not on its id's partition; returns the rest.
+
+        Each partition is its own DC subtree, with its own semantics: an id's
+        insert and delete must meet in the same one (Kafka's default
+        partitioner keyed by the id puts them there). A delete on another
+        partition would be receipted while the point stays held.
+        """
+        expected = murmur2_partitions([e.id for e in events], self.n_partitions)
+        actual = np.fromiter((tp.partition for tp, _, _ in sources), dtype=np.int64, count=len(sources))
+        wrong = np.flatnonzero(expected != actual).tolist()
+        if not wrong:
+            return events, sources, 0
+        for i in wrong:
+            tp, record, is_insert = sources[i]
+            bad = BadRecord("wrong_partition", f"id {events[i].id!r} belongs to partition {expected[i]} "
+                                               f"(murmur2 of the id, Kafka's default), not {tp.partition}")
+            self._dead_letter(tp, record, bad, "insert" if is_insert else "delete")
+        keep = sorted(set(range(len(events))) - set(wrong))
+        return [events[i] for i in keep], [sources[i] for i in keep], len(wrong)
 
     def _decode(self, record: Any, is_insert: bool) -> InsertEvent | DeleteEvent:
         c = self.config

@@ -8,6 +8,8 @@ import sys
 import msgpack
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from models import CONFIGS
 from stream_unlearn import DCKMeans, KMeans, QKMeans, StateError, load_model
@@ -179,6 +181,17 @@ def test_dc_partitions_follow_kafka_default_partitioner():
 
     for key in ["", "a", "ab", "abc", "abcd", "user-1", "élan", "x" * 77]:
         assert murmur2_partition(key, 7) == (murmur2(key.encode()) & 0x7FFFFFFF) % 7
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.text(max_size=40), max_size=30), st.integers(1, 64))
+def test_the_compiled_batch_partitioner_is_kafkas(ids, n_partitions):
+    from kafka.partitioner.default import murmur2
+
+    from stream_unlearn.hashing import murmur2_partitions
+
+    expected = [(murmur2(i.encode()) & 0x7FFFFFFF) % n_partitions for i in ids]
+    assert murmur2_partitions(ids, n_partitions).tolist() == expected
 
 
 def test_dc_explicit_partitions_are_validated():

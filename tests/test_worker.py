@@ -13,6 +13,7 @@ from kafka import KafkaProducer
 
 from stream_unlearn import DCKMeans
 from stream_unlearn.cli import build_parser, main
+from stream_unlearn.hashing import murmur2_partition
 from stream_unlearn.config import ConfigError, WorkerConfig, config_from_args
 from stream_unlearn.producer import EventProducer
 from stream_unlearn.receipts import decode_receipt
@@ -139,6 +140,36 @@ def test_malformed_records_go_to_dead_letter_and_the_worker_goes_on(broker, uniq
         got_key, got_value, got_reason = by_offset[offset]
         assert got_reason == reason, (key, got_reason)
         assert got_key == key and (got_value or b"") == (value or b"")
+
+
+def test_records_off_their_ids_partition_go_to_dead_letter_and_get_no_receipt(broker, unique_topic, tmp_path,
+                                                                                 consume):
+    """DC over 3 partitions: each is a subtree with its own semantics, so an id's insert and delete must
+    meet on murmur2(id)'s partition. A delete sent elsewhere must not be receipted while the point stays."""
+    config = make_config(broker, Topics.fresh(unique_topic), tmp_path / "snaps", dim=2)
+    names = ids("placed", 6)
+    with producer(config) as p:
+        p.insert(names, np.arange(12.0).reshape(6, 2), ts=1.0)
+    home = murmur2_partition(names[0], config.partitions)
+    away = (home + 1) % config.partitions
+    raw = KafkaProducer(bootstrap_servers=broker)
+    raw.send(config.delete_topic, key=names[0].encode(), partition=away,
+             value=msgpack.packb({"id": names[0], "ts": 2.0}))
+    stray = "stray-point"
+    raw.send(config.insert_topic, key=stray.encode(), value=msgpack.packb({"id": stray, "vec": [1.0, 2.0]}),
+             partition=(murmur2_partition(stray, config.partitions) + 1) % config.partitions)
+    raw.send(config.delete_topic, key=names[1].encode(), partition=murmur2_partition(names[1], config.partitions),
+             value=msgpack.packb({"id": names[1], "ts": 2.0}))  # on its partition: applied and receipted
+    raw.flush()
+    with running_worker(config) as worker:
+        wait_consumed(worker, 9)
+        receipts = consume(broker, config.receipts_topic, 1)
+    assert [decode_receipt(r.value).id for r in receipts] == [names[1]]
+    model = worker.model
+    assert names[0] in model.held()[0] and stray not in model.held()[0] and model.n_points_ == 5
+    dead = consume(broker, config.dead_letter_topic, 2)
+    assert sorted((dict(r.headers)["reason"], r.key) for r in dead) == [
+        (b"wrong_partition", names[0].encode()), (b"wrong_partition", stray.encode())]
 
 
 def test_after_a_receipt_no_file_holds_the_id_or_its_vector(broker, unique_topic, tmp_path, consume):
