@@ -119,6 +119,9 @@ LOSS_INTERVAL = 5.0
 HOUSEKEEPING_INTERVAL = 1.0
 POLL_TIMEOUT_MS = 200
 _LATENCY_OUTCOMES = frozenset(("applied", "replaced", "tombstoned"))
+#: Longest value a dead letter carries (more is cut, header ``truncated_from``): with headers it stays
+#: under a default broker's 1 MiB message limit.
+DEAD_LETTER_MAX_VALUE = 960 << 10
 #: A gap in a partition's offsets is re-fetched this many times before it is accepted as lost data.
 _GAP_RETRIES = 3
 
@@ -639,7 +642,14 @@ class Worker:
     def _dead_letter(self, tp: Any, record: Any, bad: BadRecord, kind: str) -> None:
         assert self._publisher is not None
         headers = dead_letter_headers(bad.reason, bad.detail, tp.topic, tp.partition, record.offset)
-        self._publisher.send(self.config.dead_letter_topic, record.key, record.value, headers)
+        value = record.value
+        limit = min(self.config.max_value_bytes, DEAD_LETTER_MAX_VALUE)
+        if value is not None and len(value) > limit:
+            # Re-sent whole, an oversized record could exceed the producer's or the topic's limit:
+            # a send error at every replay, a worker that never gets past it. Its head is enough.
+            headers.append(("truncated_from", str(len(value)).encode()))
+            value = value[:limit]
+        self._publisher.send(self.config.dead_letter_topic, record.key, value, headers)
         self.metrics.dead_letter(bad.reason)
         self.metrics.events(kind, "dead_letter")
         log.debug("dead letter %s/%d@%d: %s", tp.topic, tp.partition, record.offset, bad)

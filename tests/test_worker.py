@@ -126,16 +126,22 @@ def test_malformed_records_go_to_dead_letter_and_the_worker_goes_on(broker, uniq
     assert worker.model.n_points_ == 5
     dead = consume(broker, config.dead_letter_topic, len(corpus) + 1)
     assert len(dead) == len(corpus) + 1
-    by_offset = {}
+    by_offset, truncations = {}, 0
     for record in dead:
         headers = dict(record.headers)
+        truncated = headers.pop("truncated_from", None)
+        truncations += truncated is not None
         assert set(headers) == {"reason", "detail", "source_topic", "source_partition", "source_offset"}
         assert headers["detail"]
+        if truncated is not None:  # the oversized record: its first max_value_bytes, and its size
+            assert headers["reason"] == b"oversized" and int(truncated) == 5000 and len(record.value) == 4096
+            record = record._replace(value=record.value + b"\x01" * 904)
         if headers["source_topic"] == config.delete_topic.encode():
             assert headers["reason"] == b"not_msgpack" and headers["source_partition"] == b"1"
             continue
         assert headers["source_topic"] == config.insert_topic.encode() and headers["source_partition"] == b"0"
         by_offset[int(headers["source_offset"])] = (record.key, record.value, headers["reason"].decode())
+    assert truncations == 1
     for (key, value, reason), offset in zip(corpus, offsets):
         got_key, got_value, got_reason = by_offset[offset]
         assert got_reason == reason, (key, got_reason)
