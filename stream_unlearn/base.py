@@ -246,11 +246,18 @@ class UnlearningModel(ABC):
                 X = as_points(X, len(ids), body["n_features"])
                 if buckets.min() < 0 or buckets.max() >= model._store.n_buckets:
                     raise state_format.StateError("state bucket numbers out of range")
-                model._store.add(ids, id_keys(ids, model.seed), X, buckets)
+                keys = id_keys(ids, model.seed)
+                # A point's bucket follows from its id (and, for DC, the partition the bucket names).
+                if not np.array_equal(buckets, model._buckets_for(ids, keys, model._partition_of_bucket(buckets))):
+                    raise state_format.StateError("state bucket numbers do not match the ids")
+                model._store.add(ids, keys, X, buckets)
             elif body["n_features"] is not None:
                 model._store.n_features = int(body["n_features"])
             model._load_cache(body["cache"])
             centroids = state_format.unpack_array(body["centroids"]).astype(np.float64)
+            d = model._store.n_features or 0
+            if centroids.shape not in ((model.k, d), (0, d)) or (len(centroids) == 0) != (len(ids) == 0):
+                raise state_format.StateError(f"state centroids have shape {centroids.shape}, not ({model.k}, {d})")
         except (KeyError, TypeError, ValueError) as exc:
             if isinstance(exc, state_format.StateError):
                 raise

@@ -231,6 +231,8 @@ class DCKMeans(UnlearningModel):
         centroids = [state_format.unpack_array(c) for c in cache.get("centroids", [])]
         weights = [state_format.unpack_array(w) for w in cache.get("weights", [])]
         if not centroids:
+            # No tree: every held leaf is refit (with its ancestors) at the next change.
+            self._dirty_nodes[0].update(np.flatnonzero(self._store.bucket_sizes).tolist())
             return
         if len(centroids) != len(self.level_widths_) or len(weights) != len(centroids):
             raise state_format.StateError("DC tree cache does not match the tree shape")

@@ -156,6 +156,33 @@ def test_state_with_tampered_arrays_is_refused(model):
         load_model(msgpack.packb(body, use_bin_type=True))
 
 
+def test_state_whose_buckets_or_centroids_do_not_fit_is_refused(model):
+    """Buckets follow from the ids (a shifted DC leaf would refit the wrong points); centroids are (k, d)."""
+    from stream_unlearn import state as state_format
+
+    body = msgpack.unpackb(model.to_state())
+    buckets = state_format.unpack_array(body["buckets"])
+    body["buckets"] = state_format.pack_array((buckets + 1) % max(2, model._store.n_buckets))
+    with pytest.raises(StateError, match="bucket numbers"):  # out of range (one bucket) or not the ids
+        load_model(msgpack.packb(body, use_bin_type=True))
+    body = msgpack.unpackb(model.to_state())
+    body["centroids"] = state_format.pack_array(np.zeros((1, 7)))
+    with pytest.raises(StateError, match="centroids have shape"):
+        load_model(msgpack.packb(body, use_bin_type=True))
+
+
+def test_a_dc_state_without_its_tree_refits_it_at_the_next_change():
+    m = DCKMeans(k=3, n_leaves=16, fanout=4)
+    m.insert(range(200), blobs(200))
+    body = msgpack.unpackb(m.to_state())
+    body["cache"] = {}
+    restored = DCKMeans.from_state(msgpack.packb(body, use_bin_type=True))
+    assert np.array_equal(restored.centroids_, m.centroids_)
+    restored.insert([999], [[0.1, 0.2, 0.3]])
+    m.insert([999], [[0.1, 0.2, 0.3]])
+    assert np.array_equal(restored.centroids_, m.centroids_) and restored.verify()
+
+
 def test_load_model_dispatches_on_algorithm(model):
     restored = load_model(model.to_state())
     assert type(restored) is type(model)
