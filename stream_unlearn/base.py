@@ -19,7 +19,7 @@ from . import state as state_format
 from .hashing import id_keys
 from .lloyd import assign
 from .store import PointStore
-from .validation import MAX_ID_BYTES, as_partitions, as_points, normalize_ids
+from .validation import MAX_ID_BYTES, as_partitions, as_points, check_int, normalize_ids
 
 
 class UnlearningModel(ABC):
@@ -28,13 +28,9 @@ class UnlearningModel(ABC):
     algorithm: ClassVar[str]
 
     def __init__(self, k: int = 8, seed: int = 0, max_id_bytes: int = MAX_ID_BYTES) -> None:
-        if not isinstance(k, (int, np.integer)) or isinstance(k, bool) or k < 1:
-            raise ValueError(f"k must be a positive integer, got {k!r}")
-        if not isinstance(seed, (int, np.integer)) or isinstance(seed, bool) or not 0 <= seed < 2**63:
-            raise ValueError(f"seed must be an integer in [0, 2**63), got {seed!r}")
-        self.k = int(k)
-        self.seed = int(seed)
-        self.max_id_bytes = int(max_id_bytes)
+        self.k = check_int("k", k, 1)
+        self.seed = check_int("seed", seed, 0, 2**63)
+        self.max_id_bytes = check_int("max_id_bytes", max_id_bytes, 1)
         self._store = PointStore(self._n_buckets())
         self._centroids: np.ndarray | None = None
         self._dirty = False
@@ -151,8 +147,8 @@ class UnlearningModel(ABC):
         C = self.centroids_
         if len(C) == 0:
             raise ValueError("the model holds no points yet")
-        arr = np.asarray(X, dtype=np.float64)
-        points = as_points(arr, arr.shape[0] if arr.ndim else 0, self.n_features_in_)
+        rows = np.shape(X)[0] if np.ndim(X) else 0  # ragged or odd input: as_points names the problem
+        points = as_points(X, rows, self.n_features_in_)
         return assign(points[None], C[None])[0]
 
     def loss(self) -> float:
@@ -167,6 +163,9 @@ class UnlearningModel(ABC):
 
         The loss's O(n) pass, without copying the vectors: the worker runs it on its loop.
         """
+        C = np.asarray(C, dtype=np.float64)
+        if C.ndim != 2 or (len(self._store) and C.shape[1] != self._store.n_features):
+            raise ValueError(f"C must be (k, {self._store.n_features}) centres, got shape {C.shape}")
         if len(self._store) == 0 or len(C) == 0:
             return 0.0
         return self._store.sq_dist_sum(C)

@@ -23,7 +23,7 @@ from . import state as state_format
 from .base import UnlearningModel
 from .hashing import combine, murmur2_partition, seed_key
 from .lloyd import default_candidates, fit_one, fit_range_into, fit_ragged, fit_ranges, race_log_uniforms
-from .validation import MAX_ID_BYTES
+from .validation import MAX_ID_BYTES, check_int
 
 _INTERNAL_ITEMS = 320
 #: Up to this many dirty nodes in a level are refit one by one, straight into
@@ -49,15 +49,11 @@ class DCKMeans(UnlearningModel):
     ) -> None:
         if fanout is None:
             fanout = default_fanout(k)
-        for name, value, low in (("n_leaves", n_leaves, 1), ("fanout", fanout, 2), ("n_partitions", n_partitions, 1),
-                                 ("max_iter", max_iter, 1), ("root_max_iter", root_max_iter, 1)):
-            if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < low:
-                raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")
-        self.n_leaves = int(n_leaves)
-        self.fanout = int(fanout)
-        self.n_partitions = int(n_partitions)
-        self.max_iter = int(max_iter)
-        self.root_max_iter = int(root_max_iter)
+        self.n_leaves = check_int("n_leaves", n_leaves, 1)
+        self.fanout = check_int("fanout", fanout, 2)
+        self.n_partitions = check_int("n_partitions", n_partitions, 1)
+        self.max_iter = check_int("max_iter", max_iter, 1)
+        self.root_max_iter = check_int("root_max_iter", root_max_iter, 1)
         super().__init__(k=k, seed=seed, max_id_bytes=max_id_bytes)
         widths = [self.n_leaves]
         while widths[-1] > 1:

@@ -14,7 +14,7 @@ import numpy as np
 from .base import UnlearningModel
 from .hashing import seed_key
 from .lloyd import fit_one
-from .validation import MAX_ID_BYTES
+from .validation import MAX_ID_BYTES, check_int
 
 
 class KMeans(UnlearningModel):
@@ -23,9 +23,7 @@ class KMeans(UnlearningModel):
     algorithm = "kmeans"
 
     def __init__(self, k: int = 8, seed: int = 0, max_iter: int = 100, max_id_bytes: int = MAX_ID_BYTES) -> None:
-        if max_iter < 1:
-            raise ValueError("max_iter must be >= 1")
-        self.max_iter = int(max_iter)
+        self.max_iter = check_int("max_iter", max_iter, 1)
         super().__init__(k=k, seed=seed, max_id_bytes=max_id_bytes)
         self.n_iter_ = 0
 

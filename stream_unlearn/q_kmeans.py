@@ -14,6 +14,7 @@ refits. ``eps`` is in data units: scale features first (see
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Sequence
 from typing import Any
 
@@ -25,7 +26,7 @@ from .base import UnlearningModel
 from .hashing import seed_key
 from .lloyd import assign, cluster_sums, default_candidates, race_log_uniforms, race_seeds
 from .quantize import corrected_centroids, phase, snap
-from .validation import MAX_ID_BYTES
+from .validation import MAX_ID_BYTES, check_int, check_real
 
 _BUCKETS = 64
 #: Certify a batch point by point only while it has at most max(_BULK_MIN, n / this) changes.
@@ -55,16 +56,10 @@ class QKMeans(UnlearningModel):
         n_candidates: int | None = None,
         max_id_bytes: int = MAX_ID_BYTES,
     ) -> None:
-        if not (isinstance(eps, (int, float)) and np.isfinite(eps) and eps > 0):
-            raise ValueError(f"eps must be a positive finite number, got {eps!r}")
-        if not (isinstance(gamma, (int, float)) and 0 <= gamma <= 1):
-            raise ValueError(f"gamma must lie in [0, 1], got {gamma!r}")
-        if max_iter < 1:
-            raise ValueError("max_iter must be >= 1")
-        self.eps = float(eps)
-        self.gamma = float(gamma)
-        self.max_iter = int(max_iter)
-        self.n_candidates = None if n_candidates is None else int(n_candidates)
+        self.eps = check_real("eps", eps, 0.0, sys.float_info.max, low_open=True)
+        self.gamma = check_real("gamma", gamma, 0.0, 1.0)
+        self.max_iter = check_int("max_iter", max_iter, 1)
+        self.n_candidates = None if n_candidates is None else check_int("n_candidates", n_candidates, 1)
         super().__init__(k=k, seed=seed, max_id_bytes=max_id_bytes)
         self.certificates_passed_ = 0
         self.certificates_failed_ = 0

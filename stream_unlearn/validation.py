@@ -7,6 +7,28 @@ from collections.abc import Iterable, Sequence
 import numpy as np
 
 MAX_ID_BYTES = 256
+#: Largest |value| accepted in a vector: beyond it squared distances and sums could overflow to
+#: infinity (centroids that are not numbers), so such a value is refused like NaN.
+MAX_ABS_VALUE = 1e100
+
+
+def check_int(name: str, value: object, low: int, high: int | None = None) -> int:
+    """``value`` as an int in ``[low, high)``; bools, floats and strings are a ValueError."""
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < low or (
+            high is not None and value >= high):
+        bound = f">= {low}" if high is None else f"in [{low}, {high})"
+        raise ValueError(f"{name} must be an integer {bound}, got {value!r}")
+    return int(value)
+
+
+def check_real(name: str, value: object, low: float, high: float, low_open: bool = False) -> float:
+    """``value`` as a float in ``[low, high]`` (``(low, high]`` if ``low_open``); bools are a ValueError."""
+    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
+        raise ValueError(f"{name} must be a number, got {value!r}")
+    number = float(value)
+    if not (low < number if low_open else low <= number) or not number <= high:
+        raise ValueError(f"{name} must lie in {'(' if low_open else '['}{low:g}, {high:g}], got {value!r}")
+    return number
 
 
 def normalize_id(raw: object, max_id_bytes: int = MAX_ID_BYTES) -> str:
@@ -32,7 +54,10 @@ def normalize_ids(ids: Iterable[object], max_id_bytes: int = MAX_ID_BYTES) -> li
     fast = _distinct_ints_as_text(ids, max_id_bytes)
     if fast is not None:
         return fast
-    out = list(ids)
+    try:
+        out = list(ids)
+    except TypeError as exc:
+        raise ValueError(f"ids must be a sequence of ids, not {type(ids).__name__}") from exc
     if not _plain_short_strings(out, max_id_bytes):
         out = [normalize_id(i, max_id_bytes) for i in out]
     if len(set(out)) != len(out):
@@ -73,11 +98,14 @@ def _plain_short_strings(ids: list[object], max_id_bytes: int) -> bool:
 
 
 def as_points(X: object, n_rows: int, n_features: int | None) -> np.ndarray:
-    """``X`` as a C-contiguous float64 (n_rows, d) array of finite values."""
+    """``X`` as a C-contiguous float64 (n_rows, d) array of finite values within ``MAX_ABS_VALUE``."""
     try:
-        arr = np.asarray(X, dtype=np.float64)
+        raw = np.asarray(X)
+        if raw.dtype.kind == "c":
+            raise ValueError("complex values")
+        arr = raw.astype(np.float64, copy=False)
     except (ValueError, TypeError) as exc:
-        raise ValueError(f"X is not a rectangular array of numbers: {exc}") from exc
+        raise ValueError(f"X is not a rectangular array of real numbers: {exc}") from exc
     if arr.ndim != 2:
         if arr.ndim == 1 and n_rows == 0 and arr.size == 0:
             return np.empty((0, n_features or 0))
@@ -88,8 +116,10 @@ def as_points(X: object, n_rows: int, n_features: int | None) -> np.ndarray:
         raise ValueError("X must have at least one feature")
     if n_features is not None and n_rows and arr.shape[1] != n_features:
         raise ValueError(f"X has {arr.shape[1]} features, the model holds {n_features}")
-    if not np.all(np.isfinite(arr)):
-        raise ValueError("X contains NaN or infinity")
+    if not np.all(np.abs(arr) <= MAX_ABS_VALUE):  # NaN compares false too
+        if not np.all(np.isfinite(arr)):
+            raise ValueError("X contains NaN or infinity")
+        raise ValueError(f"X holds a value beyond +-{MAX_ABS_VALUE:g}: squared distances would overflow")
     return np.ascontiguousarray(arr)
 
 

@@ -27,6 +27,8 @@ from typing import Any
 import msgpack
 import numpy as np
 
+from .validation import MAX_ABS_VALUE
+
 __all__ = [
     "BAD_RECORD_REASONS",
     "BadRecord",
@@ -77,7 +79,7 @@ BAD_RECORD_REASONS: tuple[str, ...] = (
     "key_mismatch",  # Kafka key present and not the id's UTF-8
     "bad_vector",  # empty, nested, non-numeric, or bin length not 4k
     "wrong_dimension",  # vector length differs from the model's dimension
-    "non_finite",  # NaN or infinity in the vector
+    "non_finite",  # NaN, infinity or a value beyond +-MAX_ABS_VALUE (1e100) in the vector
     "bad_ts",  # ts is NaN or infinite, or too far ahead of the Kafka record timestamp
     # Checked by the worker, not the decoder: with DC over several partitions, the record's
     # partition is not its id's (murmur2 of the UTF-8 id, Kafka's default partitioner).
@@ -175,8 +177,8 @@ def encode_insert(
     arr = np.asarray(vec, dtype=np.float64)
     if arr.ndim != 1 or arr.size == 0:
         raise ValueError(f"vec must be a non-empty 1-D array, got shape {arr.shape}")
-    if not np.isfinite(arr).all():
-        raise ValueError("vec contains NaN or infinity")
+    if not (np.abs(arr) <= MAX_ABS_VALUE).all():
+        raise ValueError(f"vec contains NaN, infinity or a value beyond +-{MAX_ABS_VALUE:g} (a dead letter)")
     payload: dict[str, Any] = {"id": sid}
     if binary:
         with np.errstate(over="ignore"):
@@ -341,7 +343,7 @@ def _decode_vec(raw: Any, dim: int | None) -> np.ndarray:
             raise BadRecord("bad_vector", f"vector elements must be numbers, found {bad}")
         try:
             vec = np.asarray(raw, dtype=np.float64)
-            finite = bool(np.isfinite(vec).all())
+            finite = bool((np.abs(vec) <= MAX_ABS_VALUE).all())  # float32 bins cannot exceed it
         except (OverflowError, ValueError, TypeError) as exc:  # e.g. int > 2**64
             raise BadRecord("bad_vector", str(exc)[:200]) from None
     else:
@@ -349,7 +351,7 @@ def _decode_vec(raw: Any, dim: int | None) -> np.ndarray:
     if dim is not None and vec.shape[0] != dim:
         raise BadRecord("wrong_dimension", f"vector has {vec.shape[0]} values, expected {dim}")
     if not finite:
-        raise BadRecord("non_finite", "vector contains NaN or infinity")
+        raise BadRecord("non_finite", f"vector contains NaN, infinity or a value beyond +-{MAX_ABS_VALUE:g}")
     return vec
 
 

@@ -35,6 +35,8 @@ def model(request):
     "ids, X, message",
     [
         (["a", "b"], [[1.0, 2.0, np.nan], [0, 0, 0]], "NaN"),
+        (["a"], [[1.0, 1e300, 0.0]], "beyond"),
+        (["a"], [[1.0 + 2j, 0.0, 0.0]], "complex"),
         (["a"], [[1.0, np.inf, 0.0]], "NaN or infinity"),
         (["a"], [[1.0, 2.0]], "features"),
         (["a", "b"], [[1.0, 2.0, 3.0], [1.0]], "rectangular"),
@@ -61,6 +63,11 @@ def test_bad_delete_raises_and_changes_nothing(model):
         model.delete(["p1", "p1"])
     with pytest.raises(ValueError):
         model.delete([None])
+    for not_ids in (None, 5):  # not a sequence: a ValueError that says so, not a TypeError
+        with pytest.raises(ValueError, match="sequence of ids"):
+            model.delete(not_ids)
+    with pytest.raises(ValueError, match="real numbers"):
+        model.predict({})
     assert model.to_state() == before
 
 
@@ -134,6 +141,9 @@ def test_predict_and_loss(model):
     expected = ((X[:, None, :] - C[None]) ** 2).sum(axis=2).min(axis=1)
     assert model.loss() == pytest.approx(expected.mean(), rel=1e-12)
     assert model.sq_dist_sum(C[:1]) == pytest.approx(((X - C[0]) ** 2).sum(), rel=1e-12)
+    for wrong in (C[:, :1], C[0], np.zeros((2, 7))):  # the compiled pass reads C unchecked
+        with pytest.raises(ValueError, match="centres"):
+            model.sq_dist_sum(wrong)
 
 
 @pytest.mark.parametrize("bad", [b"", b"garbage", msgpack.packb({"format": "other"}),
@@ -195,7 +205,9 @@ def test_bad_config_is_refused(kwargs):
         DCKMeans(**kwargs)
 
 
-@pytest.mark.parametrize("kwargs", [{"eps": 0}, {"eps": float("nan")}, {"gamma": 2.0}])
+@pytest.mark.parametrize("kwargs", [{"eps": 0}, {"eps": float("nan")}, {"eps": float("inf")}, {"gamma": 2.0},
+                                    {"gamma": True}, {"max_iter": "3"}, {"max_iter": 2.7}, {"max_iter": None},
+                                    {"n_candidates": 0}, {"max_id_bytes": 0}])
 def test_bad_q_config_is_refused(kwargs):
     with pytest.raises(ValueError):
         QKMeans(**kwargs)

@@ -39,7 +39,7 @@ ids = st.one_of(
     st.text(min_size=1, max_size=40),  # at most 160 UTF-8 bytes: under the limit
     st.integers(min_value=-(2**63), max_value=2**64 - 1),  # msgpack's int range
 )
-finite64 = st.floats(allow_nan=False, allow_infinity=False)
+finite64 = st.floats(min_value=-1e100, max_value=1e100)  # MAX_ABS_VALUE: beyond, squares overflow
 finite32 = st.floats(allow_nan=False, allow_infinity=False, width=32)
 tss = st.one_of(st.none(), st.floats(allow_nan=False, allow_infinity=False))
 
@@ -125,10 +125,15 @@ def test_no_key_is_fine_and_utf8_key_matches() -> None:
     assert decode_delete(value, record_ts=0.0, key="ünïcødé".encode()).id == "ünïcødé"
 
 
-def test_huge_but_finite_values_pass_the_finiteness_check() -> None:
-    x = [1e300, -1e300, 1e308]  # x.x overflows, the values are still finite
+def test_values_up_to_the_limit_pass_and_beyond_it_are_refused() -> None:
+    x = [1e100, -1e100, 5e99]  # x.x is 2.25e200: finite
     ev = decode_insert(encode_insert("a", x, binary=False), dim=3, record_ts=0.0)
     assert ev.vec.tolist() == x
+    with pytest.raises(BadRecord) as info:  # finite, but its square (and any distance to it) overflows
+        decode_insert(pack({"id": "a", "vec": [1e300, 0.0, 0.0]}), dim=3, record_ts=0.0)
+    assert info.value.reason == "non_finite"
+    with pytest.raises(ValueError, match="beyond"):  # the producer library refuses it before sending
+        encode_insert("a", [1e300, 0.0, 0.0], binary=False)
 
 
 # -- every bad-record reason, each from a real malformed value ------------------
@@ -185,6 +190,7 @@ BAD = [
     ("non_finite", pack({"id": "a", "vec": [-math.inf, 1.0]}), "insert", {}),
     ("non_finite", pack({"id": "a", "vec": f32([1.0, math.inf])}), "insert", {}),
     ("non_finite", pack({"id": "a", "vec": f32([math.nan])}), "insert", {}),
+    ("non_finite", pack({"id": "a", "vec": [1.0, -1.7e308]}), "insert", {}),  # finite, but its square is not
     ("bad_ts", pack({"id": "a", "ts": math.nan}), "delete", {}),
     ("bad_ts", pack({"id": "a", "vec": [1.0], "ts": math.inf}), "insert", {}),
 ]
@@ -284,8 +290,8 @@ def test_encode_insert_rejects(args: tuple, exc: type[Exception]) -> None:
 
 
 def test_encode_list_keeps_float64_range() -> None:
-    ev = decode_insert(encode_insert("a", [1e300], binary=False), dim=1, record_ts=0.0)
-    assert ev.vec[0] == 1e300
+    ev = decode_insert(encode_insert("a", [1e99], binary=False), dim=1, record_ts=0.0)
+    assert ev.vec[0] == 1e99  # far beyond float32
 
 
 def test_encode_delete_rejects() -> None:
