@@ -14,17 +14,11 @@ from collections.abc import Mapping, Sequence
 import msgpack
 import numpy as np
 
-from .base import UnlearningModel
 from .config import WorkerConfig
 
 #: Longest ``detail`` header of a dead letter, in characters.
 _DETAIL_MAX = 1000
 
-
-
-def encode_model_message(model: UnlearningModel, version: int, algorithm: str) -> bytes:
-    """The model-topic value of one model: centroids as float64 LE bytes plus their shape."""
-    return encode_global_message(model.centroids_, model.n_points_, version, algorithm)
 
 
 def encode_global_message(centroids: np.ndarray, n_points: int, version: int, algorithm: str,

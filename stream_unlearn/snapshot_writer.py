@@ -90,7 +90,7 @@ class Completion:
 
 
 def run_job(job: SnapshotJob, publisher: Publisher, receipts_topic: str) -> Completion:
-    """Steps 1-4 of the module docstring for one job (any thread); never raises."""
+    """Steps 0-4 of the module docstring for one job (any thread); never raises."""
     done = Completion(job)
     clock = time.perf_counter()
 
@@ -149,6 +149,8 @@ class SnapshotWriter:
         self._done: queue.SimpleQueue[Completion] = queue.SimpleQueue()
         self._in_flight: set[str] = set()
         self._thread: threading.Thread | None = None
+        #: close() gave up waiting: the thread may still write a snapshot into the units' stores
+        self.stuck = False
 
     def busy(self, name: str | None = None) -> bool:
         """A job of unit ``name`` (of any unit if None) is in flight."""
@@ -203,6 +205,7 @@ class SnapshotWriter:
         self._thread.join(timeout)
         if self._thread.is_alive():
             log.error("snapshot writer still busy after %.0fs; leaving it", timeout)
+            self.stuck = True
         self._thread = None
         return self.completions()
 

@@ -129,10 +129,6 @@ class PointStore:
         self._ids[slots] = ids if isinstance(ids, np.ndarray) else _object_array(ids)
         self._where.update(zip(ids, slots.tolist()))
 
-    def replace(self, point_id: str, vector: np.ndarray) -> None:
-        """Overwrite the vector of a held point in place."""
-        self._vectors[self._where[point_id]] = vector
-
     def remove(self, point_id: str) -> int:
         """Drop a held point; returns its bucket."""
         slot = self._where.pop(point_id)

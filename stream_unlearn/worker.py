@@ -97,7 +97,7 @@ from .semantics import EventTimeState
 from .snapshot import SnapshotError, SnapshotInfo, SnapshotStore
 from .snapshot_writer import Completion, SnapshotJob, SnapshotWriter
 from .summaries import GlobalModel, PartitionSummary, SummaryError, encode_summary, newer
-from .publisher import PublishError, Publisher, dead_letter_headers, encode_global_message, encode_model_message
+from .publisher import PublishError, Publisher, dead_letter_headers, encode_global_message
 from .units import META_FORMAT, MODEL_PART, SEMANTICS_PART, Unit, WorkerError, restore_unit
 from .warmup import warm_up
 from .wire import BadRecord, DeleteEvent, InsertEvent, decode_delete, decode_insert
@@ -108,7 +108,6 @@ __all__ = [
     "Worker",
     "WorkerError",
     "encode_global_message",
-    "encode_model_message",
     "main_worker",
 ]
 
@@ -237,8 +236,9 @@ class Worker:
         Raises :class:`WorkerError` for configuration problems (topics not
         co-partitioned, snapshot of another configuration, an assignment
         that is not co-partitioned); other exceptions are fatal runtime
-        errors. Either way nothing is snapshotted after a failure, so a
-        restart replays from the last consistent snapshots.
+        errors. Either way no cut is captured after a failure (those captured
+        before it, consistent, are still written), so a restart replays from
+        the last consistent snapshots.
         """
         stop = stop_event if stop_event is not None else self._stop
         try:
@@ -973,8 +973,13 @@ class Worker:
             units = self._unique_units()
             if units:
                 self._retired_models = {-1: units[0].model}
-        for unit in [*self._unique_units(), *self._parked.values()]:
-            unit.lock.release()
+        if self._writer is not None and self._writer.stuck:
+            # A late snapshot from the stuck writer could land in a store a new owner already took
+            # (and prune its newer ones): keep the locks; the process exit drops them.
+            log.error("owner locks kept: the snapshot writer is still running")
+        else:
+            for unit in [*self._unique_units(), *self._parked.values()]:
+                unit.lock.release()
         self._units, self._parked = {}, {}
         for closer in (getattr(self._consumer, "close", None), getattr(self._publisher, "close", None),
                        getattr(self._reader, "close", None)):

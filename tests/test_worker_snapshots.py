@@ -153,3 +153,22 @@ def test_a_failed_background_write_is_counted_and_retried(broker, unique_topic, 
     assert snapshot_position(snaps) == total
     assert_clean_and_exact(config, snaps, survivors, worker)
     assert not list(snaps.glob("*/.tmp-*"))
+
+
+def test_a_writer_that_outlives_close_is_reported_stuck(tmp_path):
+    """close() gives up on a writer still busy; the worker then keeps its owner locks (a late
+    snapshot must not land in a store a new owner took). Here the job's encoder holds it."""
+    from stream_unlearn.snapshot_writer import SnapshotJob, SnapshotWriter
+
+    release = threading.Event()
+    writer = SnapshotWriter(publisher=None, receipts_topic="unused")  # the job never gets to publish
+    job = SnapshotJob("unit", SnapshotStore(tmp_path / "s"), {"model": lambda: release.wait(30) and b"x"}, {}, (), ())
+    writer.submit(job)
+    try:
+        writer.close(timeout=0.2)
+        assert writer.stuck
+    finally:
+        release.set()
+    idle = SnapshotWriter(publisher=None, receipts_topic="unused")
+    idle.close(timeout=0.2)
+    assert not idle.stuck
