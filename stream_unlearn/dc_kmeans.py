@@ -8,7 +8,8 @@ the partition nodes. The first level under the root is the Kafka partition,
 so workers that own different partitions own disjoint subtrees.
 
 An event dirties one leaf; ``flush`` recomputes dirty nodes level by level,
-each level in one batched numpy call, so a batch of events costs one
+each level in one call of the compiled node solver (up to four nodes one by
+one, straight into the level's arrays), so a batch of events costs one
 recompute per dirty node.
 """
 

@@ -72,7 +72,13 @@ def _id_words(ids: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
 
 
 def uniforms(keys: np.ndarray, salt: np.uint64 | np.ndarray) -> np.ndarray:
-    """A float in the open interval (0, 1) per key, for the given salt."""
+    """A float in (0, 1] per key, for the given salt.
+
+    1.0 only when the hash's top 53 bits are all ones (odds 2^-53): ``+ 0.5``
+    then rounds up. Its race key log(1) = 0 wins whatever the weight; rare,
+    and as deterministic as any other draw, so the contract holds. Making it
+    open would change every model's bits.
+    """
     bits = combine(np.asarray(keys, dtype=np.uint64), salt) >> np.uint64(11)
     return (bits.astype(np.float64) + 0.5) * _TWO_POW_MINUS_53
 

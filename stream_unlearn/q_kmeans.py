@@ -91,7 +91,8 @@ class QKMeans(UnlearningModel):
         return self.certificates_passed_ / tried if tried else float("nan")
 
     def _n_buckets(self) -> int:
-        # Many buckets so that growing one copies 1/64 of the vectors, not all of them.
+        # Buckets only group rows in the store (Q uses one canonical order of all points); kept at 64
+        # so that states of earlier versions, which stored these bucket numbers, still load.
         return _BUCKETS
 
     def _buckets_for(self, ids: Sequence[str], keys: np.ndarray, partitions: np.ndarray | None) -> np.ndarray:

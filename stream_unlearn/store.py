@@ -3,8 +3,9 @@
 Every vector lives in one float64 array cut into pages of ``ROWS_PER_PAGE``
 rows; a bucket owns a chain of pages filled front to back, so growing a
 bucket never copies it, and free pages are reused. The array grows by an
-eighth at a time and is repacked when half its pages are free, so vectors
-cost ~1.1-1.25x their raw bytes. Deletion moves the bucket's last row into
+eighth at a time and is repacked when half its pages (and at least 1024)
+are free: while growing, vectors cost ~1.1-1.25x their raw bytes; after
+mass deletions, up to ~2x until the repack. Deletion moves the bucket's last row into
 the hole: O(d), no gaps. Placing points and listing a bucket's rows run in
 compiled loops (:mod:`.pages`): a 100k-point fit touches 4096 buckets, and
 per-bucket Python cost ~40 ms there.
