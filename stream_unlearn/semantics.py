@@ -19,10 +19,16 @@ State kept per id: for held ids the ``ts`` and digest of the held vector
 the id itself, so a snapshot taken after an erasure holds no trace of it.
 
 Tombstones expire ``horizon`` seconds of EVENT time behind the watermark
-(the largest ``ts`` seen), never by wall clock, so a replay decides the
-same. Once a tombstone may have expired, an insert that old can no longer
-be proven not deleted; it is dropped as ``stale`` (too late) rather than
-resurrecting erased data. With ``horizon = inf`` nothing expires.
+(the largest ``ts`` seen), never by wall clock. Once a tombstone may have
+expired, an insert that old can no longer be proven not deleted; it is
+dropped as ``stale`` (too late) rather than resurrecting erased data. With
+``horizon = inf`` nothing expires and the outcome is a function of the set.
+With a finite horizon it is too for events within the horizon of each
+other; an insert more than ``horizon`` older than events of the other topic
+(a backlog longer than the horizon, replayed) may be kept or dropped as
+stale depending on how the two topics' records interleave into batches.
+Known limit: per-partition watermarks advanced in offset order would make
+that deterministic too.
 
 Pure Python and numpy, no Kafka: the worker calls :meth:`EventTimeState.apply`
 once per polled batch and applies the returned :class:`BatchPlan` to the model.
