@@ -458,6 +458,10 @@ class Worker:
             log.warning("ignored invalid snapshot %s: %s", skipped.path, skipped.reason)
         if snap is not None:
             restored = restore_unit(snap, self.config, unit.model, self.n_partitions, unit.key)
+            if self._dim and restored.dim and restored.dim != self._dim:
+                # Without this check the first insert would fail inside the model, at every restart.
+                raise WorkerError(f"{unit.name} holds {restored.dim}-dimensional points, this worker's are "
+                                  f"{self._dim}-dimensional: all partitions share one dimension (set --dim)")
             unit.store.prune(snap.seq)  # older ones may hold data of people deleted since
             unit.model, unit.semantics = restored.model, restored.semantics
             unit.offsets = {k: v for k, v in restored.offsets.items() if k[1] in unit.partitions}

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import struct
+import threading
 import time
 
 import msgpack
@@ -252,6 +253,24 @@ def test_snapshot_of_another_configuration_is_refused(broker, unique_topic, tmp_
     other = make_config(broker, topics, tmp_path / "snaps", k=4)
     with pytest.raises(WorkerError, match="fresh --snapshot-dir"):
         Worker(other).run()
+    # Another dimension: a clear error at the restore, not a failed insert at every restart.
+    # (In a thread with a deadline: without the check the worker would just run.)
+    errors: list[BaseException] = []
+    stop = threading.Event()
+
+    def run() -> None:
+        try:
+            Worker(make_config(broker, topics, tmp_path / "snaps", dim=3)).run(stop)
+        except BaseException as exc:  # noqa: BLE001 - the test inspects it
+            errors.append(exc)
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    thread.join(30)
+    stop.set()
+    thread.join(30)
+    assert len(errors) == 1 and isinstance(errors[0], WorkerError), errors
+    assert "share one dimension" in str(errors[0])
 
 
 # -- configuration -----------------------------------------------------------
