@@ -54,7 +54,7 @@ from stream_unlearn.demo import scrape, total
 from stream_unlearn.broker import EmbeddedBroker, ensure_topics, free_port
 from stream_unlearn.config import WorkerConfig
 from stream_unlearn.demo import gaussian_mixture
-from stream_unlearn.hashing import murmur2_partition
+from stream_unlearn.hashing import murmur2_partitions
 from stream_unlearn.model_cmd import ensure_summaries_topic
 from stream_unlearn.producer import EventProducer
 
@@ -104,7 +104,7 @@ def make_stream(n: int, d: int, k: int, seed: int = 0) -> dict[str, Any]:
 
 def per_partition(stream: dict[str, Any], partitions: int) -> list[int]:
     """Records (inserts + deletes) per partition, as Kafka's default partitioner routes them by id."""
-    parts = np.array([murmur2_partition(i, partitions) for i in stream["ids"]])
+    parts = murmur2_partitions(stream["ids"], partitions)
     deleted = parts[stream["victims"]]
     return [int((parts == p).sum() + (deleted == p).sum()) for p in range(partitions)]
 

@@ -22,7 +22,7 @@ import numpy as np
 
 from . import state as state_format
 from .base import UnlearningModel
-from .hashing import combine, murmur2_partition, seed_key
+from .hashing import combine, murmur2_partitions, seed_key
 from .lloyd import default_candidates, fit_one, fit_range_into, fit_ragged, fit_ranges, race_log_uniforms
 from .validation import MAX_ID_BYTES, check_int
 
@@ -86,7 +86,7 @@ class DCKMeans(UnlearningModel):
             if self.n_partitions == 1:
                 partitions = np.zeros(len(ids), dtype=np.int64)
             else:
-                partitions = np.fromiter((murmur2_partition(i, self.n_partitions) for i in ids), np.int64, len(ids))
+                partitions = murmur2_partitions(ids, self.n_partitions)
         leaf = (keys % np.uint64(self.n_leaves)).astype(np.int64)
         return partitions * self.n_leaves + leaf
 

@@ -171,25 +171,4 @@ def murmur2_partition(point_id: str, n_partitions: int) -> int:
     Matches the Java client and kafka-python, so that without explicit
     partitions a model buckets a point exactly where Kafka routes its events.
     """
-    data = point_id.encode("utf-8")
-    length = len(data)
-    m, r, mask = 0x5BD1E995, 24, 0xFFFFFFFF
-    h = (0x9747B28C ^ length) & mask
-    tail = length & ~3
-    for i in range(0, tail, 4):
-        k = (data[i] | data[i + 1] << 8 | data[i + 2] << 16 | data[i + 3] << 24) * m & mask
-        k ^= k >> r
-        k = k * m & mask
-        h = (h * m & mask) ^ k
-    rest = length & 3
-    if rest == 3:
-        h ^= data[tail + 2] << 16
-    if rest >= 2:
-        h ^= data[tail + 1] << 8
-    if rest >= 1:
-        h ^= data[tail]
-        h = h * m & mask
-    h ^= h >> 13
-    h = h * m & mask
-    h ^= h >> 15
-    return (h & 0x7FFFFFFF) % n_partitions
+    return int(murmur2_partitions([point_id], n_partitions)[0])

@@ -12,6 +12,11 @@ MAX_ID_BYTES = 256
 MAX_ABS_VALUE = 1e100
 
 
+def within_range(values: np.ndarray) -> bool:
+    """Every value finite and within ``MAX_ABS_VALUE`` (NaN compares false)."""
+    return bool((np.abs(values) <= MAX_ABS_VALUE).all())
+
+
 def check_int(name: str, value: object, low: int, high: int | None = None) -> int:
     """``value`` as an int in ``[low, high)``; bools, floats and strings are a ValueError."""
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < low or (
@@ -116,7 +121,7 @@ def as_points(X: object, n_rows: int, n_features: int | None) -> np.ndarray:
         raise ValueError("X must have at least one feature")
     if n_features is not None and n_rows and arr.shape[1] != n_features:
         raise ValueError(f"X has {arr.shape[1]} features, the model holds {n_features}")
-    if not np.all(np.abs(arr) <= MAX_ABS_VALUE):  # NaN compares false too
+    if not within_range(arr):
         if not np.all(np.isfinite(arr)):
             raise ValueError("X contains NaN or infinity")
         raise ValueError(f"X holds a value beyond +-{MAX_ABS_VALUE:g}: squared distances would overflow")

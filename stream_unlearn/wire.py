@@ -27,7 +27,7 @@ from typing import Any
 import msgpack
 import numpy as np
 
-from .validation import MAX_ABS_VALUE
+from .validation import MAX_ABS_VALUE, within_range
 
 __all__ = [
     "BAD_RECORD_REASONS",
@@ -177,7 +177,7 @@ def encode_insert(
     arr = np.asarray(vec, dtype=np.float64)
     if arr.ndim != 1 or arr.size == 0:
         raise ValueError(f"vec must be a non-empty 1-D array, got shape {arr.shape}")
-    if not (np.abs(arr) <= MAX_ABS_VALUE).all():
+    if not within_range(arr):
         raise ValueError(f"vec contains NaN, infinity or a value beyond +-{MAX_ABS_VALUE:g} (a dead letter)")
     payload: dict[str, Any] = {"id": sid}
     if binary:
@@ -343,7 +343,7 @@ def _decode_vec(raw: Any, dim: int | None) -> np.ndarray:
             raise BadRecord("bad_vector", f"vector elements must be numbers, found {bad}")
         try:
             vec = np.asarray(raw, dtype=np.float64)
-            finite = bool((np.abs(vec) <= MAX_ABS_VALUE).all())  # float32 bins cannot exceed it
+            finite = within_range(vec)  # float32 bins cannot exceed the range: only lists need it
         except (OverflowError, ValueError, TypeError) as exc:  # e.g. int > 2**64
             raise BadRecord("bad_vector", str(exc)[:200]) from None
     else:

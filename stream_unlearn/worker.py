@@ -75,7 +75,6 @@ from typing import Any
 
 import numpy as np
 
-
 from . import QKMeans, __version__
 from .base import UnlearningModel
 from .broker import ensure_topics
@@ -580,10 +579,10 @@ class Worker:
         n_events = 0
         seconds = 0.0
         for unit, events, sources, consumed in work.values():
-            if self.dc and self.n_partitions > 1 and self.config.partitioner == "murmur2":
-                events, sources, misplaced = self._on_their_partition(events, sources)
-                dead += misplaced
             partitions = [tp.partition for tp, _, _ in sources]
+            if self.dc and self.n_partitions > 1 and self.config.partitioner == "murmur2":
+                events, sources, partitions, misplaced = self._on_their_partition(events, sources, partitions)
+                dead += misplaced
             plan = unit.semantics.apply(events, partitions)
             started = time.perf_counter()
             if plan.delete_ids:
@@ -607,8 +606,8 @@ class Worker:
         return n_events + dead
 
     def _on_their_partition(
-        self, events: list[InsertEvent | DeleteEvent], sources: list[tuple[Any, Any, bool]]
-    ) -> tuple[list[InsertEvent | DeleteEvent], list[tuple[Any, Any, bool]], int]:
+        self, events: list[InsertEvent | DeleteEvent], sources: list[tuple[Any, Any, bool]], partitions: list[int]
+    ) -> tuple[list[InsertEvent | DeleteEvent], list[tuple[Any, Any, bool]], list[int], int]:
         """Dead-letter the events whose record is not on its id's partition; returns the rest.
 
         Each partition is its own DC subtree, with its own semantics: an id's
@@ -617,17 +616,17 @@ class Worker:
         partition would be receipted while the point stays held.
         """
         expected = murmur2_partitions([e.id for e in events], self.n_partitions)
-        actual = np.fromiter((tp.partition for tp, _, _ in sources), dtype=np.int64, count=len(sources))
-        wrong = np.flatnonzero(expected != actual).tolist()
-        if not wrong:
-            return events, sources, 0
-        for i in wrong:
+        placed = expected == np.asarray(partitions, dtype=np.int64)
+        if placed.all():
+            return events, sources, partitions, 0
+        for i in np.flatnonzero(~placed).tolist():
             tp, record, is_insert = sources[i]
             bad = BadRecord("wrong_partition", f"id {events[i].id!r} belongs to partition {expected[i]} "
                                                f"(murmur2 of the id, Kafka's default), not {tp.partition}")
             self._dead_letter(tp, record, bad, "insert" if is_insert else "delete")
-        keep = sorted(set(range(len(events))) - set(wrong))
-        return [events[i] for i in keep], [sources[i] for i in keep], len(wrong)
+        keep = np.flatnonzero(placed).tolist()
+        return ([events[i] for i in keep], [sources[i] for i in keep], [partitions[i] for i in keep],
+                len(events) - len(keep))
 
     def _decode(self, record: Any, is_insert: bool) -> InsertEvent | DeleteEvent:
         c = self.config
