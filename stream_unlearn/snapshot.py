@@ -50,7 +50,7 @@ import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import msgpack
 
@@ -506,7 +506,7 @@ class SnapshotStore:
 
     # ---- write
 
-    def write(self, parts: dict[str, bytes], meta: Any, *, reuse: os.PathLike[str] | str | None = None) -> SnapshotInfo:
+    def write(self, parts: dict[str, bytes], meta: Any) -> SnapshotInfo:
         """Write a new snapshot durably and atomically; return its info.
 
         ``parts`` maps part names (see :func:`validate_part_name`) to bytes;
@@ -514,11 +514,6 @@ class SnapshotStore:
         tuples come back as lists, int map keys are kept). The new sequence
         number is one more than the largest ``snap-*`` present (valid or
         not) and than any this store wrote before.
-
-        ``reuse``: a snapshot of this store whose manifest lists some of the
-        same parts (same size and sha256): those are hard-linked from it
-        instead of written and fsynced again (they are durable already), so
-        a snapshot that only changes ``meta`` costs a manifest.
         """
         self._require_writable()
         if not isinstance(parts, dict):
@@ -530,6 +525,40 @@ class SnapshotStore:
         parts = {name: bytes(data) for name, data in parts.items()}
         _pack(meta)  # fail early (TypeError) on an unserialisable meta
 
+        def fill(tmp: Path) -> dict[str, dict[str, Any]]:
+            table = {}
+            for name, data in parts.items():
+                _write_file(tmp / name, data)
+                table[name] = {"size": len(data), "sha256": hashlib.sha256(data).digest()}
+            return table
+
+        return self._commit(fill, meta)
+
+    def relabel(self, source: os.PathLike[str] | str, meta: Any) -> SnapshotInfo:
+        """A new snapshot with the parts of ``source`` (one of this store's) under a new ``meta``.
+
+        The parts are hard-linked, not written, fsynced or hashed again: they
+        are durable already and the manifest of ``source`` vouches for them.
+        So a snapshot that only changes ``meta`` costs a manifest.
+        """
+        self._require_writable()
+        path = Path(source)
+        if path.parent.resolve() != self.root.resolve() or snapshot_seq(path) is None:
+            raise ValueError(f"can only relabel this store's snapshots, not {path}")
+        _pack(meta)
+        raw, _ = _read_regular(path / MANIFEST_NAME)
+        table = _parse_manifest(path, raw)[0]["parts"]
+
+        def fill(tmp: Path) -> dict[str, dict[str, Any]]:
+            for name in table:
+                os.link(path / name, tmp / name, follow_symlinks=False)
+            return table
+
+        return self._commit(fill, meta)
+
+    def _commit(self, fill: Callable[[Path], dict[str, dict[str, Any]]], meta: Any) -> SnapshotInfo:
+        """Make a temporary directory, let ``fill`` put the parts in it (returning the manifest's
+        part table), add the manifest, fsync, rename to the next ``snap-*``."""
         with self._lock():
             seq = max(self._max_seq(), self._last_seq) + 1
             created_at = time.time()
@@ -538,15 +567,7 @@ class SnapshotStore:
             try:
                 os.mkdir(tmp, DIR_MODE)
                 os.chmod(tmp, DIR_MODE)
-                table = {}
-                durable = self._durable_parts(reuse)
-                for name, data in parts.items():
-                    entry = {"size": len(data), "sha256": hashlib.sha256(data).digest()}
-                    if durable.get(name) == (entry["size"], entry["sha256"]):
-                        os.link(Path(reuse) / name, tmp / name, follow_symlinks=False)  # type: ignore[arg-type]
-                    else:
-                        _write_file(tmp / name, data)
-                    table[name] = entry
+                table = fill(tmp)
                 body = _pack(
                     {"seq": seq, "created_at": created_at, "meta": meta, "parts": table}
                 )
@@ -570,23 +591,9 @@ class SnapshotStore:
                 raise
             self._last_seq = seq
 
-        size = sum(len(d) for d in parts.values()) + len(manifest)
+        size = sum(entry["size"] for entry in table.values()) + len(manifest)
         log.debug("wrote snapshot %s (%d bytes)", final, size)
         return SnapshotInfo(path=final, seq=seq, created_at=created_at, size_bytes=size)
-
-    def _durable_parts(self, snapshot: os.PathLike[str] | str | None) -> dict[str, tuple[int, bytes]]:
-        """(size, sha256) of each part of one of this store's snapshots, by name; {} if unusable."""
-        if snapshot is None:
-            return {}
-        path = Path(snapshot)
-        if path.parent.resolve() != self.root.resolve() or snapshot_seq(path) is None:
-            raise ValueError(f"can only reuse parts of this store's snapshots, not {path}")
-        try:
-            raw, _ = _read_regular(path / MANIFEST_NAME)
-            body, _ = _parse_manifest(path, raw)
-        except (OSError, SnapshotError):
-            return {}  # gone or damaged: write the parts afresh
-        return {name: (entry["size"], entry["sha256"]) for name, entry in body["parts"].items()}
 
     # ---- read
 

@@ -12,7 +12,7 @@ semantics state, offsets in ``meta``, the receipts it makes durable) in a
    one of that unit: after this the deleted points are on no disk;
 3. sends the receipts and waits for their acknowledgement;
 4. writes a replacement snapshot without the receipts' ids (parts
-   hard-linked) and prunes the first.
+   hard-linked, not hashed again) and prunes the first.
 
 It hands a :class:`Completion` back through a queue that the loop drains,
 so unit state and metrics are only touched on the loop thread. The loop
@@ -126,7 +126,7 @@ def run_job(job: SnapshotJob, publisher: Publisher, receipts_topic: str) -> Comp
     finally:
         lap("receipts")
     try:
-        done.replaced = job.store.write(parts, {**job.meta, "pending_receipts": []}, reuse=done.written.path)
+        done.replaced = job.store.relabel(done.written.path, {**job.meta, "pending_receipts": []})
         job.store.prune(done.replaced.seq, verify=False)
     except BaseException as exc:  # the receipts are out; the loop decides (OSError: retry later)
         done.replace_error = exc

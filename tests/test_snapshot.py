@@ -574,31 +574,34 @@ def test_prune_refuses_without_valid_keep(tmp_path: Path) -> None:
     assert store.prune(b.seq, verify=False) == [a.path]
 
 
-def test_reuse_hard_links_unchanged_parts_and_survives_pruning(tmp_path):
+def test_relabel_hard_links_the_parts_and_survives_pruning(tmp_path):
     store = SnapshotStore(tmp_path / "snaps")
     first = store.write({"model": b"m" * 1000, "state": b"s1"}, {"pending": ["alice"]})
-    second = store.write({"model": b"m" * 1000, "state": b"s2"}, {"pending": []}, reuse=first.path)
-    assert (second.path / "model").stat().st_ino == (first.path / "model").stat().st_ino
-    assert (second.path / "state").stat().st_ino != (first.path / "state").stat().st_ino
+    second = store.relabel(first.path, {"pending": []})
+    assert second.seq == first.seq + 1 and second.size_bytes > 1002
+    for name in ("model", "state"):
+        assert (second.path / name).stat().st_ino == (first.path / name).stat().st_ino
     store.prune(second.seq)
     assert not first.path.exists()
     loaded = store.load_latest()
-    assert loaded.seq == second.seq and loaded.parts == {"model": b"m" * 1000, "state": b"s2"}
+    assert loaded.seq == second.seq and loaded.parts == {"model": b"m" * 1000, "state": b"s1"}
     assert loaded.meta == {"pending": []}
     assert ((second.path / "model").stat().st_mode & 0o777) == 0o600
     assert b"alice" not in b"".join(p.read_bytes() for p in (tmp_path / "snaps").rglob("*") if p.is_file())
 
 
-def test_reuse_of_a_changed_part_writes_it_afresh(tmp_path):
+def test_relabel_of_a_damaged_snapshot_fails_and_adds_nothing(tmp_path):
     store = SnapshotStore(tmp_path / "snaps")
-    first = store.write({"model": b"old"}, {})
-    second = store.write({"model": b"new"}, {}, reuse=first.path)
-    assert (second.path / "model").stat().st_ino != (first.path / "model").stat().st_ino
-    assert store.load(second.path).parts == {"model": b"new"}
+    first = store.write({"model": b"x"}, {"n": 1})
+    _corrupt_flip_manifest(first.path)
+    with pytest.raises(SnapshotError):
+        store.relabel(first.path, {"n": 2})
+    assert sorted(p.name for p in (tmp_path / "snaps").iterdir() if not p.name.startswith(".lock")) == [
+        first.path.name]
 
 
-def test_reuse_refuses_a_foreign_snapshot(tmp_path):
+def test_relabel_refuses_a_foreign_snapshot(tmp_path):
     store = SnapshotStore(tmp_path / "a")
     other = SnapshotStore(tmp_path / "b").write({"model": b"x"}, {})
     with pytest.raises(ValueError, match="this store"):
-        store.write({"model": b"x"}, {}, reuse=other.path)
+        store.relabel(other.path, {})

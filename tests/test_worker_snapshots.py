@@ -57,11 +57,11 @@ def test_the_loop_applies_while_a_snapshot_is_in_flight(broker, unique_topic, tm
     held, release = threading.Event(), threading.Event()
     write = SnapshotStore.write
 
-    def holding_write(self, parts, meta, *, reuse=None):
+    def holding_write(self, parts, meta):
         if in_writer() and not held.is_set():
             held.set()
             release.wait()
-        return write(self, parts, meta, reuse=reuse)
+        return write(self, parts, meta)
 
     monkeypatch.setattr(SnapshotStore, "write", holding_write)
     sent = send_steps(config, first)
@@ -92,8 +92,8 @@ def test_receipts_go_out_only_after_their_snapshot_is_durable_and_older_ones_pru
     problems: list[str] = []
     write, send_acked = SnapshotStore.write, publisher.Publisher.send_acked
 
-    def recording_write(self, parts, meta, *, reuse=None):
-        info = write(self, parts, meta, reuse=reuse)
+    def recording_write(self, parts, meta):
+        info = write(self, parts, meta)
         last_write["path"] = info.path
         return info
 
@@ -132,15 +132,16 @@ def test_a_failed_background_write_is_counted_and_retried(broker, unique_topic, 
     create_topics(config)
     steps, survivors, n_deletes = make_stream(300, seed=33)
     failed = threading.Event()
-    write = SnapshotStore.write
+    method = "relabel" if fail_replacement else "write"  # the replacement after the receipts relabels
+    original = getattr(SnapshotStore, method)
 
-    def failing_write(self, parts, meta, *, reuse=None):
-        if in_writer() and (reuse is not None) == fail_replacement and not failed.is_set():
+    def failing(self, *args):
+        if in_writer() and not failed.is_set():
             failed.set()
             raise OSError(28, "No space left on device (test)")
-        return write(self, parts, meta, reuse=reuse)
+        return original(self, *args)
 
-    monkeypatch.setattr(SnapshotStore, "write", failing_write)
+    monkeypatch.setattr(SnapshotStore, method, failing)
     total = send_steps(config, steps)
     with running_worker(config) as worker:
         wait_consumed(worker, total)

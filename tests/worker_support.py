@@ -220,14 +220,13 @@ def run_worker_holding_writer(phase: str, marker: str, argv: list[str]) -> int:
 
         publisher.Publisher.send_acked = holding_send_acked  # type: ignore[method-assign]
     else:
-        write = snapshot.SnapshotStore.write
+        relabel = snapshot.SnapshotStore.relabel
 
-        def holding_write(self: Any, parts: Any, meta: Any, *, reuse: Any = None) -> Any:
-            if reuse is not None:
-                hold()
-            return write(self, parts, meta, reuse=reuse)
+        def holding_relabel(self: Any, source: Any, meta: Any) -> Any:
+            hold()
+            return relabel(self, source, meta)
 
-        snapshot.SnapshotStore.write = holding_write  # type: ignore[method-assign]
+        snapshot.SnapshotStore.relabel = holding_relabel  # type: ignore[method-assign]
     return cli.main(["worker", *argv])
 
 
