@@ -202,6 +202,8 @@ class DCKMeans(UnlearningModel):
 
     def partition_summaries(self) -> tuple[np.ndarray, np.ndarray]:
         """Centroids (P, k, d) and weights (P, k) of each partition's subtree root."""
+        if any(self._dirty_nodes):  # loaded without its tree: the root was kept, the subtrees were not
+            self._dirty = True
         self.flush()
         top_C, top_W = self._node_centroids[-1], self._node_weights[-1]
         assert top_C is not None and top_W is not None

@@ -193,6 +193,23 @@ def test_a_dc_state_without_its_tree_refits_it_at_the_next_change():
     assert np.array_equal(restored.centroids_, m.centroids_) and restored.verify()
 
 
+def test_a_dc_capture_without_cache_restores_the_same_model_and_summaries():
+    """The worker's snapshots leave DC's tree out: the root is kept, the subtrees refit on demand."""
+    m = DCKMeans(k=3, n_leaves=16, fanout=4, n_partitions=2)
+    m.insert(range(300), blobs(300))
+    with_tree = m.to_state()
+    blob = m.capture_state(with_cache=False)()
+    assert len(blob) < len(with_tree) and msgpack.unpackb(blob)["cache"] == {}
+    restored = DCKMeans.from_state(blob)
+    assert np.array_equal(restored.centroids_, m.centroids_)
+    for got, want in zip(restored.partition_summaries(), m.partition_summaries()):
+        assert np.array_equal(got, want)
+    assert restored.to_state() == with_tree  # the refit tree is the same tree
+    restored.delete([5, 6])
+    m.delete([5, 6])
+    assert np.array_equal(restored.centroids_, m.centroids_) and restored.verify()
+
+
 def test_load_model_dispatches_on_algorithm(model):
     restored = load_model(model.to_state())
     assert type(restored) is type(model)
