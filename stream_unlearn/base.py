@@ -72,6 +72,10 @@ class UnlearningModel(ABC):
         """Learned caches to persist so a restore needs no refit: copies, not views of live state
         (:meth:`capture_state` encodes them later)."""
 
+    def _compact_cache_state(self) -> dict[str, Any]:
+        """``_cache_state`` without what a load rebuilds cheaply from the points (default: all of it)."""
+        return self._cache_state()
+
     @abstractmethod
     def _load_cache(self, cache: dict[str, Any]) -> None:
         """Inverse of ``_cache_state``."""
@@ -198,7 +202,7 @@ class UnlearningModel(ABC):
         """Versioned msgpack state (held points and caches; never pickle)."""
         return self.capture_state()()
 
-    def capture_state(self, with_cache: bool = True) -> Callable[[], bytes]:
+    def capture_state(self, compact: bool = False) -> Callable[[], bytes]:
         """The state as of now, encoded later: returns the function that encodes it.
 
         Now: copies of what later changes would touch (the held rows, the
@@ -207,15 +211,15 @@ class UnlearningModel(ABC):
         on changing: a snapshot's consistent cut costs the worker's loop the
         copies (~15 ms at 100k points), not the encoding (~60 ms).
 
-        ``with_cache=False`` leaves the learned caches out: they are a
-        function of the points, refit at the first change after a load
-        (the centroids are kept, so a load still needs no refit to be read).
+        ``compact=True`` leaves out the caches that a load rebuilds cheaply
+        from the points (DC's leaf level): the loaded model reads the same,
+        and refits them at its first change.
         """
         self.flush()
         ids, X, buckets = self._store.copy_rows()
         params, n_features = self.get_params(), self._store.n_features
         centroids = state_format.pack_array(self.centroids_)
-        cache = self._cache_state() if with_cache else {}
+        cache = self._compact_cache_state() if compact else self._cache_state()
 
         def encode() -> bytes:
             body = {

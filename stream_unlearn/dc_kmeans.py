@@ -66,6 +66,8 @@ class DCKMeans(UnlearningModel):
         self._level_logu: dict[int, np.ndarray] = {}
         self._candidates = default_candidates(self.k)
         self._leaf_salt = seed_key(self.seed, 100)
+        #: loaded without the leaf level (see _compact_cache_state): the levels above are valid
+        self._leaves_pending = False
 
     def get_params(self) -> dict[str, Any]:
         return {
@@ -117,6 +119,7 @@ class DCKMeans(UnlearningModel):
         self._ensure_arrays()
         self._fit_leaves(sorted(self._dirty_nodes[0]))
         self._dirty_nodes[0].clear()
+        self._leaves_pending = False
         for level in range(1, len(self.level_widths_)):
             self._fit_internal(level, sorted(self._dirty_nodes[level]))
             self._dirty_nodes[level].clear()
@@ -202,7 +205,7 @@ class DCKMeans(UnlearningModel):
 
     def partition_summaries(self) -> tuple[np.ndarray, np.ndarray]:
         """Centroids (P, k, d) and weights (P, k) of each partition's subtree root."""
-        if any(self._dirty_nodes):  # loaded without its tree: the root was kept, the subtrees were not
+        if self._node_centroids[-1] is None and any(self._dirty_nodes):  # loaded without its tree
             self._dirty = True
         self.flush()
         top_C, top_W = self._node_centroids[-1], self._node_weights[-1]
@@ -219,29 +222,54 @@ class DCKMeans(UnlearningModel):
         return merge_partitions(top_C, top_W, self.k, self.seed, self.root_max_iter)[0]
 
     def _cache_state(self) -> dict[str, Any]:
+        if self._leaves_pending:  # loaded from a compact state and unchanged since: refit the leaves now
+            self._dirty = True
+            self.flush()
         if self._store.n_features is not None:
             self._ensure_arrays()
-        return {
-            "centroids": [state_format.pack_array(c) for c in self._node_centroids if c is not None],
-            "weights": [state_format.pack_array(w) for w in self._node_weights if w is not None],
+        return self._pack_levels(0)
+
+    def _compact_cache_state(self) -> dict[str, Any]:
+        """The tree above the leaves: the leaf level (n_leaves * k * d floats, 4 MB at the defaults,
+        whatever the points) is refit from the points at the first change after a load."""
+        if len(self.level_widths_) == 1 or self._store.n_features is None:
+            return self._cache_state()
+        self._ensure_arrays()
+        return self._pack_levels(1)
+
+    def _pack_levels(self, first: int) -> dict[str, Any]:
+        cache: dict[str, Any] = {
+            "centroids": [state_format.pack_array(c) for c in self._node_centroids[first:] if c is not None],
+            "weights": [state_format.pack_array(w) for w in self._node_weights[first:] if w is not None],
         }
+        if first:
+            cache["first_level"] = first
+        return cache
 
     def _load_cache(self, cache: dict[str, Any]) -> None:
         centroids = [state_format.unpack_array(c) for c in cache.get("centroids", [])]
         weights = [state_format.unpack_array(w) for w in cache.get("weights", [])]
-        if not centroids:
-            # No tree: every held leaf is refit (with its ancestors) at the next change.
-            self._dirty_nodes[0].update(np.flatnonzero(self._store.bucket_sizes).tolist())
-            return
-        if len(centroids) != len(self.level_widths_) or len(weights) != len(centroids):
-            raise state_format.StateError("DC tree cache does not match the tree shape")
-        d = self._store.n_features or 0
-        for level, width in enumerate(self.level_widths_):
-            rows = self.n_partitions * width
-            if centroids[level].shape != (rows, self.k, d) or weights[level].shape != (rows, self.k):
-                raise state_format.StateError(f"DC tree cache level {level} has the wrong shape")
-        self._node_centroids = [c.astype(np.float64) for c in centroids]
-        self._node_weights = [w.astype(np.float64) for w in weights]
+        first = cache.get("first_level", 0)
+        if first not in (0, 1) or (first and len(self.level_widths_) == 1):
+            raise state_format.StateError(f"DC tree cache starts at level {first!r}")
+        if centroids or first:
+            levels = range(first, len(self.level_widths_))
+            if len(centroids) != len(levels) or len(weights) != len(centroids):
+                raise state_format.StateError("DC tree cache does not match the tree shape")
+            d = self._store.n_features or 0
+            for C, W, level in zip(centroids, weights, levels):
+                rows = self.n_partitions * self.level_widths_[level]
+                if C.shape != (rows, self.k, d) or W.shape != (rows, self.k):
+                    raise state_format.StateError(f"DC tree cache level {level} has the wrong shape")
+            self._node_centroids[first:] = [C.astype(np.float64) for C in centroids]
+            self._node_weights[first:] = [W.astype(np.float64) for W in weights]
+            if not first:
+                return
+            rows = self.n_partitions * self.level_widths_[0]
+            self._node_centroids[0], self._node_weights[0] = np.zeros((rows, self.k, d)), np.zeros((rows, self.k))
+            self._leaves_pending = True
+        # No leaves (or no tree): every held leaf is refit, with its ancestors, at the next change.
+        self._dirty_nodes[0].update(np.flatnonzero(self._store.bucket_sizes).tolist())
 
 
 def default_fanout(k: object) -> int:

@@ -895,10 +895,8 @@ class Worker:
         them back if the snapshot listing them could not be written.
         """
         started = time.perf_counter()
-        # DC's tree (n_leaves * k * d floats whatever the points: 4 MB at the defaults) is a function
-        # of the points: a restore refits it once rather than every snapshot writing it.
-        model = unit.model.capture_state(with_cache=not self.dc)
-        parts = {MODEL_PART: model, SEMANTICS_PART: unit.semantics.capture_bytes()}
+        # compact: DC's leaf level (4 MB at the defaults, whatever the points) is refit at a restore
+        parts = {MODEL_PART: unit.model.capture_state(compact=True), SEMANTICS_PART: unit.semantics.capture_bytes()}
         job = SnapshotJob(unit.name, unit.store, parts, self._meta(unit, unit.unsent + unit.new_pending),
                           tuple(unit.unsent), tuple(unit.new_pending), time.perf_counter() - started)
         unit.unsent, unit.new_pending, unit.changed = [], [], False

@@ -193,21 +193,41 @@ def test_a_dc_state_without_its_tree_refits_it_at_the_next_change():
     assert np.array_equal(restored.centroids_, m.centroids_) and restored.verify()
 
 
-def test_a_dc_capture_without_cache_restores_the_same_model_and_summaries():
-    """The worker's snapshots leave DC's tree out: the root is kept, the subtrees refit on demand."""
+def test_a_compact_dc_state_restores_the_same_model_and_summaries():
+    """The worker's snapshots leave DC's leaf level out: the levels above are kept, the leaves
+    refit at the first change."""
     m = DCKMeans(k=3, n_leaves=16, fanout=4, n_partitions=2)
     m.insert(range(300), blobs(300))
     with_tree = m.to_state()
-    blob = m.capture_state(with_cache=False)()
-    assert len(blob) < len(with_tree) and msgpack.unpackb(blob)["cache"] == {}
+    blob = m.capture_state(compact=True)()
+    assert len(blob) < len(with_tree) and msgpack.unpackb(blob)["cache"]["first_level"] == 1
     restored = DCKMeans.from_state(blob)
     assert np.array_equal(restored.centroids_, m.centroids_)
     for got, want in zip(restored.partition_summaries(), m.partition_summaries()):
         assert np.array_equal(got, want)
-    assert restored.to_state() == with_tree  # the refit tree is the same tree
-    restored.delete([5, 6])
+    assert restored.to_state() == with_tree  # the refit leaves are the same leaves
+    again = DCKMeans.from_state(blob)
+    again.delete([5, 6])
     m.delete([5, 6])
-    assert np.array_equal(restored.centroids_, m.centroids_) and restored.verify()
+    assert np.array_equal(again.centroids_, m.centroids_) and again.verify()
+    assert again.to_state() == m.to_state()
+
+
+def test_a_compact_dc_state_keeps_the_stored_subtree_roots_for_verify():
+    """Partition summaries of a compact state are the stored ones, not a refit: so `verify` of a
+    partitioned snapshot still checks what the worker computed. A tampered weight shows."""
+    m = DCKMeans(k=3, n_leaves=16, fanout=4, n_partitions=2)
+    m.insert(range(300), blobs(300))
+    body = msgpack.unpackb(m.capture_state(compact=True)())
+    top = body["cache"]["weights"][-1]
+    weights = np.frombuffer(top["data"], dtype=top["dtype"]).reshape(top["shape"]).copy()
+    weights[0, 0] += 1.0
+    top["data"] = weights.tobytes()
+    restored = DCKMeans.from_state(msgpack.packb(body, use_bin_type=True))
+    assert restored.partition_summaries()[1][0, 0] == m.partition_summaries()[1][0, 0] + 1.0
+    restored.insert([999], [[0.1, 0.2, 0.3]])  # a change refits the leaves and every ancestor
+    m.insert([999], [[0.1, 0.2, 0.3]])
+    assert np.array_equal(restored.partition_summaries()[1], m.partition_summaries()[1])
 
 
 def test_load_model_dispatches_on_algorithm(model):
