@@ -81,6 +81,7 @@ BAD_RECORD_REASONS: tuple[str, ...] = (
     "wrong_dimension",  # vector length differs from the model's dimension
     "non_finite",  # NaN, infinity or a value beyond +-MAX_ABS_VALUE (1e100) in the vector
     "bad_ts",  # ts is NaN or infinite, or too far ahead of the Kafka record timestamp
+    "no_timestamp",  # the Kafka record has no timestamp (message format v0): no event time to replay
     # Checked by the worker, not the decoder: with DC over several partitions, the record's
     # partition is not its id's (murmur2 of the UTF-8 id, Kafka's default partitioner).
     "wrong_partition",
@@ -218,7 +219,7 @@ def decode_insert(
     value: bytes | None,
     *,
     dim: int | None,
-    record_ts: float,
+    record_ts: float | None,
     key: bytes | None = None,
     max_id_bytes: int = DEFAULT_MAX_ID_BYTES,
     max_value_bytes: int = DEFAULT_MAX_VALUE_BYTES,
@@ -227,7 +228,8 @@ def decode_insert(
     """Decode and validate an insert value; raise :class:`BadRecord` if invalid.
 
     ``dim``: required vector length, or ``None`` to accept any. ``record_ts``:
-    the Kafka record timestamp in seconds, used when ``ts`` is absent.
+    the Kafka record timestamp in seconds, used when ``ts`` is absent; None
+    (a record without one) is a :class:`BadRecord` (``no_timestamp``).
     ``key``: the Kafka key, checked against the id when not ``None``.
     ``max_ts_ahead``: seconds ``ts`` may lie after ``record_ts``. One event
     from the far future would move the event-time watermark, and with it
@@ -246,7 +248,7 @@ def decode_insert(
 def decode_delete(
     value: bytes | None,
     *,
-    record_ts: float,
+    record_ts: float | None,
     key: bytes | None = None,
     max_id_bytes: int = DEFAULT_MAX_ID_BYTES,
     max_value_bytes: int = DEFAULT_MAX_VALUE_BYTES,
@@ -355,7 +357,12 @@ def _decode_vec(raw: Any, dim: int | None) -> np.ndarray:
     return vec
 
 
-def _decode_ts(obj: dict, record_ts: float, max_ts_ahead: float) -> float:
+def _decode_ts(obj: dict, record_ts: float | None, max_ts_ahead: float) -> float:
+    if record_ts is None:
+        # A stand-in such as the clock at decode time would differ at every replay, and with it the
+        # event-time outcome (and the far-future check): a restart would not rebuild the same model.
+        raise BadRecord("no_timestamp", "the Kafka record has no timestamp (message format v0); "
+                                        "the record timestamp bounds the event's ts and is needed to replay it")
     raw = obj.get("ts")
     if raw is None:  # absent (or explicit nil): fall back to the record time
         return float(record_ts)

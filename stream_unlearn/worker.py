@@ -630,7 +630,7 @@ class Worker:
 
     def _decode(self, record: Any, is_insert: bool) -> InsertEvent | DeleteEvent:
         c = self.config
-        record_ts = record.timestamp / 1000.0 if record.timestamp is not None and record.timestamp >= 0 else time.time()
+        record_ts = record.timestamp / 1000.0 if record.timestamp is not None and record.timestamp >= 0 else None
         if is_insert:
             event = decode_insert(record.value, dim=self._dim, record_ts=record_ts, key=record.key,
                                   max_id_bytes=c.max_id_bytes, max_value_bytes=c.max_value_bytes,

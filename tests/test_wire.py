@@ -193,15 +193,19 @@ BAD = [
     ("non_finite", pack({"id": "a", "vec": [1.0, -1.7e308]}), "insert", {}),  # finite, but its square is not
     ("bad_ts", pack({"id": "a", "ts": math.nan}), "delete", {}),
     ("bad_ts", pack({"id": "a", "vec": [1.0], "ts": math.inf}), "insert", {}),
+    # No stand-in event time: the clock at decode would differ at every replay.
+    ("no_timestamp", pack({"id": "a", "vec": [1.0]}), "insert", {"record_ts": None}),
+    ("no_timestamp", pack({"id": "a", "ts": 5.0}), "delete", {"record_ts": None}),
 ]
 
 
 def _decode(value: bytes | None, kind: str, kwargs: dict) -> object:
     kwargs = dict(kwargs)
+    record_ts = kwargs.pop("record_ts", 0.0)
     if kind == "insert":
-        return decode_insert(value, dim=kwargs.pop("dim", None), record_ts=0.0, **kwargs)
+        return decode_insert(value, dim=kwargs.pop("dim", None), record_ts=record_ts, **kwargs)
     kwargs.pop("dim", None)
-    return decode_delete(value, record_ts=0.0, **kwargs)
+    return decode_delete(value, record_ts=record_ts, **kwargs)
 
 
 @pytest.mark.parametrize("reason, value, kind, kwargs", BAD, ids=[f"{i}-{b[0]}" for i, b in enumerate(BAD)])

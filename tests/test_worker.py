@@ -82,41 +82,47 @@ def test_out_of_order_deletes_reinserts_and_redelivery(broker, unique_topic, tmp
         (names[i], t + 20) for i in range(30, 60)} | {(names[i], t + 1) for i in range(120, 125)}
 
 
-def malformed_corpus(dim: int) -> list[tuple[bytes | None, bytes | None, str]]:
-    """(key, value, expected reason) for the insert topic."""
+#: A record timestamp of -1: what a message-format-v0 record reads as (no event time to replay it by).
+NO_TIMESTAMP = -1
+
+
+def malformed_corpus(dim: int) -> list[tuple[bytes | None, bytes | None, str, int | None]]:
+    """(key, value, expected reason, record timestamp in ms or None for the producer's) for the insert topic."""
     pack = lambda obj: msgpack.packb(obj, use_bin_type=True)  # noqa: E731
     good = [0.0] * dim
     return [
-        (b"g1", b"\x00\x01garbage\xff", "not_msgpack"),
-        (b"g2", b"", "empty_value"),
-        (b"g3", None, "empty_value"),
-        (b"g4", pack("just a string"), "not_a_map"),
-        (b"g5", pack({"vec": good}), "missing_field"),
-        (b"g6", pack({"id": "g6"}), "missing_field"),
-        (b"g7", pack({"id": ["g7"], "vec": good}), "wrong_type"),
-        (b"g8", pack({"id": "g8", "vec": "1,2,3,4"}), "wrong_type"),
-        (b"g9", pack({"id": "g9", "vec": [math.nan] * dim}), "non_finite"),
-        (b"g10", pack({"id": "g10", "vec": struct.pack("<4f", math.inf, 0, 0, 0)}), "non_finite"),
-        (b"g11", pack({"id": "g11", "vec": good[:-1]}), "wrong_dimension"),
-        (None, pack({"id": "h" * 1000, "vec": good}), "id_too_long"),
-        (b"g13", pack({"id": "", "vec": good}), "bad_id"),
-        (b"g14", pack({"id": "g14", "vec": [True] * dim}), "bad_vector"),
-        (b"g15", pack({"id": "g15", "vec": good, "ts": math.inf}), "bad_ts"),
-        (b"g16", pack({"id": "g16", "vec": good, "ts": "now"}), "wrong_type"),
-        (b"g19", pack({"id": "g19", "vec": good, "ts": time.time() * 1000}), "bad_ts"),  # ms, not s: far future
-        (b"wrong", pack({"id": "g17", "vec": good}), "key_mismatch"),
-        (b"g18", b"\x01" * 5000, "oversized"),
+        (b"g1", b"\x00\x01garbage\xff", "not_msgpack", None),
+        (b"g2", b"", "empty_value", None),
+        (b"g3", None, "empty_value", None),
+        (b"g4", pack("just a string"), "not_a_map", None),
+        (b"g5", pack({"vec": good}), "missing_field", None),
+        (b"g6", pack({"id": "g6"}), "missing_field", None),
+        (b"g7", pack({"id": ["g7"], "vec": good}), "wrong_type", None),
+        (b"g8", pack({"id": "g8", "vec": "1,2,3,4"}), "wrong_type", None),
+        (b"g9", pack({"id": "g9", "vec": [math.nan] * dim}), "non_finite", None),
+        (b"g10", pack({"id": "g10", "vec": struct.pack("<4f", math.inf, 0, 0, 0)}), "non_finite", None),
+        (b"g11", pack({"id": "g11", "vec": good[:-1]}), "wrong_dimension", None),
+        (None, pack({"id": "h" * 1000, "vec": good}), "id_too_long", None),
+        (b"g13", pack({"id": "", "vec": good}), "bad_id", None),
+        (b"g14", pack({"id": "g14", "vec": [True] * dim}), "bad_vector", None),
+        (b"g15", pack({"id": "g15", "vec": good, "ts": math.inf}), "bad_ts", None),
+        (b"g16", pack({"id": "g16", "vec": good, "ts": "now"}), "wrong_type", None),
+        (b"g19", pack({"id": "g19", "vec": good, "ts": time.time() * 1000}), "bad_ts", None),  # ms, not s: far future
+        (b"wrong", pack({"id": "g17", "vec": good}), "key_mismatch", None),
+        (b"g18", b"\x01" * 5000, "oversized", None),
+        (b"g20", pack({"id": "g20", "vec": good}), "no_timestamp", NO_TIMESTAMP),
+        (b"g21", pack({"id": "g21", "vec": good, "ts": 5.0}), "no_timestamp", NO_TIMESTAMP),
     ]
 
 
 def test_malformed_records_go_to_dead_letter_and_the_worker_goes_on(broker, unique_topic, tmp_path, consume):
     config = make_config(broker, Topics.fresh(unique_topic), tmp_path / "snaps", dim=4, max_value_bytes=4096)
     corpus = malformed_corpus(4)
-    assert {reason for _, _, reason in corpus} <= set(BAD_RECORD_REASONS)
+    assert {reason for _, _, reason, _ in corpus} <= set(BAD_RECORD_REASONS)
     create_topics(config)
     raw = KafkaProducer(bootstrap_servers=broker)
-    sent = [raw.send(config.insert_topic, key=k, value=v if v is not None or k else b"", partition=0)
-            for k, v, _ in corpus]
+    sent = [raw.send(config.insert_topic, key=k, value=v if v is not None or k else b"", partition=0,
+                     timestamp_ms=ts) for k, v, _, ts in corpus]
     raw.send(config.delete_topic, key=b"d1", value=b"\xc1", partition=1)
     raw.flush()
     offsets = [f.get(timeout=10).offset for f in sent]
@@ -143,7 +149,7 @@ def test_malformed_records_go_to_dead_letter_and_the_worker_goes_on(broker, uniq
         assert headers["source_topic"] == config.insert_topic.encode() and headers["source_partition"] == b"0"
         by_offset[int(headers["source_offset"])] = (record.key, record.value, headers["reason"].decode())
     assert truncations == 1
-    for (key, value, reason), offset in zip(corpus, offsets):
+    for (key, value, reason, _), offset in zip(corpus, offsets):
         got_key, got_value, got_reason = by_offset[offset]
         assert got_reason == reason, (key, got_reason)
         assert got_key == key and (got_value or b"") == (value or b"")
