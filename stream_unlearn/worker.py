@@ -534,7 +534,8 @@ class Worker:
         self._drain()
         if now - self._last_snapshot >= self.config.snapshot_interval:
             self._last_snapshot = now
-            self._due = [u for u in self._unique_units() if u.changed or u.unsent]
+            # Units still waiting from the last round keep their place: none starves behind the others.
+            self._due += [u for u in self._unique_units() if (u.changed or u.unsent) and u not in self._due]
         if self._due:
             self._snapshot_next()
         return n
@@ -844,30 +845,39 @@ class Worker:
         """Snapshot every owned unit that changed, prune older ones, send receipts; synchronous.
 
         Waits for the snapshots in flight, then has every changed unit
-        written and waits again: on return all applied changes are durable
-        and their receipts out, or the failure was logged and counted (and is
-        retried at the next interval). Returns the seq of the last snapshot
-        written, or None if there was nothing to do or a write failed.
+        written, one after the other (one unit's copies held at a time): on
+        return all applied changes are durable and their receipts out, or the
+        failure was logged and counted (and is retried at the next interval).
+        Returns the seq of the last snapshot written, or None if there was
+        nothing to do or a write failed.
         """
         self._last_snapshot = time.monotonic()
         self._due = []
         self._drain(wait=True)
         units = [u for u in self._unique_units() if u.changed or u.unsent]
+        seq = None
         for unit in units:
             self._capture(unit)
-        seq = None
-        for done in self._drain(wait=True):
-            if done.last is not None and done.error is None:
-                seq = done.last.seq
+            for done in self._drain(wait=True, names=[unit.name]):
+                if done.last is not None and done.error is None:
+                    seq = done.last.seq
         self._publish_summaries(units)
         return seq
 
     def _snapshot_next(self) -> None:
-        """Capture the next due unit (one per step: capturing blocks the loop) unless one of its
-        snapshots is still in flight (then it waits for the next interval, still marked changed)."""
+        """Capture the next due unit once the writer is idle.
+
+        One job at a time: the loop holds one unit's copies, not every unit's
+        (at 1M points a partition's copy is ~250 MB), and each cut is taken
+        just before it is written, so its receipts wait for no other unit's
+        job. The jobs of a round are spread over the loop's steps instead of
+        queued at once.
+        """
+        if self._writing:
+            return
         while self._due:
             unit = self._due.pop(0)
-            if self._owns(unit) and not self._writer_busy(unit) and (unit.changed or unit.unsent):
+            if self._owns(unit) and (unit.changed or unit.unsent):
                 self._capture(unit)
                 self._publish_summaries([unit])
                 return
@@ -882,9 +892,6 @@ class Worker:
     def _owns(self, unit: Unit) -> bool:
         """Whether this worker still owns (one of) the unit's partitions."""
         return any(self._units.get(p) is unit for p in unit.partitions)
-
-    def _writer_busy(self, unit: Unit) -> bool:
-        return unit.name in self._writing
 
     def _capture(self, unit: Unit) -> None:
         """Take a unit's consistent cut on the loop and hand it to the writer thread.

@@ -15,7 +15,7 @@ import pytest
 from stream_unlearn import publisher
 from stream_unlearn.receipts import decode_receipt
 from stream_unlearn.snapshot import SnapshotStore, load_snapshot
-from stream_unlearn.snapshot_writer import THREAD_NAME
+from stream_unlearn.snapshot_writer import THREAD_NAME, SnapshotWriter
 
 from worker_support import (
     Topics,
@@ -55,7 +55,12 @@ def test_the_loop_applies_while_a_snapshot_is_in_flight(broker, unique_topic, tm
     steps, survivors, n_deletes = make_stream(600, seed=31)
     first, second = chunks(steps, 2)
     held, release = threading.Event(), threading.Event()
-    write = SnapshotStore.write
+    write, submit = SnapshotStore.write, SnapshotWriter.submit
+    submitted: list[str] = []
+
+    def counting_submit(self, job):
+        submitted.append(job.name)
+        return submit(self, job)
 
     def holding_write(self, parts, meta):
         if in_writer() and not held.is_set():
@@ -64,6 +69,7 @@ def test_the_loop_applies_while_a_snapshot_is_in_flight(broker, unique_topic, tm
         return write(self, parts, meta)
 
     monkeypatch.setattr(SnapshotStore, "write", holding_write)
+    monkeypatch.setattr(SnapshotWriter, "submit", counting_submit)
     sent = send_steps(config, first)
     thread = WorkerThread(config).start()
     try:
@@ -72,6 +78,8 @@ def test_the_loop_applies_while_a_snapshot_is_in_flight(broker, unique_topic, tm
         wait_consumed(thread.worker, sent)  # the loop is not waiting for the writer
         assert snapshot_position(snaps) == 0  # nothing durable yet: the only writer is held
         assert consume(broker, config.receipts_topic, 0) == []
+        # One unit's cut at a time: the other changed partitions wait for the writer, not in its queue.
+        assert len(submitted) == 1 and config.partitions > 1
     finally:
         release.set()
         thread.stop()  # the final snapshot() waits for the one in flight, then writes its own
