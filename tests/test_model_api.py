@@ -36,6 +36,8 @@ def model(request):
     [
         (["a", "b"], [[1.0, 2.0, np.nan], [0, 0, 0]], "NaN"),
         (["a"], [[1.0, 1e300, 0.0]], "beyond"),
+        (["a"], [[1.0, -1e300, 0.0]], "beyond"),
+        (np.array([7, 7]), [[1.0, 2.0, 3.0]] * 2, "duplicate"),  # the int array fast path
         (["a"], [[1.0 + 2j, 0.0, 0.0]], "complex"),
         (["a"], [[1.0, np.inf, 0.0]], "NaN or infinity"),
         (["a"], [[1.0, 2.0]], "features"),
