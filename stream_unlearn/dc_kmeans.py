@@ -142,18 +142,19 @@ class DCKMeans(UnlearningModel):
         held = [leaf for leaf in leaves if counts[leaf]]
         empty = [leaf for leaf in leaves if not counts[leaf]]
         C[empty], W[empty] = 0.0, 0.0
-        if held:
-            keys, X, sizes = self._store.gather(held)
-            logu = race_log_uniforms(keys, self.k, self._leaf_salt)
-            if len(held) == 1:
-                leaf = held[0]
-                fit_range_into(X, np.ones(len(keys)), logu, 0, len(keys), self.k, self.max_iter, self._candidates,
-                               C[leaf : leaf + 1], W[leaf : leaf + 1])
-            else:
-                offsets = np.zeros(len(sizes) + 1, dtype=np.int64)
-                np.cumsum(sizes, out=offsets[1:])
-                result = fit_ragged(X, np.ones(len(keys)), logu, offsets, self.k, self.max_iter, self._candidates)
-                C[held], W[held] = result.centroids, result.weights
+        if len(held) == 1:
+            leaf = held[0]
+            keys, X, _ = self._store.gather(held)
+            fit_range_into(X, np.ones(len(keys)), race_log_uniforms(keys, self.k, self._leaf_salt), 0, len(keys),
+                           self.k, self.max_iter, self._candidates, C[leaf : leaf + 1], W[leaf : leaf + 1])
+        elif held:  # the solver reads each leaf's rows from the store: no gathered copy of them all
+            keys, slots, sizes = self._store.gather_slots(held)
+            offsets = np.zeros(len(sizes) + 1, dtype=np.int64)
+            np.cumsum(sizes, out=offsets[1:])
+            result = fit_ragged(self._store.vector_rows(), np.ones(len(keys)),
+                                race_log_uniforms(keys, self.k, self._leaf_salt), offsets, self.k, self.max_iter,
+                                self._candidates, rows=slots)
+            C[held], W[held] = result.centroids, result.weights
         self._mark_parents(0, leaves)
 
     def _item_log_uniforms(self, level: int) -> np.ndarray:

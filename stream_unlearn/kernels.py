@@ -513,6 +513,21 @@ def fit_nodes(X, w, logu, starts, stops, k, L, max_iter, centroids, weights, n_i
 
 
 @njit(**_OPTS)
+def fit_nodes_gathered(V, rows, w, logu, starts, stops, k, L, max_iter, centroids, weights, n_iter):
+    """``fit_nodes`` on the rows ``V[rows[i]]``: each node's rows are copied into one small scratch
+    buffer (in cache while its node is solved), not gathered for every node up front by the caller."""
+    longest = 0
+    for b in range(len(starts)):
+        longest = max(longest, stops[b] - starts[b])
+    buf = np.empty((longest, V.shape[1]))
+    for b in range(len(starts)):
+        lo, hi = starts[b], stops[b]
+        for i in range(hi - lo):
+            buf[i, :] = V[rows[lo + i], :]
+        n_iter[b] = fit_node(buf[: hi - lo], w[lo:hi], logu[:, lo:hi], k, L, max_iter, centroids[b], weights[b])
+
+
+@njit(**_OPTS)
 def segment_order(keys, offsets, order):
     """``order[lo:hi]`` = indices sorting each segment ``offsets[b]:offsets[b+1]`` of ``keys`` (stable).
 

@@ -125,20 +125,22 @@ def race_seeds(X: np.ndarray, w: np.ndarray, keys: np.ndarray, k: int, salt: np.
 
 
 def fit_ragged(
-    X: np.ndarray, w: np.ndarray, logu: np.ndarray, offsets: np.ndarray, k: int, max_iter: int, n_candidates: int
+    X: np.ndarray, w: np.ndarray, logu: np.ndarray, offsets: np.ndarray, k: int, max_iter: int, n_candidates: int,
+    rows: np.ndarray | None = None,
 ) -> BatchResult:
     """Weighted k-means of each problem b on items ``offsets[b]:offsets[b+1]`` of X (N, d).
 
     ``logu`` (k, N) are the items' race log-uniforms. A problem with no item
-    of positive weight gets zero centroids and weights.
+    of positive weight gets zero centroids and weights. ``rows``: item i is
+    row ``X[rows[i]]`` instead (X a store's vectors: no gathered copy).
     """
     offsets = np.asarray(offsets, dtype=np.int64)
-    return fit_ranges(X, w, logu, offsets[:-1], offsets[1:], k, max_iter, n_candidates)
+    return fit_ranges(X, w, logu, offsets[:-1], offsets[1:], k, max_iter, n_candidates, rows)
 
 
 def fit_ranges(
     X: np.ndarray, w: np.ndarray, logu: np.ndarray, starts: np.ndarray, stops: np.ndarray, k: int, max_iter: int,
-    n_candidates: int,
+    n_candidates: int, rows: np.ndarray | None = None,
 ) -> BatchResult:
     """``fit_ragged`` for problems on items ``starts[b]:stops[b]``: ranges anywhere in X, no copying."""
     B = len(starts)
@@ -148,10 +150,17 @@ def fit_ranges(
     n_iter = np.zeros(B, dtype=np.int64)
     X, w, logu = (np.ascontiguousarray(a, dtype=np.float64) for a in (X, w, logu))
     starts, stops = (np.ascontiguousarray(a, dtype=np.int64) for a in (starts, stops))
+    L = max(1, n_candidates)
+    if rows is not None:
+        rows = np.ascontiguousarray(rows, dtype=np.int64)
 
     def solve(a: int, b: int) -> None:
-        kernels.fit_nodes(X, w, logu, starts[a:b], stops[a:b], k, max(1, n_candidates), max_iter,
-                          centroids[a:b], weights[a:b], n_iter[a:b])
+        if rows is None:
+            kernels.fit_nodes(X, w, logu, starts[a:b], stops[a:b], k, L, max_iter, centroids[a:b], weights[a:b],
+                              n_iter[a:b])
+        else:
+            kernels.fit_nodes_gathered(X, rows, w, logu, starts[a:b], stops[a:b], k, L, max_iter, centroids[a:b],
+                                       weights[a:b], n_iter[a:b])
 
     threads = _threads()
     if B < _PARALLEL_NODES or threads < 2:

@@ -207,6 +207,11 @@ class PointStore:
 
     def gather(self, buckets: Sequence[int]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Keys, vectors and sizes of the given non-empty buckets, each in canonical order, back to back."""
+        keys, slots, sizes = self.gather_slots(buckets)
+        return keys, self._vectors[slots], sizes
+
+    def gather_slots(self, buckets: Sequence[int]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """:meth:`gather` with the slots of the rows (in :meth:`vector_rows`) instead of a copy of them."""
         buckets = np.asarray(buckets, dtype=np.int64)
         slots = self._slots_of(buckets)
         sizes = self._size[buckets]
@@ -220,8 +225,13 @@ class PointStore:
                 lo, hi = offsets[j], offsets[j + 1]
                 if np.any(np.diff(keys[order[lo:hi]]) == 0):
                     order[lo:hi] = lo + canonical_order(keys[lo:hi], self._ids[slots[lo:hi]])
-        slots = slots[order]
-        return keys[order], self._vectors[slots], sizes
+        return keys[order], slots[order], sizes
+
+    def vector_rows(self) -> np.ndarray:
+        """The vector array that slots index, read-only; valid until the store next changes."""
+        view = self._vectors.view()
+        view.setflags(write=False)
+        return view
 
     def canonical(self) -> tuple[np.ndarray, np.ndarray, Sequence[str]]:
         """Keys, vectors and ids of all buckets together, in canonical ``(key, id)`` order.

@@ -174,6 +174,22 @@ def test_node_batches_solve_the_same_on_one_thread_or_all():
     assert np.any(together.weights > 0)
 
 
+def test_nodes_read_through_row_indices_solve_as_on_the_gathered_rows():
+    """DC leaves are solved straight from the store (``rows``): the bits of a gathered copy."""
+    rng = np.random.default_rng(8)
+    sizes = rng.integers(0, 40, size=30)
+    offsets = np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64)
+    store = rng.normal(size=(3 * offsets[-1] + 5, 6)) + rng.integers(0, 3, size=(3 * offsets[-1] + 5, 1)) * 8
+    rows = rng.permutation(len(store))[: offsets[-1]]
+    w = np.ones(offsets[-1])
+    logu = np.log(rng.random((4, offsets[-1])))
+    gathered = fit_ragged(store[rows], w, logu, offsets, 4, 10, 3)
+    indexed = fit_ragged(store, w, logu, offsets, 4, 10, 3, rows=rows)
+    assert np.array_equal(gathered.centroids, indexed.centroids) and np.array_equal(gathered.weights, indexed.weights)
+    assert np.any(indexed.weights > 0) and not np.array_equal(indexed.centroids, fit_ragged(
+        store[: offsets[-1]], w, logu, offsets, 4, 10, 3).centroids)  # the rows, not the first rows, were read
+
+
 @settings(max_examples=40, deadline=None)
 @given(st.lists(st.one_of(st.lists(st.integers(0, 6), max_size=12), st.lists(st.integers(0, 2**40), max_size=300)),
                 min_size=1, max_size=8))
