@@ -14,6 +14,8 @@ refits. ``eps`` is in data units: scale features first (see
 
 from __future__ import annotations
 
+import math
+
 import sys
 from collections.abc import Sequence
 from typing import Any
@@ -29,9 +31,11 @@ from .quantize import corrected_centroids, phase, snap
 from .validation import MAX_ID_BYTES, check_int, check_real
 
 _BUCKETS = 64
-#: Certify a batch point by point only while it has at most max(_BULK_MIN, n / this) changes.
+#: Certify a batch point by point only while it has at most max(_BULK_MIN, n / this) changes,
+#: and at most _RUNS_PER_CALL times the changes that one certificate failure has come with so far.
 _CERTIFY_VS_REFIT = 8
 _BULK_MIN = 256
+_RUNS_PER_CALL = 2
 #: After a failed Lloyd certificate, keep certifying the seeding for the rest of the call only
 #: while at most n / this changes remain: a seeding certificate costs ~8 us of Python, a fresh
 #: seeding ~0.3 us per point (k=5, d=25). Either way the model is exact.
@@ -104,8 +108,14 @@ class QKMeans(UnlearningModel):
     # -- events ----------------------------------------------------------------------
     def _expect_changes(self, count: int) -> None:
         self._changes_left = count
-        if (self._fitted or self._seeding_kept) and count > max(_BULK_MIN, self._n_model // _CERTIFY_VS_REFIT):
-            # A certificate costs ~15 us, a refit ~2-4 us per point: for a bulk
+        # Changes per failed certificate so far: a call much longer than that will almost surely
+        # refit anyway, after paying for the certificates up to the failure (and the seeding
+        # certificates after it).
+        failed = self.certificates_failed_
+        run = (self.certificates_passed_ + failed) / failed if failed else math.inf
+        bulk = max(_BULK_MIN, min(self._n_model // _CERTIFY_VS_REFIT, _RUNS_PER_CALL * run))
+        if (self._fitted or self._seeding_kept) and count > bulk:
+            # A certificate costs ~15 us, a refit ~1-4 us per point: for a bulk
             # change refitting is cheaper, and gives the same F(S).
             self._fitted = self._seeding_kept = False
             self._dirty = True

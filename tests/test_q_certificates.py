@@ -285,3 +285,28 @@ def test_lloyd_rounding_margin_follows_the_largest_count_since_the_fit():
         model.delete([ids[i]])
     assert model.certificates_failed_ >= 1
     assert model.verify()
+
+
+def test_a_call_far_longer_than_the_changes_per_failed_certificate_refits_without_certifying():
+    """Where certificates fail often, a long call would refit anyway after paying for them: it is
+    refit at once. Without failures so far it is certified. Both ways give F(S)."""
+    rng = np.random.default_rng(3)
+    X = rng.normal(size=(3400, 4))
+    failing, unproven = QKMeans(k=4, seed=2, eps=0.03), QKMeans(k=4, seed=2, eps=0.03)
+    failing.insert(range(3000), X[:3000])
+    failing.flush()
+    for i in range(3000, 3060):  # one change per call: each is certified
+        failing.insert([i], X[i : i + 1])
+        failing.flush()
+    unproven.insert(range(3060), X[:3060])  # a fit: no certificate tried yet
+    unproven.flush()
+    assert failing.certificates_failed_ > failing.certificates_passed_  # ~1.3 changes per failure
+    assert unproven.certificates_failed_ == 0
+    for m, certified in ((failing, False), (unproven, True)):
+        tried = m.certificates_passed_ + m.certificates_failed_
+        m.insert(range(3060, 3360), X[3060:3360])  # 300 changes: over _BULK_MIN, under n / 8
+        m.flush()
+        assert (m.certificates_passed_ + m.certificates_failed_ > tried) == certified
+        fresh = QKMeans(k=4, seed=2, eps=0.03)
+        fresh.insert(range(3360), X[:3360])
+        assert np.array_equal(m.centroids_, fresh.centroids_)
