@@ -15,7 +15,6 @@ refits. ``eps`` is in data units: scale features first (see
 from __future__ import annotations
 
 import math
-
 import sys
 from collections.abc import Sequence
 from typing import Any

@@ -523,7 +523,6 @@ class SnapshotStore:
             if not isinstance(data, (bytes, bytearray, memoryview)):
                 raise TypeError(f"part {name!r} must be bytes, got {type(data).__name__}")
         parts = {name: bytes(data) for name, data in parts.items()}
-        _pack(meta)  # fail early (TypeError) on an unserialisable meta
 
         def fill(tmp: Path) -> dict[str, dict[str, Any]]:
             table = {}
@@ -545,7 +544,6 @@ class SnapshotStore:
         path = Path(source)
         if path.parent.resolve() != self.root.resolve() or snapshot_seq(path) is None:
             raise ValueError(f"can only relabel this store's snapshots, not {path}")
-        _pack(meta)
         raw, _ = _read_regular(path / MANIFEST_NAME)
         table = _parse_manifest(path, raw)[0]["parts"]
 
@@ -559,6 +557,7 @@ class SnapshotStore:
     def _commit(self, fill: Callable[[Path], dict[str, dict[str, Any]]], meta: Any) -> SnapshotInfo:
         """Make a temporary directory, let ``fill`` put the parts in it (returning the manifest's
         part table), add the manifest, fsync, rename to the next ``snap-*``."""
+        _pack(meta)  # fail early (TypeError) on an unserialisable meta, before any file is made
         with self._lock():
             seq = max(self._max_seq(), self._last_seq) + 1
             created_at = time.time()

@@ -87,16 +87,15 @@ def _distinct_ints_as_text(ids: Iterable[object], max_id_bytes: int) -> list[str
         if ids.ndim != 1 or ids.dtype.kind not in "iu":
             return None
         values = ids.tolist()
-        if ids.dtype.itemsize <= 8 and max_id_bytes >= 20:  # no 64-bit integer takes more than 20 characters
-            return list(map(str, values)) if len(set(values)) == len(values) else None
+        short = ids.dtype.itemsize <= 8 and max_id_bytes >= 20  # no 64-bit integer takes more than 20 characters
     elif isinstance(ids, list) and ids and set(map(type, ids)) == {int}:
-        values = ids
+        values, short = ids, False
     else:
         return None
     if len(set(values)) != len(values):  # distinct ints have distinct decimal forms
         return None
     out = list(map(str, values))
-    if out and max(map(len, out)) > max_id_bytes:
+    if out and not short and max(map(len, out)) > max_id_bytes:
         return None
     return out
 
