@@ -16,6 +16,7 @@ from typing import Any, ClassVar, Self
 import numpy as np
 
 from . import state as state_format
+from .pieces import Pieces, joined
 from .hashing import id_keys
 from .lloyd import assign
 from .store import PointStore
@@ -201,10 +202,10 @@ class UnlearningModel(ABC):
     # -- persistence --------------------------------------------------------------
     def to_state(self) -> bytes:
         """Versioned msgpack state (held points and caches; never pickle)."""
-        return self.capture_state()()
+        return joined(self.capture_state()())
 
-    def capture_state(self, compact: bool = False) -> Callable[[], bytes]:
-        """The state as of now, encoded later: returns the function that encodes it.
+    def capture_state(self, compact: bool = False) -> Callable[[], Pieces]:
+        """The state as of now, encoded later: returns the function that encodes it (as :mod:`.pieces`).
 
         Now: copies of what later changes would touch (the held rows, the
         caches). The function builds :meth:`to_state`'s bytes from those
@@ -222,18 +223,18 @@ class UnlearningModel(ABC):
         centroids = state_format.pack_array(self.centroids_)
         cache = self._compact_cache_state() if compact else self._cache_state()
 
-        def encode() -> bytes:
+        def encode() -> Pieces:
             body = {
                 "algorithm": self.algorithm,
                 "params": params,
                 "n_features": n_features,
-                "ids": ids.tolist(),
+                "ids": ids,  # packed a slice at a time: tolist() of 1M ids holds the GIL for ~50 ms
                 "vectors": state_format.pack_array(X, view=True),
                 "buckets": state_format.pack_array(buckets, view=True),
                 "centroids": centroids,
                 "cache": cache,
             }
-            return state_format.dumps(body, size_hint=32 * len(ids))
+            return state_format.dump_pieces(body)
 
         return encode
 

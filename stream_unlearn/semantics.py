@@ -46,6 +46,7 @@ from dataclasses import dataclass, field
 import msgpack
 import numpy as np
 
+from .pieces import Pieces, joined, pack_pieces
 from .wire import DeleteEvent, InsertEvent
 
 __all__ = [
@@ -263,10 +264,10 @@ class EventTimeState:
     # -- persistence ---------------------------------------------------------------
     def to_bytes(self) -> bytes:
         """msgpack state for a snapshot: ids of held points, hashed tombstones."""
-        return self.capture_bytes()()
+        return joined(self.capture_bytes()())
 
-    def capture_bytes(self) -> Callable[[], bytes]:
-        """The state as of now, encoded later (see ``UnlearningModel.capture_state``).
+    def capture_bytes(self) -> Callable[[], Pieces]:
+        """The state as of now, encoded later (see ``UnlearningModel.capture_state``), as :mod:`.pieces`.
 
         Now: shallow copies of the two maps (their keys and values are
         immutable). The returned function encodes them, on any thread.
@@ -275,19 +276,18 @@ class EventTimeState:
         scalars = {"format": _FORMAT, "version": _VERSION, "key": self._key, "horizon": self.horizon,
                    "watermark": self.watermark, "floor": self.floor}
 
-        def encode() -> bytes:
+        def encode() -> Pieces:
             held_ts = np.fromiter((v[0] for v in held.values()), dtype="<f8", count=len(held))
             tomb_ts = np.fromiter(tombstones.values(), dtype="<f8", count=len(tombstones))
-            return msgpack.packb(
+            return pack_pieces(
                 {
                     **scalars,
                     "held_ids": list(held),
                     "held_ts": held_ts.tobytes(),
-                    "held_digests": b"".join(v[1] for v in held.values()),
+                    "held_digests": b"".join([v[1] for v in held.values()]),
                     "tomb_hashes": b"".join(tombstones),
                     "tomb_ts": tomb_ts.tobytes(),
-                },
-                use_bin_type=True,
+                }
             )
 
         return encode

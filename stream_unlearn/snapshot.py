@@ -32,7 +32,7 @@ owner-only, and :meth:`SnapshotStore.prune` removes every older snapshot once
 a newer one is durable. Pruning unlinks files; it does not overwrite their
 blocks (no shredding: that is the job of the file system / disk encryption).
 
-Pure stdlib + msgpack; POSIX only (fsync of directories, flock).
+Stdlib, msgpack and :mod:`.pieces`; POSIX only (fsync of directories, flock).
 """
 
 from __future__ import annotations
@@ -50,9 +50,11 @@ import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Iterator, Sequence
 
 import msgpack
+
+from .pieces import Buffer, as_pieces
 
 __all__ = [
     "FORMAT",
@@ -162,8 +164,14 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def _write_file(path: Path, data: bytes) -> None:
-    """Create ``path`` (must not exist) with mode 0o600, write, fsync."""
+def _write_file(path: Path, data: Buffer | Sequence[Buffer]) -> tuple[int, bytes]:
+    """Create ``path`` (must not exist) with mode 0o600, write the pieces, fsync.
+
+    Returns the size and sha256 of what was written, hashed piece by piece as
+    it is written (both release the GIL for big pieces).
+    """
+    digest = hashlib.sha256()
+    size = 0
     fd = os.open(
         path,
         os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
@@ -171,13 +179,17 @@ def _write_file(path: Path, data: bytes) -> None:
     )
     try:
         os.fchmod(fd, FILE_MODE)  # independent of the umask
-        view = memoryview(data)
-        while view:
-            n = os.write(fd, view)
-            view = view[n:]
+        for piece in as_pieces(data):
+            view = memoryview(piece).cast("B")
+            digest.update(view)
+            size += len(view)
+            while view:
+                n = os.write(fd, view)
+                view = view[n:]
         os.fsync(fd)
     finally:
         os.close(fd)
+    return size, digest.digest()
 
 
 def _read_regular(path: Path, max_bytes: int | None = None) -> tuple[bytes, int]:
@@ -506,29 +518,32 @@ class SnapshotStore:
 
     # ---- write
 
-    def write(self, parts: dict[str, bytes], meta: Any) -> SnapshotInfo:
+    def write(self, parts: dict[str, Buffer | Sequence[Buffer]], meta: Any) -> SnapshotInfo:
         """Write a new snapshot durably and atomically; return its info.
 
-        ``parts`` maps part names (see :func:`validate_part_name`) to bytes;
-        ``meta`` is any msgpack-serialisable value (a dict in practice;
-        tuples come back as lists, int map keys are kept). The new sequence
-        number is one more than the largest ``snap-*`` present (valid or
-        not) and than any this store wrote before.
+        ``parts`` maps part names (see :func:`validate_part_name`) to bytes,
+        or to a list of bytes-like pieces (:mod:`.pieces`) written one after
+        the other, which must not change until this returns; ``meta`` is any
+        msgpack-serialisable value (a dict in practice; tuples come back as
+        lists, int map keys are kept). The new sequence number is one more
+        than the largest ``snap-*`` present (valid or not) and than any this
+        store wrote before.
         """
         self._require_writable()
         if not isinstance(parts, dict):
             raise TypeError("parts must be a dict[str, bytes]")
         for name, data in parts.items():
             validate_part_name(name)
-            if not isinstance(data, (bytes, bytearray, memoryview)):
-                raise TypeError(f"part {name!r} must be bytes, got {type(data).__name__}")
-        parts = {name: bytes(data) for name, data in parts.items()}
+            try:
+                as_pieces(data)
+            except TypeError as exc:
+                raise TypeError(f"part {name!r}: {exc}") from None
 
         def fill(tmp: Path) -> dict[str, dict[str, Any]]:
             table = {}
             for name, data in parts.items():
-                _write_file(tmp / name, data)
-                table[name] = {"size": len(data), "sha256": hashlib.sha256(data).digest()}
+                size, digest = _write_file(tmp / name, data)
+                table[name] = {"size": size, "sha256": digest}
             return table
 
         return self._commit(fill, meta)

@@ -33,6 +33,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .publisher import Publisher
+from .pieces import Pieces
 from .receipts import PendingReceipt, encode_receipt
 from .snapshot import SnapshotInfo, SnapshotStore
 
@@ -55,7 +56,7 @@ class SnapshotJob:
     name: str
     store: SnapshotStore
     #: each part's bytes, or the function that encodes the captured state into them (run once)
-    parts: dict[str, bytes | Callable[[], bytes]]
+    parts: dict[str, bytes | Callable[[], Pieces]]
     meta: dict[str, Any]
     #: receipts already listed in the last durable snapshot, then those of deletes applied since
     unsent: tuple[PendingReceipt, ...]

@@ -13,6 +13,7 @@ from hypothesis import strategies as st
 
 from models import CONFIGS
 from stream_unlearn import DCKMeans, KMeans, QKMeans, StateError, load_model
+from stream_unlearn.pieces import joined
 from stream_unlearn.validation import normalize_id, normalize_ids
 
 ALL = sorted(CONFIGS)
@@ -201,7 +202,7 @@ def test_a_compact_dc_state_restores_the_same_model_and_summaries():
     m = DCKMeans(k=3, n_leaves=16, fanout=4, n_partitions=2)
     m.insert(range(300), blobs(300))
     with_tree = m.to_state()
-    blob = m.capture_state(compact=True)()
+    blob = joined(m.capture_state(compact=True)())
     assert len(blob) < len(with_tree) and msgpack.unpackb(blob)["cache"]["first_level"] == 1
     restored = DCKMeans.from_state(blob)
     assert np.array_equal(restored.centroids_, m.centroids_)
@@ -220,7 +221,7 @@ def test_a_compact_dc_state_keeps_the_stored_subtree_roots_for_verify():
     partitioned snapshot still checks what the worker computed. A tampered weight shows."""
     m = DCKMeans(k=3, n_leaves=16, fanout=4, n_partitions=2)
     m.insert(range(300), blobs(300))
-    body = msgpack.unpackb(m.capture_state(compact=True)())
+    body = msgpack.unpackb(joined(m.capture_state(compact=True)()))
     top = body["cache"]["weights"][-1]
     weights = np.frombuffer(top["data"], dtype=top["dtype"]).reshape(top["shape"]).copy()
     weights[0, 0] += 1.0

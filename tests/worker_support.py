@@ -205,10 +205,10 @@ def run_worker_holding_writer(phase: str, marker: str, argv: list[str]) -> int:
     if phase == "write":
         write_file = snapshot._write_file
 
-        def holding_write_file(path: Path, data: bytes) -> None:
+        def holding_write_file(path: Path, data: Any) -> tuple[int, bytes]:
             if path.name == snapshot.MANIFEST_NAME:
                 hold()
-            write_file(path, data)
+            return write_file(path, data)
 
         snapshot._write_file = holding_write_file
     elif phase == "receipts":
