@@ -25,7 +25,8 @@ from typing import Any
 
 import numpy as np
 
-from .wire import TOPIC_DELETES, TOPIC_INSERTS, encode_delete, encode_insert, key_bytes
+from .hashing import murmur2_partitions
+from .wire import TOPIC_DELETES, TOPIC_INSERTS, encode_delete, encode_inserts, normalize_id
 
 __all__ = [
     "EventProducer",
@@ -75,6 +76,7 @@ class EventProducer:
         }
         config.update(kafka_config)
         self._producer = KafkaProducer(**config)
+        self._default_partitioner = "partitioner" not in kafka_config
         self.insert_topic = insert_topic
         self.delete_topic = delete_topic
         self.binary = binary
@@ -86,27 +88,29 @@ class EventProducer:
         """Send one insert per row of ``X`` (2-D) with the matching id.
 
         ``ts``: ``None`` (the Kafka record timestamp is the event time), one
-        time for all rows, or one per row. Returns the number of records sent.
+        time for all rows, or one per row. Every row is checked before any
+        is sent: a bad one raises ValueError/TypeError and nothing is sent.
+        Returns the number of records sent.
         """
-        id_list = list(ids)
+        sids = [normalize_id(i) for i in ids]
         arr = np.asarray(X, dtype=np.float64)
         if arr.ndim != 2:
             raise ValueError(f"X must be 2-D (n, d), got shape {arr.shape}")
-        if arr.shape[0] != len(id_list):
-            raise ValueError(f"{len(id_list)} ids for {arr.shape[0]} rows")
-        times = _per_row_ts(ts, len(id_list))
-        for i, (pid, row) in enumerate(zip(id_list, arr)):
-            value = encode_insert(pid, row, times[i], binary=self.binary)
-            self._send(self.insert_topic, key_bytes(pid), value)
-        return len(id_list)
+        if arr.shape[0] != len(sids):
+            raise ValueError(f"{len(sids)} ids for {arr.shape[0]} rows")
+        if not sids:
+            return 0
+        values = encode_inserts(sids, arr, _per_row_ts(ts, len(sids)), self.binary)
+        self._send_all(self.insert_topic, sids, values)
+        return len(sids)
 
     def delete(self, ids: Iterable[str | int], ts: TsArg = None) -> int:
-        """Send one delete per id; ``ts`` as for :meth:`insert`. Returns the count."""
-        id_list = list(ids)
-        times = _per_row_ts(ts, len(id_list))
-        for i, pid in enumerate(id_list):
-            self._send(self.delete_topic, key_bytes(pid), encode_delete(pid, times[i]))
-        return len(id_list)
+        """Send one delete per id; ``ts`` as for :meth:`insert` (all checked first). Returns the count."""
+        sids = [normalize_id(i) for i in ids]
+        times = _per_row_ts(ts, len(sids))
+        values = [encode_delete(pid, t) for pid, t in zip(sids, times)]
+        self._send_all(self.delete_topic, sids, values)
+        return len(sids)
 
     def flush(self, timeout: float | None = None) -> None:
         """Wait until every record sent so far is acknowledged (or failed).
@@ -144,8 +148,20 @@ class EventProducer:
             except Exception:
                 pass
 
-    def _send(self, topic: str, key: bytes, value: bytes) -> None:
-        self._producer.send(topic, key=key, value=value).add_errback(self._on_error)
+    def _send_all(self, topic: str, ids: list[str], values: list[bytes]) -> None:
+        """Send records keyed by ``ids``; with kafka-python's default partitioner, to the partitions it
+        would pick (Kafka's murmur2 of the key), computed for all at once instead of in Python per record."""
+        if not ids:
+            return
+        keys = [pid.encode("utf-8") for pid in ids]
+        partitions: list[int | None] = [None] * len(ids)
+        if self._default_partitioner:
+            known = sorted(self._producer.partitions_for(topic))
+            if known == list(range(len(known))):  # what the default partitioner indexes into
+                partitions = murmur2_partitions(ids, len(known)).tolist()
+        send, on_error = self._producer.send, self._on_error
+        for key, value, partition in zip(keys, values, partitions):
+            send(topic, key=key, value=value, partition=partition).add_errback(on_error)
 
     def _on_error(self, exc: BaseException) -> None:
         with self._lock:
@@ -159,8 +175,8 @@ def _per_row_ts(ts: TsArg, n: int) -> Sequence[float | None]:
     if ts is None:
         return [None] * n
     if np.ndim(ts) == 0:
-        return [float(ts)] * n  # type: ignore[arg-type]
-    times = [float(t) for t in ts]  # type: ignore[union-attr]
+        return [ts] * n  # type: ignore[list-item]
+    times = list(ts)  # type: ignore[arg-type]  # each checked by the encoder (a clear TypeError for "now")
     if len(times) != n:
         raise ValueError(f"{len(times)} timestamps for {n} records")
     return times

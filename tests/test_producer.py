@@ -1,0 +1,71 @@
+"""The producer library against the real broker: where records land, and all-or-nothing sends."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import numpy as np
+import pytest
+from kafka.partitioner import Partitioner
+from kafka.partitioner.default import murmur2
+
+from stream_unlearn.broker import ensure_topics
+from stream_unlearn.producer import EventProducer
+from stream_unlearn.wire import decode_delete, decode_insert, encode_insert
+
+
+@pytest.fixture
+def topics(broker: str, unique_topic: Callable[..., str]) -> tuple[str, str]:
+    ins, dels = unique_topic("inserts"), unique_topic("deletes")
+    ensure_topics(broker, {ins: 5, dels: 5})
+    return ins, dels
+
+
+IDS = ["alice", "bob", "élodie", "用户-42", "x" * 200, 7, 123456789, "0", "-", "a b c"] + [f"user-{i}" for i in range(60)]
+
+
+def test_records_land_where_kafka_pythons_default_partitioner_puts_them(broker, topics, consume) -> None:
+    """The producer picks partitions for a whole call at once; they must be the ones kafka-python's
+    own default partitioner picks per record (the worker's DC tree hangs off them)."""
+    X = np.random.default_rng(0).normal(size=(len(IDS), 3))
+    with EventProducer(broker, insert_topic=topics[0], delete_topic=topics[1], binary=False) as producer:
+        assert producer.insert(IDS, X, ts=5.0) == len(IDS)
+        assert producer.delete(IDS[::2], ts=6.0) == len(IDS[::2])
+    inserts = consume(broker, topics[0], len(IDS))
+    deletes = consume(broker, topics[1], len(IDS[::2]))
+    for record in inserts + deletes:
+        assert record.partition == (murmur2(record.key) & 0x7FFFFFFF) % 5, record.key  # DefaultPartitioner's rule
+    got = {decode_insert(r.value, dim=3, record_ts=r.timestamp / 1000, key=r.key).id: r.value for r in inserts}
+    assert got == {str(pid): encode_insert(pid, x, 5.0, binary=False) for pid, x in zip(IDS, X)}
+    assert sorted(decode_delete(r.value, record_ts=r.timestamp / 1000, key=r.key).id for r in deletes) == sorted(map(str, IDS[::2]))
+    assert len({r.partition for r in inserts}) == 5
+
+
+@pytest.mark.parametrize("bad_row, bad_ts, message", [
+    (np.nan, 1.0, "row 3: vec contains NaN"),
+    (1e50, 1.0, "row 3: vec overflows float32"),
+    (1e300, 1.0, "row 3: vec contains NaN, infinity or a value beyond"),
+    (0.0, "now", "ts must be a number"),
+])
+def test_a_bad_row_or_time_sends_nothing_of_the_call(broker, topics, consume, bad_row, bad_ts, message) -> None:
+    X = np.ones((6, 2))
+    X[3, 1] = bad_row
+    ts = [1.0, 2.0, 3.0, bad_ts, 5.0, 6.0]
+    with EventProducer(broker, insert_topic=topics[0], delete_topic=topics[1]) as producer:
+        with pytest.raises((ValueError, TypeError), match=message):
+            producer.insert([f"p{i}" for i in range(6)], X, ts)
+        with pytest.raises((ValueError, TypeError), match="ts must"):
+            producer.delete(["p0", "p1"], [1.0, float("inf")])
+        producer.insert(["after"], np.ones((1, 2)), 9.0)  # the producer still works
+    assert [r.key for r in consume(broker, topics[0], 1)] == [b"after"]
+    assert consume(broker, topics[1], 0) == []
+
+
+def test_a_partitioner_given_in_the_kafka_config_is_used(broker, topics, consume) -> None:
+    class Last(Partitioner):
+        def partition(self, topic, key, serialized_key, value, serialized_value, cluster):
+            return max(cluster.partitions_for_topic(topic))
+
+    with EventProducer(broker, insert_topic=topics[0], delete_topic=topics[1], partitioner=Last()) as producer:
+        producer.insert(IDS[:10], np.zeros((10, 2)), 1.0)
+    assert {r.partition for r in consume(broker, topics[0], 10)} == {4}
