@@ -94,6 +94,7 @@ from .partitioned import (
 from .receipts import PendingReceipt, pending_to_meta
 from .semantics import EventTimeState
 from .snapshot import SnapshotError, SnapshotInfo, SnapshotStore
+from .snapshot_rounds import CaptureSlots
 from .snapshot_writer import Completion, SnapshotJob, SnapshotWriter
 from .summaries import GlobalModel, PartitionSummary, SummaryError, encode_summary, newer
 from .publisher import PublishError, Publisher, dead_letter_headers, encode_global_message
@@ -178,8 +179,10 @@ class Worker:
         self._writer: SnapshotWriter | None = None
         #: units whose snapshot job is in flight, by unit name
         self._writing: dict[str, Unit] = {}
-        #: units due for a periodic snapshot, captured one per step
+        #: units due for a periodic snapshot, captured one at a time, spread over the interval
         self._due: list[Unit] = []
+        #: when this round's due units may be captured (monotonic clock)
+        self._slots = CaptureSlots()
         self._reader: Any = None
         self._rebalance = RebalanceLog()
         self._gaps: collections.Counter[tuple[str, int, int]] = collections.Counter()
@@ -536,6 +539,7 @@ class Worker:
             self._last_snapshot = now
             # Units still waiting from the last round keep their place: none starves behind the others.
             self._due += [u for u in self._unique_units() if (u.changed or u.unsent) and u not in self._due]
+            self._slots.start_round(now, self.config.snapshot_interval, len(self._due))
         if self._due:
             self._snapshot_next()
         return n
@@ -865,21 +869,22 @@ class Worker:
         return seq
 
     def _snapshot_next(self) -> None:
-        """Capture the next due unit once the writer is idle.
+        """Capture the next due unit once the writer is idle and its slot in this round has come.
 
         One job at a time: the loop holds one unit's copies, not every unit's
         (at 1M points a partition's copy is ~250 MB), and each cut is taken
         just before it is written, so its receipts wait for no other unit's
-        job. The jobs of a round are spread over the loop's steps instead of
-        queued at once.
+        job. A round's captures are spread over the interval
+        (:class:`~.snapshot_rounds.CaptureSlots`).
         """
-        if self._writing:
+        if self._writing or not self._slots.open(time.monotonic()):
             return
         while self._due:
             unit = self._due.pop(0)
             if self._owns(unit) and (unit.changed or unit.unsent):
                 self._capture(unit)
                 self._publish_summaries([unit])
+                self._slots.taken()
                 return
 
     def _snapshot_now(self, unit: Unit) -> None:
