@@ -126,7 +126,11 @@ def canonical_order(keys: np.ndarray, ids: Sequence[str]) -> np.ndarray:
 
 def murmur2_partitions(ids: Sequence[str], n_partitions: int) -> np.ndarray:
     """:func:`murmur2_partition` of many ids in one compiled pass (int64 array)."""
-    data = [i.encode("utf-8") for i in ids]
+    return murmur2_key_partitions([i.encode("utf-8") for i in ids], n_partitions)
+
+
+def murmur2_key_partitions(data: Sequence[bytes], n_partitions: int) -> np.ndarray:
+    """Kafka's default partition of each key (positive murmur2 mod n), in one compiled pass (int64 array)."""
     offsets = np.zeros(len(data) + 1, dtype=np.int64)
     np.cumsum([len(b) for b in data], out=offsets[1:])
     out = np.empty(len(data), dtype=np.int64)

@@ -15,6 +15,7 @@ import msgpack
 import numpy as np
 
 from .config import WorkerConfig
+from .producer import default_partitions
 
 #: Longest ``detail`` header of a dead letter, in characters.
 _DETAIL_MAX = 1000
@@ -89,7 +90,10 @@ class Publisher:
         writer's receipts) neither takes nor hides the errors of records
         other threads sent meanwhile.
         """
-        futures = [self._producer.send(topic, key=key, value=value) for key, value in records]
+        partitions = default_partitions(self._producer, topic, [key for key, _ in records]) if records else None
+        send = self._producer.send
+        futures = [send(topic, key=key, value=value, partition=None if partitions is None else partitions[i])
+                   for i, (key, value) in enumerate(records)]
         self._producer.flush(timeout=timeout)
         failed = [f.exception for f in futures if not f.succeeded()]
         if failed:

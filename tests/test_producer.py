@@ -10,7 +10,9 @@ from kafka.partitioner import Partitioner
 from kafka.partitioner.default import murmur2
 
 from stream_unlearn.broker import ensure_topics
+from stream_unlearn.config import WorkerConfig
 from stream_unlearn.producer import EventProducer
+from stream_unlearn.publisher import Publisher
 from stream_unlearn.wire import decode_delete, decode_insert, encode_insert
 
 
@@ -69,3 +71,18 @@ def test_a_partitioner_given_in_the_kafka_config_is_used(broker, topics, consume
     with EventProducer(broker, insert_topic=topics[0], delete_topic=topics[1], partitioner=Last()) as producer:
         producer.insert(IDS[:10], np.zeros((10, 2)), 1.0)
     assert {r.partition for r in consume(broker, topics[0], 10)} == {4}
+
+
+def test_the_workers_acked_sends_land_where_the_default_partitioner_puts_them(broker, unique_topic, consume) -> None:
+    """Receipts go out through Publisher.send_acked with partitions computed for the whole batch."""
+    topic = unique_topic("receipts")
+    ensure_topics(broker, {topic: 3})
+    publisher = Publisher(WorkerConfig(bootstrap_servers=broker))
+    try:
+        publisher.send_acked(topic, [(str(pid).encode(), b"v%d" % i) for i, pid in enumerate(IDS)])
+    finally:
+        publisher.close()
+    records = consume(broker, topic, len(IDS))
+    assert sorted(r.key for r in records) == sorted(str(pid).encode() for pid in IDS)
+    for record in records:
+        assert record.partition == (murmur2(record.key) & 0x7FFFFFFF) % 3, record.key
