@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 
 from .hashing import murmur2_key_partitions
-from .wire import TOPIC_DELETES, TOPIC_INSERTS, encode_delete, encode_inserts, normalize_id
+from .wire import DEFAULT_MAX_ID_BYTES, TOPIC_DELETES, TOPIC_INSERTS, encode_delete, encode_inserts, normalize_id
 
 __all__ = [
     "EventProducer",
@@ -55,6 +55,8 @@ class EventProducer:
     asynchronous; :meth:`flush` waits for them and raises
     :class:`ProduceError` if any failed. ``binary`` chooses float32 ``bin``
     vectors (compact, rounds to float32) or float64 arrays (exact).
+    ``max_id_bytes``: longest id (UTF-8) sent; set it to the worker's
+    ``--max-id-bytes``, which dead-letters longer ones.
     """
 
     def __init__(
@@ -65,6 +67,7 @@ class EventProducer:
         delete_topic: str = TOPIC_DELETES,
         binary: bool = True,
         linger_ms: int = 5,
+        max_id_bytes: int = DEFAULT_MAX_ID_BYTES,
         **kafka_config: Any,
     ) -> None:
         from kafka import KafkaProducer
@@ -81,6 +84,7 @@ class EventProducer:
         self.insert_topic = insert_topic
         self.delete_topic = delete_topic
         self.binary = binary
+        self.max_id_bytes = max_id_bytes
         self._lock = threading.Lock()
         self._errors: list[BaseException] = []
         self._failed = 0
@@ -101,16 +105,18 @@ class EventProducer:
             raise ValueError(f"{len(sids)} ids for {arr.shape[0]} rows")
         if not sids:
             return 0
+        keys = self._keys(sids)
         values = encode_inserts(sids, arr, _per_row_ts(ts, len(sids)), self.binary)
-        self._send_all(self.insert_topic, sids, values)
+        self._send_all(self.insert_topic, keys, values)
         return len(sids)
 
     def delete(self, ids: Iterable[str | int], ts: TsArg = None) -> int:
         """Send one delete per id; ``ts`` as for :meth:`insert` (all checked first). Returns the count."""
         sids = [normalize_id(i) for i in ids]
+        keys = self._keys(sids)
         times = _per_row_ts(ts, len(sids))
         values = [encode_delete(pid, t) for pid, t in zip(sids, times)]
-        self._send_all(self.delete_topic, sids, values)
+        self._send_all(self.delete_topic, keys, values)
         return len(sids)
 
     def flush(self, timeout: float | None = None) -> None:
@@ -149,16 +155,24 @@ class EventProducer:
             except Exception:
                 pass
 
-    def _send_all(self, topic: str, ids: list[str], values: list[bytes]) -> None:
-        """Send records keyed by ``ids`` (with the default partitioner: to :func:`default_partitions`)."""
-        if not ids:
-            return
+    def _keys(self, ids: list[str]) -> list[bytes]:
+        """The Kafka keys of ``ids`` (UTF-8); ValueError naming the first id over ``max_id_bytes``."""
         keys = [pid.encode("utf-8") for pid in ids]
+        if keys and max(map(len, keys)) > self.max_id_bytes:
+            i = next(i for i, key in enumerate(keys) if len(key) > self.max_id_bytes)
+            raise ValueError(f"{'row %d: ' % i if len(keys) > 1 else ''}id is {len(keys[i])} bytes, over "
+                             f"max_id_bytes={self.max_id_bytes} (the worker would dead-letter it)")
+        return keys
+
+    def _send_all(self, topic: str, keys: list[bytes], values: list[bytes]) -> None:
+        """Send records keyed by ``keys`` (with the default partitioner: to :func:`default_partitions`)."""
+        if not keys:
+            return
         partitions: list[int] | list[None] | None = None
         if self._default_partitioner:
             partitions = default_partitions(self._producer, topic, keys)
         if partitions is None:
-            partitions = [None] * len(ids)
+            partitions = [None] * len(keys)
         send, on_error = self._producer.send, self._on_error
         for key, value, partition in zip(keys, values, partitions):
             send(topic, key=key, value=value, partition=partition).add_errback(on_error)
@@ -285,6 +299,8 @@ def add_produce_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--inserts", metavar="FILE", help=".npy (n x d) or .csv (id, x1..xd; header optional) of points to insert")
     parser.add_argument("--ids", metavar="FILE", help="ids for the rows of a .npy, one per line (default: row numbers)")
     parser.add_argument("--deletes", metavar="FILE", help="ids to delete, one per line (sent after the inserts)")
+    parser.add_argument("--max-id-bytes", type=int, default=DEFAULT_MAX_ID_BYTES,
+                        help="refuse ids longer than this in UTF-8: the worker's --max-id-bytes (default %(default)s)")
     parser.add_argument(
         "--binary",
         action=argparse.BooleanOptionalAction,
@@ -334,6 +350,7 @@ def _produce(
         insert_topic=args.insert_topic,
         delete_topic=args.delete_topic,
         binary=args.binary,
+        max_id_bytes=args.max_id_bytes,
     ) as producer:
         if inserts is not None:
             n = producer.insert(*inserts)

@@ -115,6 +115,7 @@ def _write(tmp_path: Path, name: str, data: object) -> str:
         ({"--inserts": ("x.txt", "a,1\n")}, "unsupported"),
         ({"--inserts": ("x.csv", "a,1\n"), "--ids": ("ids.txt", "a\n")}, ".npy inserts only"),
         ({"--deletes": ("missing/none.txt", None)}, "No such file"),
+        ({"--deletes": ("forget.txt", "a\n" + "x" * 257 + "\n")}, "row 1: id is 257 bytes, over max_id_bytes=256"),
     ],
 )
 def test_bad_input_exits_2(broker, topics, tmp_path: Path, capsys, files: dict, message: str) -> None:

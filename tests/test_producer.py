@@ -86,3 +86,19 @@ def test_the_workers_acked_sends_land_where_the_default_partitioner_puts_them(br
     assert sorted(r.key for r in records) == sorted(str(pid).encode() for pid in IDS)
     for record in records:
         assert record.partition == (murmur2(record.key) & 0x7FFFFFFF) % 3, record.key
+
+
+def test_an_id_longer_than_the_workers_limit_is_refused_before_anything_is_sent(broker, topics, consume) -> None:
+    """The worker dead-letters ids over --max-id-bytes (256 by default): the producer refuses them first."""
+    long_id = "é" * 129  # 129 characters, 258 bytes
+    with EventProducer(broker, insert_topic=topics[0], delete_topic=topics[1]) as producer:
+        with pytest.raises(ValueError, match="row 1: id is 258 bytes, over max_id_bytes=256"):
+            producer.insert(["ok", long_id], np.ones((2, 2)), 1.0)
+        with pytest.raises(ValueError, match="id is 258 bytes"):
+            producer.delete([long_id], 2.0)
+        producer.delete(["x" * 256], 3.0)  # the limit itself is fine
+    assert consume(broker, topics[0], 0) == []
+    assert [r.key for r in consume(broker, topics[1], 1)] == [b"x" * 256]
+    with EventProducer(broker, insert_topic=topics[0], delete_topic=topics[1], max_id_bytes=300) as producer:
+        producer.insert([long_id], np.ones((1, 2)), 1.0)  # for a worker started with --max-id-bytes 300
+    assert [r.key for r in consume(broker, topics[0], 1)] == [long_id.encode()]
