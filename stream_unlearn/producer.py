@@ -31,6 +31,7 @@ from .wire import DEFAULT_MAX_ID_BYTES, TOPIC_DELETES, TOPIC_INSERTS, encode_del
 __all__ = [
     "EventProducer",
     "default_partitions",
+    "send_keyed",
     "ProduceError",
     "add_produce_arguments",
     "load_csv_inserts",
@@ -165,23 +166,29 @@ class EventProducer:
         return keys
 
     def _send_all(self, topic: str, keys: list[bytes], values: list[bytes]) -> None:
-        """Send records keyed by ``keys`` (with the default partitioner: to :func:`default_partitions`)."""
-        if not keys:
-            return
-        partitions: list[int] | list[None] | None = None
-        if self._default_partitioner:
-            partitions = default_partitions(self._producer, topic, keys)
-        if partitions is None:
-            partitions = [None] * len(keys)
-        send, on_error = self._producer.send, self._on_error
-        for key, value, partition in zip(keys, values, partitions):
-            send(topic, key=key, value=value, partition=partition).add_errback(on_error)
+        on_error = self._on_error
+        for future in send_keyed(self._producer, topic, keys, values, self._default_partitioner):
+            future.add_errback(on_error)
 
     def _on_error(self, exc: BaseException) -> None:
         with self._lock:
             self._failed += 1
             if len(self._errors) < 10:
                 self._errors.append(exc)
+
+
+def send_keyed(producer: Any, topic: str, keys: Sequence[bytes], values: Sequence[bytes],
+               default_partitioner: bool = True) -> list[Any]:
+    """``producer.send`` of each (key, value); returns the futures.
+
+    ``default_partitioner``: the producer uses kafka-python's default
+    partitioner, so each record goes straight to :func:`default_partitions`.
+    """
+    partitions = default_partitions(producer, topic, keys) if default_partitioner and keys else None
+    send = producer.send
+    if partitions is None:
+        return [send(topic, key=key, value=value) for key, value in zip(keys, values)]
+    return [send(topic, key=key, value=value, partition=p) for key, value, p in zip(keys, values, partitions)]
 
 
 def default_partitions(producer: Any, topic: str, keys: Sequence[bytes]) -> list[int] | None:

@@ -15,7 +15,7 @@ import msgpack
 import numpy as np
 
 from .config import WorkerConfig
-from .producer import default_partitions
+from .producer import send_keyed
 
 #: Longest ``detail`` header of a dead letter, in characters.
 _DETAIL_MAX = 1000
@@ -90,10 +90,7 @@ class Publisher:
         writer's receipts) neither takes nor hides the errors of records
         other threads sent meanwhile.
         """
-        partitions = default_partitions(self._producer, topic, [key for key, _ in records]) if records else None
-        send = self._producer.send
-        futures = [send(topic, key=key, value=value, partition=None if partitions is None else partitions[i])
-                   for i, (key, value) in enumerate(records)]
+        futures = send_keyed(self._producer, topic, [key for key, _ in records], [value for _, value in records])
         self._producer.flush(timeout=timeout)
         failed = [f.exception for f in futures if not f.succeeded()]
         if failed:

@@ -194,7 +194,7 @@ def encode_inserts(
     if X.ndim != 2 or X.shape[1] == 0:
         raise ValueError(f"vectors must be non-empty rows, got shape {X.shape}")
     if not within_range(X):
-        bad = int(np.flatnonzero(~(np.abs(X) <= MAX_ABS_VALUE).all(axis=1))[0])
+        bad = next(i for i, row in enumerate(X) if not within_range(row))
         raise ValueError(f"{_row(bad, len(X))}vec contains NaN, infinity or a value beyond +-{MAX_ABS_VALUE:g} "
                          "(a dead letter)")
     times = [None if t is None else _check_encode_ts(t) for t in ts]
