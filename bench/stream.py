@@ -97,14 +97,15 @@ def ids_for(prefix: str, idx: np.ndarray | range) -> list[str]:
 
 
 def prefill(bootstrap: str, topics: Topics, n: int, seed: int = 0,
-            delete_fraction: float = DELETE_FRACTION, prefix: str = "p") -> dict[str, Any]:
-    """n inserts and deletes of ``delete_fraction`` of them (deletes after their chunk).
+            delete_fraction: float = DELETE_FRACTION, prefix: str = "p",
+            X: np.ndarray | None = None) -> dict[str, Any]:
+    """n inserts (rows of ``X``, else of a fresh mixture) and deletes of ``delete_fraction`` of them.
 
-    Inserts carry ts = t0, deletes ts = t0 + 1: whichever topic a consumer
+    Deletes follow their chunk. Inserts carry ts = t0, deletes ts = t0 + 1: whichever topic a consumer
     reads first, the deleted points end up deleted (a delete read first
     leaves a tombstone that drops the late insert). Returns counts.
     """
-    X, _ = gaussian_mixture(n, D, K, seed)
+    X = gaussian_mixture(n, D, K, seed)[0] if X is None else X[:n]
     ids = ids_for(prefix, range(n))
     rng = np.random.default_rng(seed + 1)
     victims = np.sort(rng.choice(n, size=int(n * delete_fraction), replace=False))
@@ -317,17 +318,23 @@ class ReceiptReader(threading.Thread):
             self.consumer.close()
 
 
+def stream_rows(rate: float, duration: float) -> int:
+    """Insert rows a paced producer may need (with room for catching up)."""
+    return int(rate * duration * 1.2) + 1000
+
+
 class PacedProducer(threading.Thread):
     """Sends ``rate`` events/s (inserts, and every 10th a delete of a warm-up id), ts = send time."""
 
     def __init__(self, bootstrap: str, topics: Topics, rate: float, duration: float,
-                 victims: list[str], seed: int = 7, tick: float = 0.01) -> None:
+                 victims: list[str], X: np.ndarray | None = None, tick: float = 0.01) -> None:
         super().__init__(name="bench-producer", daemon=True)
         self.prod = EventProducer(bootstrap, insert_topic=topics.inserts, delete_topic=topics.deletes, linger_ms=2)
         self.rate, self.duration, self.tick = rate, duration, tick
         self.victims = victims
-        n_max = int(rate * duration * 1.2) + 1000
-        self.X, _ = gaussian_mixture(n_max, D, K, seed)
+        self.X = gaussian_mixture(stream_rows(rate, duration), D, K, 7)[0] if X is None else X
+        if len(self.X) < stream_rows(rate, duration):
+            raise ValueError(f"{len(self.X)} rows cannot feed {rate}/s for {duration} s")
         self.sent_inserts = self.sent_deletes = 0
         self.deleted: list[str] = []
         self.started_at = self.finished_at = 0.0
@@ -382,7 +389,11 @@ def latency_run(bootstrap: str, algorithm: str, rate: float, duration: float, wa
     """Warm up a worker subprocess, offer ``rate`` events/s for ``duration`` s, read its latencies."""
     topics = Topics.fresh(f"lat-{algorithm}")
     topics.create(bootstrap)
-    pre = prefill(bootstrap, topics, warm, seed=3, delete_fraction=0.0, prefix="W")
+    # One mixture: the stream's inserts come from the clusters the warm-up built (the paper's
+    # setting). Streaming a second mixture (other centres) is concept drift, where Q refits at
+    # nearly every step.
+    X, _ = gaussian_mixture(warm + stream_rows(rate, duration), D, K, 3)
+    pre = prefill(bootstrap, topics, warm, delete_fraction=0.0, prefix="W", X=X)
     port = free_port()
     snap = tmp / f"lat-{algorithm}-snapshots"
     config = worker_config(bootstrap, topics, str(snap), algorithm=algorithm, metrics_port=port,
@@ -403,7 +414,7 @@ def latency_run(bootstrap: str, algorithm: str, rate: float, duration: float, wa
         before = scrape(port)
         rng = np.random.default_rng(11)
         victims = [ids_for("W", [i])[0] for i in rng.permutation(warm)]
-        producer = PacedProducer(bootstrap, topics, rate, duration, victims)
+        producer = PacedProducer(bootstrap, topics, rate, duration, victims, X[warm:])
         producer.start()
         producer.join()
         if producer.error is not None:
