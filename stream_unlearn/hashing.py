@@ -8,7 +8,7 @@ holds (DESIGN section 1). The hash is vectorised over ids: one numpy pass per
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 from numba import njit
@@ -109,17 +109,20 @@ def _uniforms_per_salt(keys, mixed_salts, out):
             out[j, i] = (np.float64(z >> s11) + 0.5) * 2.0**-53
 
 
-def canonical_order(keys: np.ndarray, ids: Sequence[str]) -> np.ndarray:
+def canonical_order(keys: np.ndarray, ids_of: Callable[[], Sequence[str]]) -> np.ndarray:
     """Indices sorting points by ``(key, id)``: an order fixed by the points alone.
 
     Distinct keys have one sorted order whatever the algorithm, so the
     unstable default sort is used (5x faster than a stable one on 100k random
     keys: a Q-k-means refit at 100k saves ~8 ms); equal keys re-sort by id.
+    ``ids_of()`` gives the ids in the order of ``keys``; it is called only on
+    a collision, so a caller need not gather 100k ids for nothing.
     """
     order = np.argsort(keys)
     sorted_keys = keys[order]
     if len(sorted_keys) > 1 and np.any(sorted_keys[1:] == sorted_keys[:-1]):
         # A 64-bit collision: break ties by the id itself (rare, so Python is fine).
+        ids = ids_of()
         order = np.array(sorted(range(len(ids)), key=lambda i: (int(keys[i]), ids[i])), dtype=np.intp)
     return order
 

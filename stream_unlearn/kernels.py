@@ -175,6 +175,26 @@ def nearest_sq_dist_sum(V, slots, C):
 
 
 @njit(**_OPTS)
+def take_rows_abs_max(V, slots, out, max_abs):
+    """``out[p] = V[slots[p]]``, and ``max_abs[f]`` = the largest ``|out[:, f]|`` (0 if no rows).
+
+    One pass where numpy takes three (gather, ``abs``, column max along
+    axis 0): a Q-k-means refit of 120k x 25 points, 37 -> 10 ms.
+    """
+    d = V.shape[1]
+    for f in range(d):
+        max_abs[f] = 0.0
+    for p in range(len(slots)):
+        s = slots[p]
+        for f in range(d):
+            x = V[s, f]
+            out[p, f] = x
+            a = abs(x)
+            if a > max_abs[f]:
+                max_abs[f] = a
+
+
+@njit(**_OPTS)
 def seed_node(X, w, logu, k, L, seed_index, cand, cand_score, pots, fallback, d2):
     """Greedy k-means++ by exponential races on one node's items (see :func:`_seed`)."""
     _seed(X, _transposed_for_simd(X), w, logu, k, L, seed_index, cand, cand_score, pots, fallback, d2,

@@ -253,21 +253,32 @@ class QKMeans(UnlearningModel):
             self._fitted = self._seeding_kept = False
             self._n_model = 0
             return np.empty((0, d))
-        if self._seeding_kept:
-            self._refit_lloyd(self._store.canonical()[1])
-        elif not self._fitted:
-            self._fit(*self._store.canonical())
+        if self._seeding_kept or not self._fitted:
+            keys, slots = self._store.canonical_slots()
+            V = self._store.vector_rows()
+            X, max_abs = np.empty((len(slots), V.shape[1])), np.empty(V.shape[1])
+            kernels.take_rows_abs_max(V, slots, X, max_abs)
+            if self._seeding_kept:
+                self._refit_lloyd(X, max_abs)
+            else:
+                self._fit(keys, slots, X, max_abs)
         return self._arrays["centres"][-1].copy()
 
-    def _fit(self, keys: np.ndarray, X: np.ndarray, ids: Sequence[str]) -> None:
-        """Seed, then quantized Lloyd until the snapped centres repeat or ``max_iter``."""
+    def _fit(self, keys: np.ndarray, slots: np.ndarray, X: np.ndarray, max_abs: np.ndarray) -> None:
+        """Seed, then quantized Lloyd until the snapped centres repeat or ``max_iter``.
+
+        ``X`` holds the points in canonical order, ``slots`` their rows in
+        the store, ``max_abs`` the largest ``|X|`` per feature.
+        """
         n, d = X.shape
         k = self.k
         w = np.ones(n)
         seeds = race_seeds(X[None], w[None], keys[None], k, self._race_salt, self._L())
         self._theta = phase(self.seed, d)
         cand = seeds.candidates[0]
-        self._set_candidates([[ids[i] if i >= 0 else None for i in row] for row in cand.tolist()])
+        runner_ids = self._store.ids_at(slots[np.maximum(cand, 0)]).tolist()
+        self._set_candidates([[pid if i >= 0 else None for i, pid in zip(row, id_row)]
+                              for row, id_row in zip(cand.tolist(), runner_ids)])
         # With fewer runners than L any newcomer would join the race: never certify then.
         last = np.where(cand[:, -1] >= 0, seeds.scores[0][:, -1], -np.inf)
         self._arrays = {
@@ -278,19 +289,19 @@ class QKMeans(UnlearningModel):
         }
         self._ops = 0
         self._forgot_since_fit = False
-        self._lloyd(X, X[seeds.index[0]])
+        self._lloyd(X, X[seeds.index[0]], max_abs)
         self.refits_ += 1
 
-    def _refit_lloyd(self, X: np.ndarray) -> None:
+    def _refit_lloyd(self, X: np.ndarray, max_abs: np.ndarray) -> None:
         """The refit when only Lloyd changed: the kept seeding is the fresh fit's, so start from its seeds.
 
         ``_ops`` keeps counting: the seeding costs carry every change since the full fit.
         """
-        self._lloyd(X, self._arrays["centres"][0])
+        self._lloyd(X, self._arrays["centres"][0], max_abs)
         self.refits_ += 1
         self.lloyd_refits_ += 1
 
-    def _lloyd(self, X: np.ndarray, start: np.ndarray) -> None:
+    def _lloyd(self, X: np.ndarray, start: np.ndarray, max_abs: np.ndarray) -> None:
         """Quantized Lloyd from the seeds ``start`` until the snapped centres repeat or ``max_iter``."""
         n = len(X)
         w = np.ones(n)
@@ -306,7 +317,7 @@ class QKMeans(UnlearningModel):
                 break  # an exact fixpoint: every further update would repeat it
         self.n_iter_ = len(sums)
         self._arrays.update(centres=np.stack(centres), sums=np.stack(sums), counts=np.stack(counts),
-                            peak_counts=np.stack(counts), max_abs=np.abs(X).max(axis=0))
+                            peak_counts=np.stack(counts), max_abs=max_abs)
         self._n_model = n
         self._fitted, self._seeding_kept = True, False
 

@@ -224,7 +224,7 @@ class PointStore:
             for j in range(len(buckets)):
                 lo, hi = offsets[j], offsets[j + 1]
                 if np.any(np.diff(keys[order[lo:hi]]) == 0):
-                    order[lo:hi] = lo + canonical_order(keys[lo:hi], self._ids[slots[lo:hi]])
+                    order[lo:hi] = lo + canonical_order(keys[lo:hi], lambda: self._ids[slots[lo:hi]])
         return keys[order], slots[order], sizes
 
     def vector_rows(self) -> np.ndarray:
@@ -236,14 +236,25 @@ class PointStore:
     def canonical(self) -> tuple[np.ndarray, np.ndarray, Sequence[str]]:
         """Keys, vectors and ids of all buckets together, in canonical ``(key, id)`` order.
 
-        The ids come as an object array (indexing gives the str): a refit of
-        all points needs a handful of them, and a list of 100k costs ~8 ms.
+        The ids come as an object array (indexing gives the str).
+        """
+        keys, slots = self.canonical_slots()
+        return keys, self._vectors[slots], self._ids[slots]
+
+    def canonical_slots(self) -> tuple[np.ndarray, np.ndarray]:
+        """Keys and slots (rows of :meth:`vector_rows`) of all held points in canonical ``(key, id)`` order.
+
+        A refit of all points reads their vectors in one pass and needs the
+        ids of a handful (:meth:`ids_at`): gathering 100k ids costs ~3 ms.
         """
         slots = self._live_slots()
         keys = self._keys[slots]
-        order = canonical_order(keys, self._ids[slots])
-        slots = slots[order]
-        return keys[order], self._vectors[slots], self._ids[slots]
+        order = canonical_order(keys, lambda: self._ids[slots])
+        return keys[order], slots[order]
+
+    def ids_at(self, slots: np.ndarray) -> np.ndarray:
+        """The ids held at ``slots`` (an object array of str, shaped like ``slots``)."""
+        return self._ids[slots]
 
     def items(self) -> tuple[list[str], np.ndarray, np.ndarray]:
         """All ids, vectors and bucket numbers (a copy, bucket by bucket)."""
