@@ -125,8 +125,35 @@ class QKMeans(UnlearningModel):
             return
         # (n, k): one numpy pass for the call, each point's row contiguous for its certificate
         logu = np.ascontiguousarray(race_log_uniforms(keys, self.k, self._race_salt).T)
-        for i in range(len(ids)):
-            self._certify(X[i], ids[i], +1, logu[i], (ids, i + 1))
+        X = np.ascontiguousarray(X, dtype=np.float64)
+        i = 0
+        while i < len(ids):
+            i += self._certify_run(X[i:], logu[i:])
+            if i < len(ids):  # a certificate failed, or the point joins a seeding race: one at a time
+                self._certify(X[i], ids[i], +1, logu[i], (ids, i + 1))
+                i += 1
+
+    def _certify_run(self, X: np.ndarray, logu: np.ndarray) -> int:
+        """Certify inserts in one compiled loop while they pass (the common case); returns how many did.
+
+        The statistics are edited in copies, then swapped in: a snapshot
+        being written may still hold the arrays it captured.
+        """
+        a = self._arrays
+        if not self._fitted or a["fallback"]:
+            return 0
+        edited = {name: a[name].copy() for name in ("potentials", "peaks", "sums", "counts", "peak_counts", "max_abs")}
+        passed = int(kernels.q_certify_inserts(
+            X, logu, a["candidate_vectors"], a["chosen"], a["last_scores"], a["scores"], self._theta, self.eps,
+            self.gamma, self._n_model, self._ops, edited["potentials"], edited["peaks"], a["centres"], edited["sums"],
+            edited["counts"], edited["peak_counts"], edited["max_abs"]))
+        if passed:
+            a.update(edited)
+            self._n_model += passed
+            self._ops += passed
+            self._changes_left -= passed
+            self.certificates_passed_ += passed
+        return passed
 
     def _removed(self, point_id: str, key: np.uint64, vector: np.ndarray, bucket: int) -> None:
         self._certify(vector, point_id, -1, None)

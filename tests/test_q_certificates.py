@@ -310,3 +310,54 @@ def test_a_call_far_longer_than_the_changes_per_failed_certificate_refits_withou
         fresh = QKMeans(k=4, seed=2, eps=0.03)
         fresh.insert(range(3360), X[:3360])
         assert np.array_equal(m.centroids_, fresh.centroids_)
+
+
+def test_the_compiled_run_of_insert_certificates_keeps_what_one_at_a_time_keeps():
+    """Inserts are certified in one compiled loop while they pass; the point that fails or joins a
+    race goes the Python way. Against a twin that certifies every point in Python, after every
+    call: the same counters and the same certificate cache, bit for bit."""
+    in_runs = 0
+    for seed in range(24):
+        rng = np.random.default_rng(100 + seed)
+        k, d = int(rng.integers(2, 5)), int(rng.integers(1, 5))
+        shape = ["blobs", "duplicates", "flat-column", "uniform"][seed % 4]
+        X = make_vectors(shape, rng, 500, d)
+        params = {"k": k, "seed": seed, "eps": [0.05, 0.5, 2.0][seed % 3], "max_iter": 6}
+        fast, slow = QKMeans(**params), QKMeans(**params)
+        slow._certify_run = lambda X, logu: 0
+        run = fast._certify_run
+
+        def counted(X, logu):
+            nonlocal in_runs
+            passed = run(X, logu)
+            in_runs += passed
+            return passed
+
+        fast._certify_run = counted
+        ids = [point_id(i) for i in range(len(X))]
+        for m in (fast, slow):
+            m.insert(ids[:200], X[:200])
+            m.flush()
+        i = 200
+        while i < len(X):
+            if rng.random() < 0.15:
+                gone = [j for j in ids[:i] if j in fast][: int(rng.integers(1, 4))]
+                calls = [("delete", gone)]
+            else:
+                b = int(rng.integers(1, 40))
+                calls = [("insert", (ids[i : i + b], X[i : i + b]))]
+                i += b
+            for m in (fast, slow):
+                for op, args in calls:
+                    m.delete(args) if op == "delete" else m.insert(*args)
+            for m in (fast, slow):
+                m.flush()
+            assert (fast.certificates_passed_, fast.certificates_failed_, fast.refits_) == \
+                   (slow.certificates_passed_, slow.certificates_failed_, slow.refits_)
+            assert (fast._n_model, fast._ops, fast._fitted) == (slow._n_model, slow._ops, slow._fitted)
+            assert fast._arrays.keys() == slow._arrays.keys()
+            for name, value in fast._arrays.items():
+                assert np.array_equal(value, slow._arrays[name]), name
+            assert fast._candidate_slots == slow._candidate_slots
+            assert np.array_equal(fast.centroids_, slow.centroids_)
+    assert in_runs > 2000
