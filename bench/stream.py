@@ -627,7 +627,8 @@ def latency_section(results: list[dict], baselines: list[dict]) -> None:
                      "snap99": 1000 * bucket_quantile(r["snapshot"], 0.99)})
     if baselines:
         print("Baseline, same run: the same paced load read by a decode-only kafka-python consumer in its own "
-              "process (worker's fetch settings; kafka-python's default fetch_max_wait_ms is 500, the worker's), "
+              f"process (the worker's fetch settings but fetch_max_wait_ms: kafka-python's default 500, the worker's "
+              f"{WorkerConfig().fetch_max_wait_ms}, and 20), "
               "latency = arrival - ts per event: what the broker and client cost before any model work.")
         print(table(baselines, [("wait_ms", "fetch_max_wait_ms"), ("achieved", "sent ev/s"), ("sent", "sent"), ("read", "events"),
                                 ("p50", "p50 ms"), ("p99", "p99 ms"), ("max", "max ms"),
@@ -693,7 +694,7 @@ def main(argv: list[str] | None = None) -> int:
             if "latency" not in skip:
                 base_s = min(duration, 10.0)
                 baselines = []
-                for wait_ms in (500, 20):
+                for wait_ms in (500, WorkerConfig().fetch_max_wait_ms, 20):
                     print(f"\nlatency baseline: decode-only consumer, fetch_max_wait_ms={wait_ms}, "
                           f"{args.rate:,.0f} ev/s for {base_s:g} s", flush=True)
                     baselines.append(transport_baseline(bootstrap, args.rate, base_s, wait_ms))
