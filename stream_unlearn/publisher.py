@@ -7,6 +7,8 @@ broker never acknowledged is replayed after a restart rather than lost.
 
 from __future__ import annotations
 
+import collections
+import functools
 import threading
 import time
 from collections.abc import Mapping, Sequence
@@ -70,17 +72,18 @@ class Publisher:
             client_id="stream-unlearn-worker",
         )
         self._lock = threading.Lock()
-        self._errors: list[BaseException] = []
+        self._errors: list[tuple[str, BaseException]] = []  # (topic, error)
 
     def send(self, topic: str, key: bytes | None, value: bytes | None,
              headers: list[tuple[str, bytes]] | None = None) -> None:
         if key is None and value is None:
             value = b""  # Kafka needs one of them
-        self._producer.send(topic, key=key, value=value, headers=headers).add_errback(self._on_error)
+        future = self._producer.send(topic, key=key, value=value, headers=headers)
+        future.add_errback(functools.partial(self._on_error, topic))
 
-    def _on_error(self, exc: BaseException) -> None:
+    def _on_error(self, topic: str, exc: BaseException) -> None:
         with self._lock:
-            self._errors.append(exc)
+            self._errors.append((topic, exc))
 
     def send_acked(self, topic: str, records: Sequence[tuple[bytes, bytes]], timeout: float = 30.0) -> None:
         """Send ``(key, value)`` records and wait until the broker acknowledged each one.
@@ -94,14 +97,16 @@ class Publisher:
         self._producer.flush(timeout=timeout)
         failed = [f.exception for f in futures if not f.succeeded()]
         if failed:
-            raise PublishError(f"{len(failed)} of {len(futures)} record(s) not acknowledged, first: {failed[0]!r}")
+            raise PublishError(f"{len(failed)} of {len(futures)} record(s) to {topic} not acknowledged, "
+                               f"first: {failed[0]!r}")
 
     def flush(self, timeout: float = 30.0) -> None:
         self._producer.flush(timeout=timeout)
         with self._lock:
             errors, self._errors = self._errors, []
         if errors:
-            raise PublishError(f"{len(errors)} record(s) not acknowledged, first: {errors[0]!r}")
+            per_topic = ", ".join(f"{topic}: {n}" for topic, n in collections.Counter(t for t, _ in errors).items())
+            raise PublishError(f"{len(errors)} record(s) not acknowledged ({per_topic}), first: {errors[0][1]!r}")
 
     def close(self) -> None:
         self._producer.close(timeout=10)

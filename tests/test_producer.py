@@ -6,13 +6,14 @@ from collections.abc import Callable
 
 import numpy as np
 import pytest
+from kafka.errors import KafkaTimeoutError
 from kafka.partitioner import Partitioner
 from kafka.partitioner.default import murmur2
 
 from stream_unlearn.broker import ensure_topics
 from stream_unlearn.config import WorkerConfig
 from stream_unlearn.producer import EventProducer
-from stream_unlearn.publisher import Publisher
+from stream_unlearn.publisher import Publisher, PublishError
 from stream_unlearn.wire import decode_delete, decode_insert, encode_insert
 
 
@@ -102,3 +103,19 @@ def test_an_id_longer_than_the_workers_limit_is_refused_before_anything_is_sent(
     with EventProducer(broker, insert_topic=topics[0], delete_topic=topics[1], max_id_bytes=300) as producer:
         producer.insert([long_id], np.ones((1, 2)), 1.0)  # for a worker started with --max-id-bytes 300
     assert [r.key for r in consume(broker, topics[0], 1)] == [long_id.encode()]
+
+
+def test_unacknowledged_records_are_counted_per_topic_on_flush(broker) -> None:
+    """The broker here acknowledges everything, so failures are fed in as the producer's errback
+    delivers them: an operator reading the error learns which topics lost records."""
+    publisher = Publisher(WorkerConfig(bootstrap_servers=broker))
+    try:
+        publisher.flush()  # nothing failed
+        for topic in ("unlearn.dead-letter", "unlearn.model", "unlearn.dead-letter"):
+            publisher._on_error(topic, KafkaTimeoutError("no ack"))
+        with pytest.raises(PublishError, match=r"3 record\(s\) not acknowledged \(unlearn.dead-letter: 2, "
+                                               r"unlearn.model: 1\), first: KafkaTimeoutError"):
+            publisher.flush()
+        publisher.flush()  # reported once
+    finally:
+        publisher.close()
