@@ -568,6 +568,9 @@ class Worker:
                     continue
                 log.error("%s/%d: offsets %d..%d are gone from the log (retention?); going on without them",
                           tp.topic, tp.partition, expected, records[0].offset - 1)
+                del self._gaps[gap]
+            elif self._gaps:
+                self._gaps.pop((tp.topic, tp.partition, expected), None)  # a seek back closed it
             _, events, sources, consumed = work.setdefault(id(unit), (unit, [], [], {}))
             is_insert = tp.topic == self.config.insert_topic
             for record in records:
