@@ -78,26 +78,18 @@ import numpy as np
 from . import QKMeans, __version__
 from .base import UnlearningModel
 from .broker import ensure_topics
-from .hashing import murmur2_partitions
 from .config import ConfigError, WorkerConfig, config_from_args
+from .hashing import murmur2_partitions
+from .model_publishing import ModelPublishing
 from .ownership import OwnerLock, OwnershipError, RebalanceLog, partitions_of
-from .partitioned import (
-    GlobalView,
-    global_params,
-    merge_latest,
-    new_partition_model,
-    partition_dir,
-    partition_dirs,
-    partition_summary,
-    position,
-)
+from .partitioned import GlobalView, global_params, new_partition_model, partition_dir, partition_dirs
+from .publisher import PublishError, Publisher, dead_letter_headers, encode_global_message
 from .receipts import PendingReceipt, pending_to_meta
 from .semantics import EventTimeState
 from .snapshot import SnapshotError, SnapshotInfo, SnapshotStore
 from .snapshot_rounds import CaptureSlots
 from .snapshot_writer import Completion, SnapshotJob, SnapshotWriter
-from .summaries import GlobalModel, PartitionSummary, SummaryError, encode_summary, newer
-from .publisher import PublishError, Publisher, dead_letter_headers, encode_global_message
+from .summaries import GlobalModel
 from .units import META_FORMAT, MODEL_PART, SEMANTICS_PART, Unit, WorkerError, restore_unit
 from .warmup import warm_up
 from .wire import BadRecord, DeleteEvent, InsertEvent, decode_delete, decode_insert
@@ -165,15 +157,13 @@ class Worker:
         #: set once the first assignment has been handled
         self.assigned = threading.Event()
         self.owned: tuple[int, ...] = ()
-        self.global_model: GlobalModel | None = None
         self.rebalances: list[dict[str, Any]] = []
         self._units: dict[int, Unit] = {}
         self._parked: dict[int, Unit] = {}
         self._retired_models: dict[int, UnlearningModel] = {}
         self._dim: int | None = config.dim or None
-        self._published: tuple[Any, ...] | None = None
         self._publish_due = False
-        self._own_summaries: dict[int, PartitionSummary] = {}
+        self._publishing: ModelPublishing | None = None
         self._consumer: Any = None
         self._publisher: Publisher | None = None
         self._writer: SnapshotWriter | None = None
@@ -220,6 +210,11 @@ class Worker:
             return None
         models = {p: u.model for p, u in self._units.items()} or dict(self._retired_models)
         return GlobalView(models, self.n_partitions, self._global_params)
+
+    @property
+    def global_model(self) -> GlobalModel | None:
+        """The last merged global model (dc), None before the first."""
+        return self._publishing.global_model if self._publishing is not None else None
 
     @property
     def restored_seq(self) -> int | None:
@@ -288,6 +283,7 @@ class Worker:
             self._global_params = global_params(new_partition_model(c.model_params()), self.n_partitions)
             self._reader = SummaryReader(c.bootstrap_list, c.summaries_topic, params=self._global_params,
                                          n_partitions=self.n_partitions)
+        self._publishing = ModelPublishing(c, self._publisher, self.n_partitions, self._reader)
         if self.metrics is None:
             from .metrics import WorkerMetrics
 
@@ -509,7 +505,8 @@ class Worker:
             for t in self.config.input_topics:
                 self.offsets.pop((t, q), None)
                 self.metrics.lag(t, q, 0)
-        self._own_summaries.pop(p, None)
+        assert self._publishing is not None
+        self._publishing.forget(p)
         self.owned = tuple(sorted(self._units))
         if unit.key is not None:
             self._parked[unit.key] = unit
@@ -754,76 +751,18 @@ class Worker:
                 log.debug("offset commit failed: %r", exc)
 
     # -- publishing: summaries and the global model ---------------------------------------
-    def _summary_of(self, unit: Unit) -> PartitionSummary | None:
-        assert unit.key is not None
-        p = unit.key
-        offsets = (unit.offsets[(self.config.insert_topic, p)], unit.offsets[(self.config.delete_topic, p)])
-        return partition_summary(unit.model, p, self.n_partitions, offsets, self._dim)  # type: ignore[arg-type]
-
     def _publish_summaries(self, units: Iterable[Unit]) -> None:
-        """Send the summary of each given dc unit whose subtree or offsets changed."""
-        if not self.dc:
-            return
-        assert self._publisher is not None
-        for unit in units:
-            if not unit.summary_dirty or unit.key is None:
-                continue
-            summary = self._summary_of(unit)
-            if summary is None:
-                continue  # no dimension known yet
-            self._publisher.send(self.config.summaries_topic, summary.key, encode_summary(summary))
-            self._own_summaries[unit.key] = summary
-            unit.summary_dirty = False
-
-    def _merged(self) -> GlobalModel | None:
-        """The latest summary of every partition: ours for owned ones (unless a newer one was read)."""
-        latest: dict[int, PartitionSummary] = dict(self._reader.latest) if self._reader is not None else {}
-        if self._dim is None and latest:
-            self._dim = next(iter(latest.values())).centroids.shape[1] or None
-        for p, mine in self._own_summaries.items():
-            theirs = latest.get(p)
-            if theirs is None or not newer(theirs, mine):
-                latest[p] = mine
-        if not latest:
-            return None
-        try:
-            return merge_latest(latest)
-        except SummaryError as exc:
-            log.warning("cannot merge partition summaries: %s", exc)
-            return None
+        assert self._publishing is not None
+        self._publishing.summaries(units, self._dim)
 
     def _publish(self) -> None:
         """Summaries of changed owned partitions, then the merged global model if it changed."""
-        assert self._publisher is not None
+        assert self._publishing is not None
         self._last_publish = time.monotonic()
         self._publish_due = False
-        c = self.config
-        units = self._unique_units()
-        if self.dc:
-            self._publish_summaries(units)
-            merged = self._merged()
-            if merged is None:
-                return
-            self.global_model = merged
-            version = position(merged)
-            ident = (version, merged.complete, merged.n_points, merged.centroids.tobytes())
-            if ident == self._published:
-                return
-            value = encode_global_message(merged.centroids, merged.n_points, version, c.algorithm,
-                                          merged.complete, merged.partitions, merged.version)
-        else:
-            if not units:
-                return
-            unit = units[0]
-            version = sum(unit.offsets.values())
-            ident = (version,)
-            if ident == self._published:
-                return
-            value = encode_global_message(unit.model.centroids_, unit.model.n_points_, version, c.algorithm, True,
-                                          {p: (unit.offsets[(c.insert_topic, p)], unit.offsets[(c.delete_topic, p)])
-                                           for p in unit.partitions})
-        self._publisher.send(c.model_topic, b"model", value)
-        self._published = ident
+        self._publishing.model(self._unique_units(), self._dim)
+        if self._dim is None:  # learn it from the other workers' summaries
+            self._dim = self._publishing.dim_seen()
 
     # -- snapshots and receipts ---------------------------------------------------------
     def _meta(self, unit: Unit, pending: Iterable[PendingReceipt]) -> dict[str, Any]:
