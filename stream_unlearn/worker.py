@@ -518,11 +518,14 @@ class Worker:
     # -- the loop ----------------------------------------------------------------
     def step(self) -> int:
         """Poll and apply one batch, then do what is due; returns records handled."""
+        before = self._fetch_positions()
         batch = self._consumer.poll(timeout_ms=POLL_TIMEOUT_MS, max_records=self.config.max_batch)
         taken = self._handle_rebalance()
         if taken and batch:  # fetched before we sought to the restored offsets
             batch = {tp: records for tp, records in batch.items() if tp.partition not in taken}
-        n = self._apply(batch) if batch else 0
+        after = self._fetch_positions()
+        n = self._apply(batch, before, after) if batch else 0
+        self._follow_empty(batch, before, after)
         self.records_handled += n
         if self._reader is not None and self._reader.poll(0):
             self._publish_due = True
@@ -541,8 +544,58 @@ class Worker:
             self._snapshot_next()
         return n
 
-    def _apply(self, batch: Mapping[Any, list[Any]]) -> int:
-        """Decode, fold into each unit's semantics, apply to its model, account."""
+    def _fetch_positions(self) -> dict[tuple[str, int], int]:
+        """Where the consumer will next fetch each owned (topic, partition) from (~10 us each).
+
+        A unit is *in step* with the consumer when this equals its offset
+        before a poll: whatever the poll then moved past, records or offsets
+        without one (:meth:`_passed_over`), the unit is past too. Records
+        starting beyond a unit not in step (say, a position the group set
+        before the unit's restore) are fetched again from the unit's offset.
+        """
+        return {(tp.topic, tp.partition): self._consumer.position(tp)
+                for tp in self._consumer.assignment() if tp.partition in self._units}
+
+    def _follow_empty(self, batch: Mapping[Any, list[Any]], before: Mapping[tuple[str, int], int],
+                      after: Mapping[tuple[str, int], int]) -> None:
+        """Units in step that got no records, where the consumer moved on anyway (over a marker), move too."""
+        from kafka import TopicPartition
+
+        fetched = {(tp.topic, tp.partition) for tp, records in batch.items() if records}
+        for key, position in after.items():
+            unit = self._units.get(key[1])
+            if key in fetched or unit is None or before.get(key) != unit.offsets[key] or position <= before[key]:
+                continue
+            self._passed_over(TopicPartition(*key), before[key], position)
+            unit.offsets[key] = self.offsets[key] = position
+
+    def _passed_over(self, tp: Any, first: int, next_record: int) -> None:
+        """Offsets ``first..next_record-1`` of ``tp`` gave no record to a fetch from ``first``.
+
+        Transaction markers, aborted transactions (read_committed) and
+        records removed by compaction take offsets and are never returned;
+        that is normal. Only a log that now starts past ``first`` (retention)
+        means events were lost.
+        """
+        try:
+            start = self._consumer.beginning_offsets([tp]).get(tp)
+        except Exception as exc:  # only the log message depends on it
+            log.warning("%s/%d: offsets %d..%d passed over; the log start is unknown (%r)", tp.topic,
+                        tp.partition, first, next_record - 1, exc)
+            return
+        if start is not None and start > first:
+            log.error("%s/%d: offsets %d..%d are gone from the log (retention?); going on without them",
+                      tp.topic, tp.partition, first, min(start, next_record) - 1)
+        else:
+            log.debug("%s/%d: offsets %d..%d hold no records (transaction markers, aborted or compacted "
+                      "records)", tp.topic, tp.partition, first, next_record - 1)
+
+    def _apply(self, batch: Mapping[Any, list[Any]], before: Mapping[tuple[str, int], int],
+               after: Mapping[tuple[str, int], int]) -> int:
+        """Decode, fold into each unit's semantics, apply to its model, account.
+
+        ``before``/``after``: :meth:`_fetch_positions` around the poll that fetched ``batch``.
+        """
         work: dict[int, tuple[Unit, list[InsertEvent | DeleteEvent], list[tuple[Any, Any, bool]],
                               dict[tuple[str, int], int]]] = {}
         dead = 0
@@ -555,7 +608,10 @@ class Worker:
             records = [r for r in records if r.offset >= expected]  # already held: redelivered
             if not records:
                 continue
-            if records[0].offset > expected:
+            in_step = before.get(key) == expected
+            if records[0].offset > expected and in_step:
+                self._passed_over(tp, expected, records[0].offset)
+            elif records[0].offset > expected:
                 gap = (tp.topic, tp.partition, expected)
                 self._gaps[gap] += 1
                 if self._gaps[gap] <= _GAP_RETRIES:
@@ -579,7 +635,8 @@ class Worker:
                     continue
                 events.append(event)
                 sources.append((tp, record, is_insert))
-            consumed[key] = records[-1].offset + 1
+            # In step, past what the consumer passed over after the records too (a transaction's marker).
+            consumed[key] = max(records[-1].offset + 1, after.get(key, 0)) if in_step else records[-1].offset + 1
 
         n_events = 0
         seconds = 0.0

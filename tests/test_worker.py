@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import math
 import struct
 import threading
@@ -19,7 +20,7 @@ from stream_unlearn.config import ConfigError, WorkerConfig, config_from_args
 from stream_unlearn.producer import EventProducer
 from stream_unlearn.receipts import decode_receipt
 from stream_unlearn.worker import Worker, WorkerError
-from stream_unlearn.wire import BAD_RECORD_REASONS
+from stream_unlearn.wire import BAD_RECORD_REASONS, encode_delete, encode_insert
 
 from worker_support import (
     Topics,
@@ -30,6 +31,7 @@ from worker_support import (
     make_config,
     running_worker,
     wait_consumed,
+    wait_until,
 )
 
 
@@ -238,6 +240,41 @@ def test_q_kmeans_worker_is_exact_and_counts_certificates(broker, unique_topic, 
     model = worker.model
     assert model.n_points_ == 180 and model.verify()
     assert model.certificates_passed_ + model.certificates_failed_ >= 1
+
+
+def test_transaction_markers_are_passed_without_alarm_or_loss(broker, unique_topic, tmp_path, caplog):
+    """A transactional producer's commit markers take offsets that carry no record: the worker must
+    neither lose events around them nor take them for data gone from the log."""
+    config = make_config(broker, Topics.fresh(unique_topic), tmp_path / "snaps")
+    create_topics(config)
+    rng = np.random.default_rng(4)
+    names = ids("tx", 240)
+    X = rng.normal(size=(240, 3))
+    survivors = dict(zip(names, X))
+    txn = KafkaProducer(bootstrap_servers=broker, transactional_id=unique_topic("txn"), enable_idempotence=True)
+    txn.init_transactions()
+    caplog.set_level(logging.DEBUG, logger="stream_unlearn.worker")
+    try:
+        with running_worker(config) as worker:
+            for lo in range(0, 240, 20):  # a transaction of 20 inserts, then one of the deletes among them
+                txn.begin_transaction()
+                for name, x in zip(names[lo : lo + 20], X[lo : lo + 20]):
+                    txn.send(config.insert_topic, key=name.encode(), value=encode_insert(name, x, 1.0, binary=False))
+                txn.commit_transaction()
+                txn.begin_transaction()
+                for name in names[lo : lo + 20 : 7]:
+                    txn.send(config.delete_topic, key=name.encode(), value=encode_delete(name, 2.0))
+                    survivors.pop(name)
+                txn.commit_transaction()
+                # Applied before the next one: the next poll then starts just past a marker.
+                held = sum(1 for n in names[: lo + 20] if n in survivors)
+                wait_until(lambda: worker.model.n_points_ == held, 30, "the transactions applied")
+    finally:
+        txn.close()
+    assert np.array_equal(worker.model.centroids_, fresh_fit(config, survivors))
+    alarms = [r.getMessage() for r in caplog.records if r.name == "stream_unlearn.worker" and r.levelno >= logging.WARNING]
+    assert alarms == []
+    assert any("hold no records (transaction markers" in r.getMessage() for r in caplog.records), "no marker met"
 
 
 def test_topics_must_be_co_partitioned(broker, unique_topic, tmp_path):
