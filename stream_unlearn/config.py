@@ -58,6 +58,7 @@ ALGORITHMS = ("dc", "q")
 #: murmur2: a DC worker over several partitions dead-letters records off their id's murmur2 partition;
 #: any: trust the producers' partitioner (one that maps each key to one partition in both topics).
 PARTITIONERS = ("murmur2", "any")
+ISOLATION_LEVELS = ("read_committed", "read_uncommitted")
 _TOPIC_RE = re.compile(r"^[A-Za-z0-9._-]{1,249}$")
 
 
@@ -98,6 +99,7 @@ class WorkerConfig:
     metrics_addr: str = "127.0.0.1"
     max_batch: int = 5000
     fetch_max_wait_ms: int = 50
+    isolation_level: str = "read_committed"
     max_id_bytes: int = DEFAULT_MAX_ID_BYTES
     max_value_bytes: int = DEFAULT_MAX_VALUE_BYTES
     create_topics: bool = True
@@ -181,6 +183,8 @@ def _validate(c: WorkerConfig) -> None:
     need(bool(c.metrics_addr), "--metrics-addr must not be empty")
     need(1 <= c.max_batch <= 1_000_000, f"--max-batch must lie in [1, 1000000], got {c.max_batch}")
     need(0 <= c.fetch_max_wait_ms <= 10_000, f"--fetch-max-wait-ms must lie in [0, 10000], got {c.fetch_max_wait_ms}")
+    need(c.isolation_level in ISOLATION_LEVELS,
+         f"--isolation-level must be one of {ISOLATION_LEVELS}, got {c.isolation_level!r}")
     need(1 <= c.max_id_bytes <= 65536, f"--max-id-bytes must lie in [1, 65536], got {c.max_id_bytes}")
     need(64 <= c.max_value_bytes <= 64 << 20, f"--max-value-bytes must lie in [64, 64 MiB], got {c.max_value_bytes}")
     need(1 <= c.partitions <= 10000, f"--partitions must lie in [1, 10000], got {c.partitions}")
@@ -271,6 +275,8 @@ _HELP: dict[str, str] = {
     "metrics_addr": "address the Prometheus endpoint binds to",
     "max_batch": "maximum records per poll (one model update per poll)",
     "fetch_max_wait_ms": "longest the broker may hold a fetch to fill it (latency floor when traffic is light)",
+    "isolation_level": "read_committed = events of transactions that were aborted, or are still open, are not "
+                       "applied (transactional producers); read_uncommitted = every record as soon as it is written",
     "max_id_bytes": "longest accepted id in UTF-8 bytes",
     "max_value_bytes": "largest accepted record value in bytes",
     "create_topics": "create missing topics on start",
@@ -309,6 +315,8 @@ def add_worker_arguments(parser: argparse.ArgumentParser) -> None:
             kwargs["choices"] = ALGORITHMS
         if f.name == "partitioner":
             kwargs["choices"] = PARTITIONERS
+        if f.name == "isolation_level":
+            kwargs["choices"] = ISOLATION_LEVELS
         parser.add_argument(_flag(f.name), **kwargs)
 
 

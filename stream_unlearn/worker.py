@@ -268,6 +268,7 @@ class Worker:
             auto_offset_reset="earliest",
             max_poll_records=c.max_batch,
             fetch_max_wait_ms=c.fetch_max_wait_ms,
+            isolation_level=c.isolation_level,
             max_partition_fetch_bytes=max(1 << 20, c.max_value_bytes + (64 << 10)),
             fetch_max_bytes=64 << 20,
             session_timeout_ms=c.session_timeout_ms,

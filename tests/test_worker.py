@@ -242,10 +242,13 @@ def test_q_kmeans_worker_is_exact_and_counts_certificates(broker, unique_topic, 
     assert model.certificates_passed_ + model.certificates_failed_ >= 1
 
 
-def test_transaction_markers_are_passed_without_alarm_or_loss(broker, unique_topic, tmp_path, caplog):
+@pytest.mark.parametrize("isolation", ["read_committed", "read_uncommitted"])
+def test_transaction_markers_are_passed_without_alarm_or_loss(broker, unique_topic, tmp_path, caplog, isolation):
     """A transactional producer's commit markers take offsets that carry no record: the worker must
-    neither lose events around them nor take them for data gone from the log."""
-    config = make_config(broker, Topics.fresh(unique_topic), tmp_path / "snaps")
+    neither lose events around them nor take them for data gone from the log. read_committed (the
+    default) fetches a transaction with its marker; read_uncommitted gets the marker at the start of
+    a later fetch, or alone."""
+    config = make_config(broker, Topics.fresh(unique_topic), tmp_path / "snaps", isolation_level=isolation)
     create_topics(config)
     rng = np.random.default_rng(4)
     names = ids("tx", 240)
@@ -274,7 +277,8 @@ def test_transaction_markers_are_passed_without_alarm_or_loss(broker, unique_top
     assert np.array_equal(worker.model.centroids_, fresh_fit(config, survivors))
     alarms = [r.getMessage() for r in caplog.records if r.name == "stream_unlearn.worker" and r.levelno >= logging.WARNING]
     assert alarms == []
-    assert any("hold no records (transaction markers" in r.getMessage() for r in caplog.records), "no marker met"
+    if isolation == "read_uncommitted":
+        assert any("hold no records (transaction markers" in r.getMessage() for r in caplog.records), "no marker met"
 
 
 def test_topics_must_be_co_partitioned(broker, unique_topic, tmp_path):
@@ -329,6 +333,8 @@ def test_flags_win_over_environment_which_wins_over_defaults():
     config = parse(["--k", "9"], env)
     assert (config.k, config.seed, config.create_topics, config.tombstone_horizon) == (9, 3, False, math.inf)
     assert parse([], {}).metrics_port == 9464 and parse(["--create-topics"], env).create_topics
+    assert parse([], {}).isolation_level == "read_committed"
+    assert parse([], {"STREAM_UNLEARN_ISOLATION_LEVEL": "read_uncommitted"}).isolation_level == "read_uncommitted"
 
 
 @pytest.mark.parametrize("argv, env, message", [
@@ -338,6 +344,7 @@ def test_flags_win_over_environment_which_wins_over_defaults():
     ([], {"STREAM_UNLEARN_SNAPSHOT_INTERVAL": "soon"}, "STREAM_UNLEARN_SNAPSHOT_INTERVAL"),
     ([], {"STREAM_UNLEARN_ALGORITHM": "lloyd"}, "STREAM_UNLEARN_ALGORITHM"),
     (["--metrics-port", "70000"], {}, "--metrics-port"),
+    ([], {"STREAM_UNLEARN_ISOLATION_LEVEL": "dirty"}, "--isolation-level must be one of"),
 ])
 def test_invalid_configuration_is_a_clear_error(argv, env, message):
     with pytest.raises(ConfigError, match=message):
