@@ -554,8 +554,9 @@ class Worker:
         starting beyond a unit not in step (say, a position the group set
         before the unit's restore) are fetched again from the unit's offset.
         """
-        return {(tp.topic, tp.partition): self._consumer.position(tp)
-                for tp in self._consumer.assignment() if tp.partition in self._units}
+        positions = {(tp.topic, tp.partition): self._consumer.position(tp, timeout_ms=POLL_TIMEOUT_MS)
+                     for tp in self._consumer.assignment() if tp.partition in self._units}
+        return {key: offset for key, offset in positions.items() if offset is not None}  # None: not known in time
 
     def _follow_empty(self, batch: Mapping[Any, list[Any]], before: Mapping[tuple[str, int], int],
                       after: Mapping[tuple[str, int], int]) -> None:
