@@ -128,3 +128,14 @@ def test_growing_in_many_small_adds_keeps_every_row():
     want = [i for i in range(2, n, 5) if ids[i] not in removed]
     assert keys.tolist() == want and np.array_equal(vectors, X[want]) and sizes.tolist() == [len(want)]
     assert sorted(store.bucket_ids(2)) == sorted(ids[i] for i in want)
+
+
+def test_canonical_order_of_the_whole_store_breaks_key_collisions_by_id():
+    """Q-k-means refits read every point in (key, id) order; equal keys in different buckets too."""
+    ids, keys, buckets = ["c", "a", "b", "z", "y"], [9, 9, 1, 9, 4], [0, 1, 2, 1, 0]
+    for order in (list(range(5)), list(range(5))[::-1]):
+        store = _store([ids[i] for i in order], [keys[i] for i in order], [buckets[i] for i in order])
+        sorted_keys, slots = store.canonical_slots()
+        assert sorted_keys.tolist() == [1, 4, 9, 9, 9]
+        assert store.ids_at(slots).tolist() == ["b", "y", "a", "c", "z"]
+        assert np.array_equal(store.canonical()[1], _reorder(store, ["b", "y", "a", "c", "z"]))
