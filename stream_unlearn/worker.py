@@ -80,6 +80,7 @@ from .base import UnlearningModel
 from .broker import ensure_topics
 from .config import ConfigError, WorkerConfig, config_from_args
 from .hashing import murmur2_partitions
+from .model_accounting import ModelAccounting
 from .model_publishing import ModelPublishing
 from .ownership import OwnerLock, OwnershipError, RebalanceLog, partitions_of
 from .partitioned import GlobalView, global_params, new_partition_model, partition_dir, partition_dirs
@@ -105,8 +106,7 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-#: Seconds between loss computations (O(n)), lag updates and offset commits.
-LOSS_INTERVAL = 5.0
+#: Seconds between lag updates and offset commits.
 HOUSEKEEPING_INTERVAL = 1.0
 POLL_TIMEOUT_MS = 200
 _LATENCY_OUTCOMES = frozenset(("applied", "replaced", "tombstoned"))
@@ -177,12 +177,8 @@ class Worker:
         self._rebalance = RebalanceLog()
         self._gaps: collections.Counter[tuple[str, int, int]] = collections.Counter()
         self._root_store: SnapshotStore | None = None
-        self._last_snapshot = self._last_publish = self._last_loss = self._last_housekeeping = 0.0
-        self._q_counters = (0, 0, 0)
-        #: the units still to add to the model loss of this round, and the round's centroids and sums
-        self._loss_units: list[Unit] = []
-        self._loss_centroids: Any = None
-        self._loss_sum, self._loss_n = 0.0, 0
+        self._last_snapshot = self._last_publish = self._last_housekeeping = 0.0
+        self._accounting: ModelAccounting | None = None
         self._global_params: dict[str, Any] = {}
 
     # -- reading -------------------------------------------------------------------
@@ -290,6 +286,7 @@ class Worker:
 
             self.metrics = WorkerMetrics(algorithm=c.algorithm, k=c.k, seed=c.seed, version=__version__,
                                          partitions=self.n_partitions)
+        self._accounting = ModelAccounting(self.metrics)
         if self._own_metrics and c.metrics_port:
             self.metrics_port = self.metrics.serve(c.metrics_port, c.metrics_addr)
             log.info("metrics on http://%s:%d/metrics", c.metrics_addr, self.metrics_port)
@@ -744,48 +741,11 @@ class Worker:
         if forgotten:
             m.delete_forgotten(forgotten)
 
-    def _q_stats(self) -> tuple[int, int, int]:
-        model = self.model if not self.dc else None
-        if isinstance(model, QKMeans):
-            return (model.certificates_passed_, model.certificates_failed_, model.refits_)
-        return (0, 0, 0)
-
     def _account_model(self) -> None:
-        now = time.monotonic()
-        units = self._unique_units()
-        if now - self._last_loss >= LOSS_INTERVAL and not self._loss_units:
-            self._last_loss = now
-            self._loss_units = list(units)
-            self._loss_centroids = self.model.centroids_ if units else None
-            self._loss_sum, self._loss_n = 0.0, 0
-        self.metrics.model_state(sum(u.model.n_points_ for u in units), self._loss_step() if units else 0.0)
-        stats = self._q_stats()
-        passed, failed, refits = (new - old for new, old in zip(stats, self._q_counters))
-        if passed or failed:
-            self.metrics.certificates(passed, failed)
-        if refits:
-            self.metrics.refits(refits)
-        self._q_counters = stats
-
-    def _loss_step(self) -> float | None:
-        """Add one unit's squared distances to the centroids of its round; the mean once all are in.
-
-        The loss is an O(n) pass over every held point: one unit per batch
-        keeps that stall to a unit's share (like snapshot captures). Every
-        unit of a round uses the centroids of the round's start.
-        """
-        C = self._loss_centroids
-        while self._loss_units:
-            unit = self._loss_units.pop(0)
-            if C is None or not self._owns(unit) or not unit.model.n_points_:
-                continue
-            self._loss_sum += unit.model.sq_dist_sum(C)
-            self._loss_n += unit.model.n_points_
-            break
-        if self._loss_units or C is None:
-            return None
-        self._loss_centroids = None
-        return self._loss_sum / self._loss_n if self._loss_n else 0.0
+        assert self._accounting is not None
+        model = None if self.dc else self.model
+        self._accounting.after_batch(self._unique_units(), lambda: self.model.centroids_, self._owns,
+                                     model if isinstance(model, QKMeans) else None)
 
     def _housekeeping(self) -> None:
         """Lag per owned partition, tombstone count, offsets committed for lag tools."""
