@@ -745,17 +745,19 @@ def q_lloyd_certificate(x, sign, centres, sums, counts, peak_counts, theta, eps,
 
 @njit(**_OPTS)
 def q_certify_inserts(X, logu, cand, chosen, last_scores, scores, theta, eps, gamma, n_model, ops,
-                      potentials, peaks, centres, sums, counts, peak_counts, max_abs):
+                      potentials, peaks, centres, sums, counts, peak_counts, max_abs, lloyd):
     """Certify inserts ``X[0], X[1], ...`` in order; returns how many passed before the first that did not.
 
     For each point, in one compiled loop, exactly what the model does one
     point at a time: :func:`q_seeding_certificate` (with the point's race
-    log-uniforms ``logu[i]``), then :func:`q_lloyd_certificate`, then the
-    certified statistics are kept: ``potentials``, ``peaks``, ``sums``,
-    ``counts``, ``peak_counts`` and ``max_abs`` are updated in place (pass
-    copies). It stops at the first point whose certificate fails or that
-    would join a seeding race: the caller takes that one the slow way. A
-    certificate costs ~5 us here against ~30 us of Python per point.
+    log-uniforms ``logu[i]``), then, if ``lloyd``, :func:`q_lloyd_certificate`;
+    then the certified statistics are kept: ``potentials`` and ``peaks``,
+    and with ``lloyd`` also ``sums``, ``counts``, ``peak_counts`` and
+    ``max_abs``, updated in place (pass copies). Without ``lloyd`` (Lloyd's
+    cache already failed in this call) only the seeding is kept. It stops at
+    the first point whose certificate fails or that would join a seeding
+    race: the caller takes that one the slow way. A certificate costs ~5 us
+    here against ~30 us of Python per point.
     """
     k, L, d = cand.shape
     new_potentials = np.empty_like(potentials)
@@ -775,19 +777,22 @@ def q_certify_inserts(X, logu, cand, chosen, last_scores, scores, theta, eps, ga
             if entry_rank[j] >= 0:
                 return i
         n = n_model + 1
-        for f in range(d):
-            new_max_abs[f] = max(max_abs[f], abs(x[f]))
-        if not q_lloyd_certificate(x, 1.0, centres, sums, counts, peak_counts, theta, eps, gamma, n, new_max_abs,
-                                   n + ops + 1, new_sums, new_counts):
-            return i
+        if lloyd:
+            for f in range(d):
+                new_max_abs[f] = max(max_abs[f], abs(x[f]))
+            if not q_lloyd_certificate(x, 1.0, centres, sums, counts, peak_counts, theta, eps, gamma, n, new_max_abs,
+                                       n + ops + 1, new_sums, new_counts):
+                return i
         potentials[:] = new_potentials
         peaks[:] = new_peaks
+        n_model = n
+        ops += 1
+        if not lloyd:
+            continue
         sums[:] = new_sums
         counts[:] = new_counts
         max_abs[:] = new_max_abs
         for t in range(counts.shape[0]):
             for j in range(k):
                 peak_counts[t, j] = max(peak_counts[t, j], counts[t, j])
-        n_model = n
-        ops += 1
     return X.shape[0]

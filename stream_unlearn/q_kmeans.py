@@ -136,23 +136,27 @@ class QKMeans(UnlearningModel):
     def _certify_run(self, X: np.ndarray, logu: np.ndarray) -> int:
         """Certify inserts in one compiled loop while they pass (the common case); returns how many did.
 
-        The statistics are edited in copies, then swapped in: a snapshot
-        being written may still hold the arrays it captured.
+        Fitted: both certificates, as :meth:`_certify`. Seeding kept (Lloyd's
+        cache failed earlier in this call): the seeding certificate alone, as
+        :meth:`_certify` then does. The statistics are edited in copies, then
+        swapped in: a snapshot being written may still hold the arrays it captured.
         """
         a = self._arrays
-        if not self._fitted or a["fallback"]:
+        if not (self._fitted or self._seeding_kept) or a["fallback"]:
             return 0
+        lloyd = self._fitted
         edited = {name: a[name].copy() for name in ("potentials", "peaks", "sums", "counts", "peak_counts", "max_abs")}
         passed = int(kernels.q_certify_inserts(
             X, logu, a["candidate_vectors"], a["chosen"], a["last_scores"], a["scores"], self._theta, self.eps,
             self.gamma, self._n_model, self._ops, edited["potentials"], edited["peaks"], a["centres"], edited["sums"],
-            edited["counts"], edited["peak_counts"], edited["max_abs"]))
+            edited["counts"], edited["peak_counts"], edited["max_abs"], lloyd))
         if passed:
             a.update(edited)
             self._n_model += passed
             self._ops += passed
             self._changes_left -= passed
-            self.certificates_passed_ += passed
+            if lloyd:
+                self.certificates_passed_ += passed
         return passed
 
     def _removed(self, point_id: str, key: np.uint64, vector: np.ndarray, bucket: int) -> None:
