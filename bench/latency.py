@@ -56,15 +56,26 @@ def fresh_points(count: int, seed: int, mu: np.ndarray, sd: np.ndarray) -> np.nd
     return (X - mu) / sd
 
 
-def sklearn_fit_seconds(X: np.ndarray, repeats: int) -> float:
+def sklearn_fit(X: np.ndarray, seed: int) -> float:
+    """Seconds of one scikit-learn ``KMeans(n_init=1, init='k-means++', max_iter=100)`` fit."""
     from sklearn.cluster import KMeans as SKMeans
 
-    times = []
-    for r in range(repeats):
-        t = now()
-        SKMeans(n_clusters=K, n_init=1, init="k-means++", max_iter=100, random_state=r).fit(X)
-        times.append(now() - t)
-    return float(np.median(times))
+    t = now()
+    SKMeans(n_clusters=K, n_init=1, init="k-means++", max_iter=100, random_state=seed).fit(X)
+    return now() - t
+
+
+def sklearn_fit_seconds(X: np.ndarray, repeats: int) -> float:
+    return float(np.median([sklearn_fit(X, r) for r in range(repeats)]))
+
+
+def timed_fit(cls, X: np.ndarray, **params):
+    """A model of ``cls`` fitted on X, and the seconds the fit took (insert + flush)."""
+    model = cls(k=K, seed=0, **params)
+    t = now()
+    model.insert(np.arange(len(X)), X)
+    model.flush()
+    return model, now() - t
 
 
 #: Seconds between the fits of a pair: OpenBLAS worker threads spin for a while (~0.1 s) after a
@@ -74,22 +85,13 @@ PAUSE = 0.3
 
 def fit_ratio_pairs(X: np.ndarray, pairs: int) -> tuple[float, float, float]:
     """DCKMeans fit / sklearn fit over ``pairs`` back-to-back pairs: (median ratio, median DC s, median sklearn s)."""
-    from sklearn.cluster import KMeans as SKMeans
-
     warm_up("dc", K)
     ours, theirs = [], []
     for r in range(pairs):
         time.sleep(PAUSE)
-        t = now()
-        SKMeans(n_clusters=K, n_init=1, init="k-means++", max_iter=100, random_state=r).fit(X)
-        theirs.append(now() - t)
+        theirs.append(sklearn_fit(X, r))
         time.sleep(PAUSE)
-        model = DCKMeans(k=K, seed=0)
-        t = now()
-        model.insert(np.arange(len(X)), X)
-        model.flush()
-        ours.append(now() - t)
-        del model
+        ours.append(timed_fit(DCKMeans, X)[1])
     ratios = np.asarray(ours) / np.asarray(theirs)
     return float(np.median(ratios)), float(np.median(ours)), float(np.median(theirs))
 
@@ -99,11 +101,8 @@ def build(cls, X: np.ndarray, repeats: int = 1, **params):
     warm_up(cls.algorithm, K)
     times = []
     for _ in range(repeats):
-        model = cls(k=K, seed=0, **params)
-        t = now()
-        model.insert(np.arange(len(X)), X)
-        model.flush()
-        times.append(now() - t)
+        model, seconds = timed_fit(cls, X, **params)  # the previous model freed: one held at a time
+        times.append(seconds)
     return model, float(np.median(times))
 
 

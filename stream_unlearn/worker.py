@@ -569,7 +569,8 @@ class Worker:
             unit.offsets[key] = self.offsets[key] = position
 
     def _passed_over(self, tp: Any, first: int, next_record: int) -> None:
-        """Offsets ``first..next_record-1`` of ``tp`` gave no record to a fetch from ``first``.
+        """Offsets ``first..next_record-1`` of ``tp`` gave no record (to a fetch from ``first``, or to
+        every re-fetch of it): say why, once the worker goes on without them.
 
         Transaction markers, aborted transactions (read_committed) and
         records removed by compaction take offsets and are never returned;
@@ -608,9 +609,7 @@ class Worker:
             if not records:
                 continue
             in_step = before.get(key) == expected
-            if records[0].offset > expected and in_step:
-                self._passed_over(tp, expected, records[0].offset)
-            elif records[0].offset > expected:
+            if records[0].offset > expected and not in_step:
                 gap = (tp.topic, tp.partition, expected)
                 self._gaps[gap] += 1
                 if self._gaps[gap] <= _GAP_RETRIES:
@@ -618,11 +617,10 @@ class Worker:
                                 records[0].offset, expected)
                     self._consumer.seek(tp, expected)
                     continue
-                log.error("%s/%d: offsets %d..%d are gone from the log (retention?); going on without them",
-                          tp.topic, tp.partition, expected, records[0].offset - 1)
-                del self._gaps[gap]
-            elif self._gaps:
-                self._gaps.pop((tp.topic, tp.partition, expected), None)  # a seek back closed it
+            if records[0].offset > expected:
+                self._passed_over(tp, expected, records[0].offset)
+            if self._gaps:
+                self._gaps.pop((tp.topic, tp.partition, expected), None)  # closed, or given up on
             _, events, sources, consumed = work.setdefault(id(unit), (unit, [], [], {}))
             is_insert = tp.topic == self.config.insert_topic
             for record in records:
