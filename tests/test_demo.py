@@ -17,6 +17,12 @@ def test_demo_runs_and_every_check_passes(capsys, tmp_path):
     assert main(["verify", str(tmp_path / "s")]) == 0
 
 
+def test_a_bad_rate_is_refused_before_anything_starts(capsys):
+    for rate in ("-1", "nan", "inf"):
+        assert main(["demo", "--rate", rate]) == 2
+        assert "0 <= --rate < inf" in capsys.readouterr().err
+
+
 def test_plan_counts_add_up():
     s = plan_stream(2000, 3, 2, 0.1, seed=0, t0=1e9)
     assert s.n_valid_deletes == 200 and s.n_malformed == 12
