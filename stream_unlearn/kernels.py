@@ -195,14 +195,14 @@ def take_rows_abs_max(V, slots, out, max_abs):
 
 
 @njit(**_OPTS)
-def seed_node(X, w, logu, k, L, seed_index, cand, cand_score, pots, fallback, d2):
+def seed_node(X, w, logu, k, L, seed_index, cand, cand_score, pots, fallback, d2, nearest_seed):
     """Greedy k-means++ by exponential races on one node's items (see :func:`_seed`)."""
     _seed(X, _transposed_for_simd(X), w, logu, k, L, seed_index, cand, cand_score, pots, fallback, d2,
-          np.empty((k, 0)), np.zeros(k, np.bool_))
+          np.empty((k, 0)), np.zeros(k, np.bool_), nearest_seed)
 
 
 @njit(**_OPTS)
-def _seed(X, XT, w, logu, k, L, seed_index, cand, cand_score, pots, fallback, d2, seed_rows, row_ready):
+def _seed(X, XT, w, logu, k, L, seed_index, cand, cand_score, pots, fallback, d2, seed_rows, row_ready, nearest_seed):
     """Greedy k-means++ by exponential races on one node's items.
 
     Step j: the L items with the highest ``log(u_j) / (w D^2)`` (ties: lower
@@ -220,11 +220,21 @@ def _seed(X, XT, w, logu, k, L, seed_index, cand, cand_score, pots, fallback, d2
     has room, a step whose winner came from :func:`distances_to_row` keeps
     the winner's distances to every item there and sets ``row_ready[j]``:
     they are the bits Lloyd's first assignment would compute again.
+
+    If ``nearest_seed`` has room (m), it gets each item's nearest seed,
+    first on ties: the labels :func:`nearest` gives against the seeds, read
+    off the running D^2 for free. Items of weight 0, and every item if a
+    step chose no seed, get -1.
     """
     m = X.shape[0]
     topi = np.empty(L, np.int64)
     tops = np.empty(L)
     trial = np.empty((L, m))
+    slot_pots = np.empty(L)
+    want_labels = nearest_seed.shape[0] == m
+    labelled = want_labels
+    if want_labels:
+        nearest_seed[:] = -1
     n_wide = XT.shape[1]
     wide = n_wide > 0
     keep_rows = wide and seed_rows.shape[1] == n_wide
@@ -265,31 +275,57 @@ def _seed(X, XT, w, logu, k, L, seed_index, cand, cand_score, pots, fallback, d2
                         best = score
                         pick = i
             seed_index[j] = pick
-            if pick >= 0:
-                for i in range(m):
-                    dist = sqd(X, i, X, pick)
-                    if j == 0 or dist < d2[i]:
-                        d2[i] = dist
+            if pick < 0:
+                labelled = False
+                continue
+            for i in range(m):
+                dist = sqd(X, i, X, pick)
+                if j == 0 or dist < d2[i]:
+                    d2[i] = dist
+                    if want_labels and w[i] > 0.0:
+                        nearest_seed[i] = j
             continue
         # Each candidate's min(D^2, |x - c|^2) per item, kept for the winner:
         # it is the winner's new D^2 (items of weight 0 never need one).
+        if wide:
+            for slot in range(L):
+                c = topi[slot]
+                if c < 0:
+                    continue
+                distances_to_row(XT, X[c], a0, a1, a2, a3, raw[slot])
+                pot = 0.0
+                for i in range(m):
+                    if w[i] <= 0.0:
+                        continue
+                    dist = raw[slot, i]
+                    if j > 0 and d2[i] < dist:
+                        dist = d2[i]
+                    trial[slot, i] = dist
+                    pot += w[i] * dist
+                slot_pots[slot] = pot
+        else:  # all candidates in one pass over the items: a node too big for cache is read once, not L times
+            for slot in range(L):
+                slot_pots[slot] = 0.0
+            for i in range(m):
+                wi = w[i]
+                if wi <= 0.0:
+                    continue
+                for slot in range(L):
+                    c = topi[slot]
+                    if c < 0:
+                        break  # runners fill the slots from the front
+                    dist = sqd(X, i, X, c) if j == 0 else sqd_below(X, i, X, c, d2[i])
+                    if j > 0 and d2[i] < dist:
+                        dist = d2[i]
+                    trial[slot, i] = dist
+                    slot_pots[slot] += wi * dist
         best_pot = np.inf
         best_slot = -1
         for slot in range(L):
             c = topi[slot]
             if c < 0:
                 continue
-            if wide:
-                distances_to_row(XT, X[c], a0, a1, a2, a3, raw[slot])
-            pot = 0.0
-            for i in range(m):
-                if w[i] <= 0.0:
-                    continue
-                dist = raw[slot, i] if wide else (sqd(X, i, X, c) if j == 0 else sqd_below(X, i, X, c, d2[i]))
-                if j > 0 and d2[i] < dist:
-                    dist = d2[i]
-                trial[slot, i] = dist
-                pot += w[i] * dist
+            pot = slot_pots[slot]
             pots[j, slot] = pot
             if pot < best_pot:
                 best_pot = pot
@@ -297,13 +333,18 @@ def _seed(X, XT, w, logu, k, L, seed_index, cand, cand_score, pots, fallback, d2
                 pick = c
         seed_index[j] = pick
         if best_slot < 0:
+            labelled = False
             continue  # every potential overflowed: no candidate wins
         for i in range(m):
             if w[i] > 0.0:
+                if want_labels and (j == 0 or trial[best_slot, i] < d2[i]):
+                    nearest_seed[i] = j  # a strictly nearer seed, as nearest() decides
                 d2[i] = trial[best_slot, i]
         if keep_rows:
             seed_rows[j] = raw[best_slot]
             row_ready[j] = True
+    if want_labels and not labelled:
+        nearest_seed[:] = -1
 
 
 @njit(**_OPTS)
@@ -320,6 +361,23 @@ def cluster_sums(X, w, labels, k, sums, counts):
         counts[lab] += wi
         for f in range(d):
             sums[lab, f] += wi * X[i, f]
+
+
+@njit(**_OPTS)
+def assign_cluster_sums(X, C, sums, counts):
+    """:func:`cluster_sums` of unit-weight items under :func:`nearest` labels, in one pass over X.
+
+    Same additions in the same order (items left to right; ``1.0 * x`` is
+    ``x``), so the same bits as the two passes; a big X is read once.
+    """
+    sums[:] = 0.0
+    counts[:] = 0.0
+    d = X.shape[1]
+    for i in range(X.shape[0]):
+        lab = nearest(X, i, C)
+        counts[lab] += 1.0
+        for f in range(d):
+            sums[lab, f] += X[i, f]
 
 
 @njit(inline="always", **_OPTS)
@@ -516,7 +574,7 @@ def fit_node(X, w, logu, k, L, max_iter, centroids, weights):
     seed_rows = np.empty((k, XT.shape[1]))
     row_ready = np.zeros(k, np.bool_)
     _seed(X, XT, w, logu, k, L, seed_index, np.full((k, L), -1, np.int64), np.full((k, L), -np.inf),
-          np.full((k, L), np.inf), np.zeros(k, np.bool_), np.zeros(m), seed_rows, row_ready)
+          np.full((k, L), np.inf), np.zeros(k, np.bool_), np.zeros(m), seed_rows, row_ready, np.empty(0, np.int64))
     if seed_index[0] < 0:
         return 0  # no item of positive weight
     for j in range(k):

@@ -57,7 +57,9 @@ class Seeds:
     weight; candidates: the race's top items per step (B, k, L), -1 where
     fewer items could run; scores: their race keys (B, k, L); potentials:
     weighted cost after adding each candidate (B, k, L), inf where it did
-    not run; fallback: steps that had to draw a duplicate (B, k).
+    not run; fallback: steps that had to draw a duplicate (B, k); nearest:
+    each item's nearest seed (B, m), the labels :func:`assign` gives against
+    the seeds (-1 for items of weight 0, or all if a step chose no seed).
     """
 
     index: np.ndarray
@@ -65,6 +67,7 @@ class Seeds:
     scores: np.ndarray
     potentials: np.ndarray
     fallback: np.ndarray
+    nearest: np.ndarray
 
 
 def default_candidates(k: int) -> int:
@@ -98,6 +101,14 @@ def assign(X: np.ndarray, C: np.ndarray) -> np.ndarray:
     return out
 
 
+def assign_cluster_sums(X: np.ndarray, C: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``cluster_sums(X, 1, assign(X, C), k)`` for unit weights in one pass over X (C-contiguous float64)."""
+    sums = np.empty(C.shape)
+    counts = np.empty(C.shape[0])
+    kernels.assign_cluster_sums(X, np.ascontiguousarray(C, dtype=np.float64), sums, counts)
+    return sums, counts
+
+
 def cluster_sums(X: np.ndarray, w: np.ndarray, labels: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     """Weighted sums (k, d) and weights (k,) per cluster, items left to right."""
     sums = np.empty((k, X.shape[1]))
@@ -117,11 +128,12 @@ def race_seeds(X: np.ndarray, w: np.ndarray, keys: np.ndarray, k: int, salt: np.
     L = max(1, min(n_candidates, m))
     logu = race_log_uniforms(keys, k, salt)
     index, cand, score, pots, fallback = _seed_arrays(B, k, L)
+    nearest = np.empty((B, m), dtype=np.int64)
     X = np.ascontiguousarray(X, dtype=np.float64)
     for b in range(B):
         kernels.seed_node(X[b], np.ascontiguousarray(w[b], dtype=np.float64), np.ascontiguousarray(logu[:, b]),
-                          k, L, index[b], cand[b], score[b], pots[b], fallback[b], np.zeros(m))
-    return Seeds(index, cand, score, pots, fallback)
+                          k, L, index[b], cand[b], score[b], pots[b], fallback[b], np.zeros(m), nearest[b])
+    return Seeds(index, cand, score, pots, fallback, nearest)
 
 
 def fit_ragged(

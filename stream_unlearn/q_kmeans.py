@@ -25,7 +25,7 @@ from . import kernels
 from . import state as state_format
 from .base import UnlearningModel
 from .hashing import seed_key
-from .lloyd import assign, cluster_sums, default_candidates, race_log_uniforms, race_seeds
+from .lloyd import assign_cluster_sums, cluster_sums, default_candidates, race_log_uniforms, race_seeds
 from .quantize import corrected_centroids, phase, snap
 from .validation import MAX_ID_BYTES, check_int, check_real
 
@@ -320,7 +320,9 @@ class QKMeans(UnlearningModel):
         }
         self._ops = 0
         self._forgot_since_fit = False
-        self._lloyd(X, X[seeds.index[0]], max_abs)
+        # the seeding's nearest seeds are Lloyd's first labels (unless a step chose no seed)
+        first_labels = seeds.nearest[0] if (seeds.index[0] >= 0).all() else None
+        self._lloyd(X, X[seeds.index[0]], max_abs, first_labels)
         self.refits_ += 1
 
     def _refit_lloyd(self, X: np.ndarray, max_abs: np.ndarray) -> None:
@@ -332,14 +334,19 @@ class QKMeans(UnlearningModel):
         self.refits_ += 1
         self.lloyd_refits_ += 1
 
-    def _lloyd(self, X: np.ndarray, start: np.ndarray, max_abs: np.ndarray) -> None:
-        """Quantized Lloyd from the seeds ``start`` until the snapped centres repeat or ``max_iter``."""
+    def _lloyd(self, X: np.ndarray, start: np.ndarray, max_abs: np.ndarray, labels: np.ndarray | None = None) -> None:
+        """Quantized Lloyd from the seeds ``start`` until the snapped centres repeat or ``max_iter``.
+
+        ``labels``: each point's nearest seed, if already known (the seeding found them).
+        """
         n = len(X)
-        w = np.ones(n)
         centres, sums, counts = [start], [], []
         for _ in range(self.max_iter):
-            labels = assign(X[None], centres[-1][None])[0]
-            s, c = cluster_sums(X, w, labels, self.k)
+            if labels is not None:
+                s, c = cluster_sums(X, np.ones(n), labels, self.k)
+                labels = None
+            else:
+                s, c = assign_cluster_sums(X, centres[-1])
             centre, _ = corrected_centroids(s, c, centres[-1], n, self.k, self.gamma)
             sums.append(s)
             counts.append(c)

@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 from stream_unlearn.hashing import combine, id_keys, seed_key, uniforms, uniforms_per_salt
 from stream_unlearn import kernels
 from stream_unlearn.lloyd import (
-    assign, cluster_sums, fit_batch, fit_one, fit_ragged, fit_ranges, race_log_uniforms,
+    assign, assign_cluster_sums, cluster_sums, fit_batch, fit_one, fit_ragged, fit_ranges, race_log_uniforms,
 )
 
 
@@ -318,10 +318,57 @@ def test_seeding_matches_its_definition_pair_by_pair(m, d, k, seed, coarse):
     index = np.full(k, -1, np.int64)
     cand, score = np.full((k, L), -1, np.int64), np.full((k, L), -np.inf)
     pots, fallback = np.full((k, L), np.inf), np.zeros(k, np.bool_)
-    kernels.seed_node(X, w, logu, k, L, index, cand, score, pots, fallback, np.zeros(m))
+    kernels.seed_node(X, w, logu, k, L, index, cand, score, pots, fallback, np.zeros(m), np.empty(0, np.int64))
     ref_seeds, ref_pots = _plain_seeding(X, w, logu, k, L)
     assert index.tolist() == ref_seeds
     assert pots.tolist() == ref_pots
+
+
+def _seed_outputs(X: np.ndarray, XT: np.ndarray, w: np.ndarray, logu: np.ndarray, k: int, L: int) -> list[np.ndarray]:
+    m = len(X)
+    out = [np.full(k, -1, np.int64), np.full((k, L), -1, np.int64), np.full((k, L), -np.inf), np.full((k, L), np.inf),
+           np.zeros(k, np.bool_), np.zeros(m)]
+    nearest = np.empty(m, np.int64)
+    kernels._seed(X, XT, w, logu, k, L, *out, np.empty((k, 0)), np.zeros(k, np.bool_), nearest)
+    return [*out, nearest]
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.integers(1, 110), st.integers(1, 9), st.integers(1, 6), st.integers(0, 2**31), st.booleans())
+def test_seeding_reads_items_once_or_per_candidate_alike_and_knows_each_nearest_seed(m, d, k, seed, coarse):
+    """Both seeding loops (SIMD, one candidate at a time; scalar, all candidates per item) give the
+    same bits, and the nearest seeds they report are the labels assign() gives against the seeds."""
+    rng = np.random.default_rng(seed)
+    X = rng.normal(size=(m, d)) + rng.integers(0, 4, size=(m, 1)) * 3.0
+    if coarse:  # duplicates: steps run out of mass and fall back
+        X = np.round(X / 3.0)
+    w = rng.random(m) * (rng.random(m) > 0.1)
+    w[0] = 1.0
+    logu = np.log(rng.random((k, m)))
+    L = min(3, m)
+    wide = _seed_outputs(X, np.ascontiguousarray(X.T), w, logu, k, L)
+    scalar = _seed_outputs(X, np.empty((d, 0)), w, logu, k, L)
+    for a, b in zip(wide, scalar):
+        assert np.array_equal(a, b)
+    index, nearest = scalar[0], scalar[-1]
+    if (index < 0).any():
+        assert (nearest == -1).all()
+    else:
+        expected = np.where(w > 0, assign(X[None], X[index][None])[0], -1)
+        assert nearest.tolist() == expected.tolist()
+
+
+@settings(max_examples=30, deadline=None)
+@given(st.integers(1, 300), st.integers(1, 30), st.integers(1, 6), st.integers(0, 2**31), st.booleans())
+def test_one_pass_assign_and_sums_give_the_bits_of_two(m, d, k, seed, ties):
+    rng = np.random.default_rng(seed)
+    X = rng.normal(size=(m, d)) * 10
+    if ties:  # points halfway between centres, and centres repeated: first on ties
+        X = np.round(X / 10)
+    C = X[rng.integers(0, m, size=k)].copy()
+    sums, counts = assign_cluster_sums(X, C)
+    ref_sums, ref_counts = cluster_sums(X, np.ones(m), assign(X[None], C[None])[0], k)
+    assert np.array_equal(sums, ref_sums) and np.array_equal(counts, ref_counts)
 
 
 @settings(max_examples=40, deadline=None)
@@ -340,7 +387,7 @@ def test_a_node_fit_is_its_seeding_then_lloyd_from_the_seeds(m, d, k, seed, coar
     n_iter = kernels.fit_node(X, w, logu, k, L, 10, C, weights)
     index = np.full(k, -1, np.int64)
     kernels.seed_node(X, w, logu, k, L, index, np.full((k, L), -1, np.int64), np.full((k, L), -np.inf),
-                      np.full((k, L), np.inf), np.zeros(k, np.bool_), np.zeros(m))
+                      np.full((k, L), np.inf), np.zeros(k, np.bool_), np.zeros(m), np.empty(0, np.int64))
     ref_C, ref_weights = X[index].copy(), np.zeros(k)
     assert n_iter == kernels.lloyd_node(X, w, ref_C, 10, ref_weights)
     assert np.array_equal(C, ref_C) and np.array_equal(weights, ref_weights)
