@@ -13,7 +13,7 @@ per-bucket Python cost ~40 ms there.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 
@@ -266,6 +266,21 @@ class PointStore:
         live = np.flatnonzero(self._size)
         slots = self._slots_of(live)
         return self._ids[slots], self._vectors[slots], np.repeat(live, self._size[live])
+
+    def capture_rows(self) -> Callable[[], tuple[np.ndarray, np.ndarray, np.ndarray]]:
+        """:meth:`copy_rows` in two halves: flat copies of the arrays now, the gather when called.
+
+        For a snapshot's cut on the worker's loop: copying the arrays whole
+        is a memcpy, ~3x cheaper than gathering the held rows page by page
+        (120k x 25: ~7 vs ~20 ms); the gather then reads the copies alone, so
+        it may run later, on another thread, while the store changes.
+        """
+        live = np.flatnonzero(self._size)
+        slots = self._slots_of(live)
+        buckets = np.repeat(live, self._size[live])
+        end = int(slots.max()) + 1 if len(slots) else 0
+        ids, vectors = self._ids[:end].copy(), self._vectors[:end].copy()
+        return lambda: (ids[slots], vectors[slots], buckets)
 
     def vector_bytes(self) -> int:
         """Bytes allocated for vectors and keys."""
