@@ -26,7 +26,9 @@ offsets after the same record):
    newest snapshot or replayed from the earliest offset, and the consumer
    seeks to its offsets;
 2. decode; a bad record goes to the dead-letter topic with its reason and
-   source position in headers; records a unit already holds are skipped;
+   source position in headers; records a unit already holds are skipped,
+   and offsets that return no record are followed or fetched again
+   (:mod:`stream_unlearn.continuity`);
 3. fold each unit's events into its semantics
    (:mod:`stream_unlearn.semantics`), apply the net change to its model and
    flush it (one recompute per dirty node);
@@ -79,6 +81,7 @@ from . import QKMeans, __version__
 from .base import UnlearningModel
 from .broker import ensure_topics
 from .config import ConfigError, WorkerConfig, config_from_args
+from .continuity import Continuity
 from .hashing import murmur2_partitions
 from .model_accounting import ModelAccounting
 from .model_publishing import ModelPublishing
@@ -113,8 +116,6 @@ _LATENCY_OUTCOMES = frozenset(("applied", "replaced", "tombstoned"))
 #: Longest value a dead letter carries (more is cut, header ``truncated_from``): with headers it stays
 #: under a default broker's 1 MiB message limit.
 DEAD_LETTER_MAX_VALUE = 960 << 10
-#: A gap in a partition's offsets is re-fetched this many times before it is accepted as lost data.
-_GAP_RETRIES = 3
 
 
 # --------------------------------------------------------------------------
@@ -175,7 +176,7 @@ class Worker:
         self._slots = CaptureSlots()
         self._reader: Any = None
         self._rebalance = RebalanceLog()
-        self._gaps: collections.Counter[tuple[str, int, int]] = collections.Counter()
+        self._continuity: Continuity | None = None
         self._root_store: SnapshotStore | None = None
         self._last_snapshot = self._last_publish = self._last_housekeeping = 0.0
         self._accounting: ModelAccounting | None = None
@@ -271,6 +272,7 @@ class Worker:
             heartbeat_interval_ms=c.heartbeat_interval_ms,
             partition_assignment_strategy=(RangePartitionAssignor,),
         )
+        self._continuity = Continuity(self._consumer, POLL_TIMEOUT_MS)
         self.n_partitions = self._partition_count()
         self._publisher = Publisher(c)
         self._writer = SnapshotWriter(self._publisher, c.receipts_topic)
@@ -543,52 +545,22 @@ class Worker:
         return n
 
     def _fetch_positions(self) -> dict[tuple[str, int], int]:
-        """Where the consumer will next fetch each owned (topic, partition) from (~10 us each).
-
-        A unit is *in step* with the consumer when this equals its offset
-        before a poll: whatever the poll then moved past, records or offsets
-        without one (:meth:`_passed_over`), the unit is past too. Records
-        starting beyond a unit not in step (say, a position the group set
-        before the unit's restore) are fetched again from the unit's offset.
-        """
-        positions = {(tp.topic, tp.partition): self._consumer.position(tp, timeout_ms=POLL_TIMEOUT_MS)
-                     for tp in self._consumer.assignment() if tp.partition in self._units}
-        return {key: offset for key, offset in positions.items() if offset is not None}  # None: not known in time
+        """:meth:`Continuity.positions` of the owned partitions."""
+        assert self._continuity is not None
+        return self._continuity.positions(self._units.__contains__)
 
     def _follow_empty(self, batch: Mapping[Any, list[Any]], before: Mapping[tuple[str, int], int],
                       after: Mapping[tuple[str, int], int]) -> None:
         """Units in step that got no records, where the consumer moved on anyway (over a marker), move too."""
-        from kafka import TopicPartition
+        assert self._continuity is not None
+
+        def offset_of(key: tuple[str, int]) -> int | None:
+            unit = self._units.get(key[1])
+            return None if unit is None else unit.offsets[key]
 
         fetched = {(tp.topic, tp.partition) for tp, records in batch.items() if records}
-        for key, position in after.items():
-            unit = self._units.get(key[1])
-            if key in fetched or unit is None or before.get(key) != unit.offsets[key] or position <= before[key]:
-                continue
-            self._passed_over(TopicPartition(*key), before[key], position)
-            unit.offsets[key] = self.offsets[key] = position
-
-    def _passed_over(self, tp: Any, first: int, next_record: int) -> None:
-        """Offsets ``first..next_record-1`` of ``tp`` gave no record (to a fetch from ``first``, or to
-        every re-fetch of it): say why, once the worker goes on without them.
-
-        Transaction markers, aborted transactions (read_committed) and
-        records removed by compaction take offsets and are never returned;
-        that is normal. Only a log that now starts past ``first`` (retention)
-        means events were lost.
-        """
-        try:
-            start = self._consumer.beginning_offsets([tp]).get(tp)
-        except Exception as exc:  # only the log message depends on it
-            log.warning("%s/%d: offsets %d..%d passed over; the log start is unknown (%r)", tp.topic,
-                        tp.partition, first, next_record - 1, exc)
-            return
-        if start is not None and start > first:
-            log.error("%s/%d: offsets %d..%d are gone from the log (retention?); going on without them",
-                      tp.topic, tp.partition, first, min(start, next_record) - 1)
-        else:
-            log.debug("%s/%d: offsets %d..%d hold no records (transaction markers, aborted or compacted "
-                      "records)", tp.topic, tp.partition, first, next_record - 1)
+        for key, position in self._continuity.moved_past(fetched, offset_of, before, after).items():
+            self._units[key[1]].offsets[key] = self.offsets[key] = position
 
     def _apply(self, batch: Mapping[Any, list[Any]], before: Mapping[tuple[str, int], int],
                after: Mapping[tuple[str, int], int]) -> int:
@@ -596,6 +568,7 @@ class Worker:
 
         ``before``/``after``: :meth:`_fetch_positions` around the poll that fetched ``batch``.
         """
+        assert self._continuity is not None
         work: dict[int, tuple[Unit, list[InsertEvent | DeleteEvent], list[tuple[Any, Any, bool]],
                               dict[tuple[str, int], int]]] = {}
         dead = 0
@@ -604,23 +577,10 @@ class Worker:
             if unit is None:
                 continue  # not ours (any more)
             key = (tp.topic, tp.partition)
-            expected = unit.offsets[key]
-            records = [r for r in records if r.offset >= expected]  # already held: redelivered
-            if not records:
+            taken = self._continuity.take(tp, records, unit.offsets[key], before, after)
+            if taken is None:
                 continue
-            in_step = before.get(key) == expected
-            if records[0].offset > expected and not in_step:
-                gap = (tp.topic, tp.partition, expected)
-                self._gaps[gap] += 1
-                if self._gaps[gap] <= _GAP_RETRIES:
-                    log.warning("%s/%d: got offset %d, expected %d: seeking back", tp.topic, tp.partition,
-                                records[0].offset, expected)
-                    self._consumer.seek(tp, expected)
-                    continue
-            if records[0].offset > expected:
-                self._passed_over(tp, expected, records[0].offset)
-            if self._gaps:
-                self._gaps.pop((tp.topic, tp.partition, expected), None)  # closed, or given up on
+            records, consumed_to = taken
             _, events, sources, consumed = work.setdefault(id(unit), (unit, [], [], {}))
             is_insert = tp.topic == self.config.insert_topic
             for record in records:
@@ -632,8 +592,7 @@ class Worker:
                     continue
                 events.append(event)
                 sources.append((tp, record, is_insert))
-            # In step, past what the consumer passed over after the records too (a transaction's marker).
-            consumed[key] = max(records[-1].offset + 1, after.get(key, 0)) if in_step else records[-1].offset + 1
+            consumed[key] = consumed_to
 
         n_events = 0
         seconds = 0.0

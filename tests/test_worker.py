@@ -256,7 +256,9 @@ def test_transaction_markers_are_passed_without_alarm_or_loss(broker, unique_top
     survivors = dict(zip(names, X))
     txn = KafkaProducer(bootstrap_servers=broker, transactional_id=unique_topic("txn"), enable_idempotence=True)
     txn.init_transactions()
-    caplog.set_level(logging.DEBUG, logger="stream_unlearn.worker")
+    loggers = ("stream_unlearn.worker", "stream_unlearn.continuity")
+    for name in loggers:
+        caplog.set_level(logging.DEBUG, logger=name)
     try:
         with running_worker(config) as worker:
             for lo in range(0, 240, 20):  # a transaction of 20 inserts, then one of the deletes among them
@@ -275,7 +277,7 @@ def test_transaction_markers_are_passed_without_alarm_or_loss(broker, unique_top
     finally:
         txn.close()
     assert np.array_equal(worker.model.centroids_, fresh_fit(config, survivors))
-    alarms = [r.getMessage() for r in caplog.records if r.name == "stream_unlearn.worker" and r.levelno >= logging.WARNING]
+    alarms = [r.getMessage() for r in caplog.records if r.name in loggers and r.levelno >= logging.WARNING]
     assert alarms == []
     if isolation == "read_uncommitted":
         assert any("hold no records (transaction markers" in r.getMessage() for r in caplog.records), "no marker met"
