@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -139,3 +140,32 @@ def test_canonical_order_of_the_whole_store_breaks_key_collisions_by_id():
         assert sorted_keys.tolist() == [1, 4, 9, 9, 9]
         assert store.ids_at(slots).tolist() == ["b", "y", "a", "c", "z"]
         assert np.array_equal(store.canonical()[1], _reorder(store, ["b", "y", "a", "c", "z"]))
+
+
+def test_captures_reuse_their_buffers_and_each_gathers_its_own_moment():
+    """capture_rows copies into the buffers the last gather gave back: whatever the store did in
+    between (grown, shrunk, rewritten), each capture gathers the rows of its own moment, once."""
+    n, d = 3_000, 4
+    ids, X = _numbered_points(n, d, seed=1)
+    store = PointStore(n_buckets=8)
+    store.repack_min_free = 16
+    store.add(ids[:1000], np.arange(1000, dtype=np.uint64), X[:1000], np.arange(1000, dtype=np.int64) % 8)
+    moments = []
+    for lo, hi, drop in [(1000, 1200, 300), (1200, 3000, 0), (3000, 3000, 2500), (3000, 3000, 0)]:
+        expected = store.copy_rows()
+        gather = store.capture_rows()
+        store.add(ids[lo:hi], np.arange(lo, hi, dtype=np.uint64), X[lo:hi], np.arange(lo, hi, dtype=np.int64) % 8)
+        for point_id in list(store._where)[:drop]:  # after the cut: must not show in it
+            store.remove(point_id)
+        got = gather()
+        for a, b in zip(got, expected):
+            assert np.array_equal(a, b)
+        with pytest.raises(RuntimeError, match="gathered once"):
+            gather()
+        spare_ids, spare_vectors = store._capture_buffers._spare
+        assert all(v is None for v in spare_ids)  # no id outlives its capture in the kept buffer
+        moments.append((spare_ids, spare_vectors))
+    # captured at 1000, 900, 2700 and 200 points: the kept buffers serve until the store outgrows them
+    assert moments[1][1] is moments[0][1]
+    assert moments[2][1] is not moments[1][1] and len(moments[2][1]) > len(moments[1][1])
+    assert moments[3][1] is moments[2][1]
