@@ -303,18 +303,23 @@ def _plain_seeding(X, w, logu, k, L):
     return seeds, pots
 
 
+def _seeding_problem(m: int, d: int, k: int, seed: int, coarse: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
+    """Items in up to four blobs, weights (some 0), race log-uniforms, and L. ``coarse``: duplicates,
+    so that steps run out of mass and fall back."""
+    rng = np.random.default_rng(seed)
+    X = rng.normal(size=(m, d)) + rng.integers(0, 4, size=(m, 1)) * 3.0
+    if coarse:
+        X = np.round(X / 3.0)
+    w = rng.random(m) * (rng.random(m) > 0.1)
+    w[0] = 1.0
+    return X, w, np.log(rng.random((k, m))), min(3, m)
+
+
 @settings(max_examples=30, deadline=None)
 @given(st.integers(1, 110), st.integers(1, 9), st.integers(1, 6), st.integers(0, 2**31), st.booleans())
 def test_seeding_matches_its_definition_pair_by_pair(m, d, k, seed, coarse):
     """Seeding (SIMD distances in nodes of 16+ items, scalar below) equals the definition computed pair by pair."""
-    rng = np.random.default_rng(seed)
-    X = rng.normal(size=(m, d)) + rng.integers(0, 4, size=(m, 1)) * 3.0
-    if coarse:  # duplicates: steps run out of mass and fall back
-        X = np.round(X / 3.0)
-    w = rng.random(m) * (rng.random(m) > 0.1)
-    w[0] = 1.0
-    logu = np.log(rng.random((k, m)))
-    L = min(3, m)
+    X, w, logu, L = _seeding_problem(m, d, k, seed, coarse)
     index = np.full(k, -1, np.int64)
     cand, score = np.full((k, L), -1, np.int64), np.full((k, L), -np.inf)
     pots, fallback = np.full((k, L), np.inf), np.zeros(k, np.bool_)
@@ -338,14 +343,7 @@ def _seed_outputs(X: np.ndarray, XT: np.ndarray, w: np.ndarray, logu: np.ndarray
 def test_seeding_reads_items_once_or_per_candidate_alike_and_knows_each_nearest_seed(m, d, k, seed, coarse):
     """Both seeding loops (SIMD, one candidate at a time; scalar, all candidates per item) give the
     same bits, and the nearest seeds they report are the labels assign() gives against the seeds."""
-    rng = np.random.default_rng(seed)
-    X = rng.normal(size=(m, d)) + rng.integers(0, 4, size=(m, 1)) * 3.0
-    if coarse:  # duplicates: steps run out of mass and fall back
-        X = np.round(X / 3.0)
-    w = rng.random(m) * (rng.random(m) > 0.1)
-    w[0] = 1.0
-    logu = np.log(rng.random((k, m)))
-    L = min(3, m)
+    X, w, logu, L = _seeding_problem(m, d, k, seed, coarse)
     wide = _seed_outputs(X, np.ascontiguousarray(X.T), w, logu, k, L)
     scalar = _seed_outputs(X, np.empty((d, 0)), w, logu, k, L)
     for a, b in zip(wide, scalar):
@@ -375,14 +373,7 @@ def test_one_pass_assign_and_sums_give_the_bits_of_two(m, d, k, seed, ties):
 @given(st.integers(1, 110), st.integers(1, 9), st.integers(1, 6), st.integers(0, 2**31), st.booleans())
 def test_a_node_fit_is_its_seeding_then_lloyd_from_the_seeds(m, d, k, seed, coarse):
     """fit_node reuses seeding's distances for Lloyd's first assignment: same bits as computing them again."""
-    rng = np.random.default_rng(seed)
-    X = rng.normal(size=(m, d)) + rng.integers(0, 4, size=(m, 1)) * 3.0
-    if coarse:  # duplicates: steps fall back, and then no distances are kept
-        X = np.round(X / 3.0)
-    w = rng.random(m) * (rng.random(m) > 0.1)
-    w[0] = 1.0
-    logu = np.log(rng.random((k, m)))
-    L = min(3, m)
+    X, w, logu, L = _seeding_problem(m, d, k, seed, coarse)  # coarse: then no distances are kept
     C, weights = np.zeros((k, d)), np.zeros(k)
     n_iter = kernels.fit_node(X, w, logu, k, L, 10, C, weights)
     index = np.full(k, -1, np.int64)
