@@ -53,8 +53,7 @@ class ModelPublishing:
             p = unit.key
             if not unit.summary_dirty or p is None:
                 continue
-            offsets = (unit.offsets[(c.insert_topic, p)], unit.offsets[(c.delete_topic, p)])
-            summary = partition_summary(unit.model, p, self.n_partitions, offsets, dim)  # type: ignore[arg-type]
+            summary = partition_summary(unit.model, p, self.n_partitions, self._offsets(unit, p), dim)  # type: ignore[arg-type]
             if summary is None:
                 continue  # no point seen and no dimension known yet
             self._publisher.send(c.summaries_topic, summary.key, encode_summary(summary))
@@ -96,10 +95,13 @@ class ModelPublishing:
             if ident == self._published:
                 return
             value = encode_global_message(unit.model.centroids_, unit.model.n_points_, version, c.algorithm, True,
-                                          {p: (unit.offsets[(c.insert_topic, p)], unit.offsets[(c.delete_topic, p)])
-                                           for p in unit.partitions})
+                                          {p: self._offsets(unit, p) for p in unit.partitions})
         self._publisher.send(c.model_topic, b"model", value)
         self._published = ident
+
+    def _offsets(self, unit: Unit, partition: int) -> tuple[int, int]:
+        """The unit's (insert topic, delete topic) offsets of ``partition``."""
+        return unit.offsets[(self.config.insert_topic, partition)], unit.offsets[(self.config.delete_topic, partition)]
 
     def _merged(self) -> GlobalModel | None:
         """The latest summary of every partition: ours for owned ones (unless a newer one was read)."""
