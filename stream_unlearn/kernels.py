@@ -364,8 +364,9 @@ def cluster_sums(X, w, labels, k, sums, counts):
 
 
 @njit(**_OPTS)
-def assign_cluster_sums(X, C, sums, counts):
-    """:func:`cluster_sums` of unit-weight items under :func:`nearest` labels, in one pass over X.
+def assign_cluster_sums(X, C, sums, counts, labels):
+    """:func:`cluster_sums` of unit-weight items under :func:`nearest` labels (written to ``labels``),
+    in one pass over X.
 
     Same additions in the same order (items left to right; ``1.0 * x`` is
     ``x``), so the same bits as the two passes; a big X is read once.
@@ -375,9 +376,46 @@ def assign_cluster_sums(X, C, sums, counts):
     d = X.shape[1]
     for i in range(X.shape[0]):
         lab = nearest(X, i, C)
+        labels[i] = lab
         counts[lab] += 1.0
         for f in range(d):
             sums[lab, f] += X[i, f]
+
+
+@njit(**_OPTS)
+def match_sorted_keys(old_keys, new_keys, changed, out):
+    """``out[p]`` = the position of ``new_keys[p]`` in ``old_keys``, or -1 if absent or in ``changed``.
+
+    All three ascending. Returns False (``out`` undefined) if ``old_keys`` or
+    ``new_keys`` repeats a key: a 64-bit collision, where a key does not name
+    one point.
+    """
+    for i in range(1, len(old_keys)):
+        if old_keys[i] == old_keys[i - 1]:
+            return False
+    q = 0
+    c = 0
+    for p in range(len(new_keys)):
+        key = new_keys[p]
+        if p > 0 and key == new_keys[p - 1]:
+            return False
+        while q < len(old_keys) and old_keys[q] < key:
+            q += 1
+        while c < len(changed) and changed[c] < key:
+            c += 1
+        if q < len(old_keys) and old_keys[q] == key and not (c < len(changed) and changed[c] == key):
+            out[p] = q
+        else:
+            out[p] = -1
+    return True
+
+
+@njit(**_OPTS)
+def labels_from(X, C, old_labels, positions, labels):
+    """``labels[p]`` = ``old_labels[positions[p]]``, or :func:`nearest` of ``X[p]`` in ``C`` where it is -1."""
+    for p in range(X.shape[0]):
+        q = positions[p]
+        labels[p] = old_labels[q] if q >= 0 else nearest(X, p, C)
 
 
 @njit(inline="always", **_OPTS)

@@ -26,6 +26,7 @@ from . import state as state_format
 from .base import UnlearningModel
 from .hashing import seed_key
 from .lloyd import assign_cluster_sums, cluster_sums, default_candidates, race_log_uniforms, race_seeds
+from .lloyd_labels import LloydLabels
 from .quantize import corrected_centroids, phase, snap
 from .validation import MAX_ID_BYTES, check_int, check_real
 
@@ -82,6 +83,7 @@ class QKMeans(UnlearningModel):
         self.n_iter_ = 0
         self._race_salt = seed_key(self.seed, 2)
         self._no_logu = np.zeros(self.k)
+        self._lloyd_labels = LloydLabels()
 
     def get_params(self) -> dict[str, Any]:
         return {"k": self.k, "seed": self.seed, "eps": self.eps, "gamma": self.gamma, "max_iter": self.max_iter,
@@ -120,6 +122,7 @@ class QKMeans(UnlearningModel):
             self._dirty = True
 
     def _added(self, ids: Sequence[str], keys: np.ndarray, X: np.ndarray, buckets: np.ndarray) -> None:
+        self._lloyd_labels.inserted(keys)
         if not (self._fitted or self._seeding_kept):
             self._dirty = True
             return
@@ -290,7 +293,7 @@ class QKMeans(UnlearningModel):
             X, max_abs = np.empty((len(slots), V.shape[1])), np.empty(V.shape[1])
             kernels.take_rows_abs_max(V, slots, X, max_abs)
             if self._seeding_kept:
-                self._refit_lloyd(X, max_abs)
+                self._refit_lloyd(keys, X, max_abs)
             else:
                 self._fit(keys, slots, X, max_abs)
         return self._arrays["centres"][-1].copy()
@@ -322,31 +325,38 @@ class QKMeans(UnlearningModel):
         self._forgot_since_fit = False
         # the seeding's nearest seeds are Lloyd's first labels (unless a step chose no seed)
         first_labels = seeds.nearest[0] if (seeds.index[0] >= 0).all() else None
-        self._lloyd(X, X[seeds.index[0]], max_abs, first_labels)
+        self._lloyd(keys, X, X[seeds.index[0]], max_abs, first_labels)
         self.refits_ += 1
 
-    def _refit_lloyd(self, X: np.ndarray, max_abs: np.ndarray) -> None:
+    def _refit_lloyd(self, keys: np.ndarray, X: np.ndarray, max_abs: np.ndarray) -> None:
         """The refit when only Lloyd changed: the kept seeding is the fresh fit's, so start from its seeds.
 
         ``_ops`` keeps counting: the seeding costs carry every change since the full fit.
         """
-        self._lloyd(X, self._arrays["centres"][0], max_abs)
+        self._lloyd(keys, X, self._arrays["centres"][0], max_abs)
         self.refits_ += 1
         self.lloyd_refits_ += 1
 
-    def _lloyd(self, X: np.ndarray, start: np.ndarray, max_abs: np.ndarray, labels: np.ndarray | None = None) -> None:
+    def _lloyd(self, keys: np.ndarray, X: np.ndarray, start: np.ndarray, max_abs: np.ndarray,
+               labels: np.ndarray | None = None) -> None:
         """Quantized Lloyd from the seeds ``start`` until the snapped centres repeat or ``max_iter``.
 
-        ``labels``: each point's nearest seed, if already known (the seeding found them).
+        ``keys``: the points' canonical keys. ``labels``: each point's nearest
+        seed, if already known (the seeding found them); later updates take
+        what they can from the last fit's labels (:class:`LloydLabels`).
         """
         n = len(X)
-        centres, sums, counts = [start], [], []
-        for _ in range(self.max_iter):
+        centres, sums, counts, all_labels = [start], [], [], []
+        positions = self._lloyd_labels.positions(keys)
+        for update in range(self.max_iter):
+            if labels is None:
+                labels = self._lloyd_labels.labels(update, centres[-1], X, positions)
             if labels is not None:
                 s, c = cluster_sums(X, np.ones(n), labels, self.k)
-                labels = None
             else:
-                s, c = assign_cluster_sums(X, centres[-1])
+                s, c, labels = assign_cluster_sums(X, centres[-1])
+            all_labels.append(labels)
+            labels = None
             centre, _ = corrected_centroids(s, c, centres[-1], n, self.k, self.gamma)
             sums.append(s)
             counts.append(c)
@@ -354,6 +364,7 @@ class QKMeans(UnlearningModel):
             if np.array_equal(centres[-1], centres[-2]):
                 break  # an exact fixpoint: every further update would repeat it
         self.n_iter_ = len(sums)
+        self._lloyd_labels.record(keys, centres[: len(sums)], all_labels)
         self._arrays.update(centres=np.stack(centres), sums=np.stack(sums), counts=np.stack(counts),
                             peak_counts=np.stack(counts), max_abs=max_abs)
         self._n_model = n
