@@ -191,16 +191,17 @@ class PointStore:
         return self._where[point_id]
 
     def held_rows(self) -> tuple[np.ndarray, np.ndarray]:
-        """The page array (read-only view) and the slots of all held points: a pass over every point
-        without copying their vectors. Valid until the store next changes (growth resizes in place)."""
+        """The page array (read-only view) and the slots of all held points, ascending: a pass over
+        every point, front to back through the pages (1.5-3x faster than bucket by bucket), without
+        copying their vectors. Valid until the store next changes (growth resizes in place)."""
         view = self._vectors.view()
         view.setflags(write=False)
-        return view, self._live_slots()
+        return view, np.sort(self._live_slots())
 
     def sq_dist_sum(self, C: np.ndarray) -> float:
         """Sum over held points of the squared distance to the nearest row of ``C`` (k >= 1), in place."""
-        slots = np.sort(self._live_slots())  # front to back through the page array: 3x faster than chain order
-        return float(kernels.nearest_sq_dist_sum(self._vectors, slots, np.ascontiguousarray(C, dtype=np.float64)))
+        V, slots = self.held_rows()
+        return float(kernels.nearest_sq_dist_sum(V, slots, np.ascontiguousarray(C, dtype=np.float64)))
 
     def _live_slots(self) -> np.ndarray:
         """Slots of every held point, bucket by bucket (the order of :meth:`items`)."""

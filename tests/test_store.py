@@ -142,6 +142,19 @@ def test_canonical_order_of_the_whole_store_breaks_key_collisions_by_id():
         assert np.array_equal(store.canonical()[1], _reorder(store, ["b", "y", "a", "c", "z"]))
 
 
+def test_held_rows_run_front_to_back_over_exactly_the_held_points():
+    n, d = 2_000, 3
+    ids, X = _numbered_points(n, d, seed=4)
+    store = PointStore(n_buckets=8)
+    store.add(ids, np.arange(n, dtype=np.uint64), X, np.arange(n, dtype=np.int64) % 8)
+    for point_id in ids[::3]:
+        store.remove(point_id)
+    V, slots = store.held_rows()
+    assert np.all(np.diff(slots) > 0)
+    assert sorted(store.ids_at(slots).tolist()) == sorted(set(ids) - set(ids[::3]))
+    assert np.array_equal(V[slots], X[[int(store.key(i)) for i in store.ids_at(slots)]])
+
+
 def test_captures_reuse_their_buffers_and_each_gathers_its_own_moment():
     """capture_rows copies into the buffers the last gather gave back: whatever the store did in
     between (grown, shrunk, rewritten), each capture gathers the rows of its own moment, once."""
