@@ -21,6 +21,11 @@ Baselines, measured in the same run:
 Features are z-scored (see ``datasets.py``); QKMeans ``eps`` is in those units.
 Loss = mean squared distance to the nearest centroid over the survivors;
 ratio is against our KMeans refit on the same survivors (k-means++ + Lloyd).
+One seed's ratio swings with k-means++'s luck (Shuttle, seed 0 to 5: Q
+1.006-1.071 against the same KMeans seeds), so the ratio is of means over
+``--loss-seeds`` seeds: the deletion run's model for ``--seed``, and for each
+further seed a fresh fit on the survivors, which the exact-unlearning
+contract makes bit-identical to that seed's model after the same deletions.
 """
 
 from __future__ import annotations
@@ -28,6 +33,7 @@ from __future__ import annotations
 import argparse
 import gc
 import sys
+from collections.abc import Callable
 
 import numpy as np
 
@@ -35,6 +41,7 @@ from _common import environment, mean_sq_loss, now, pct, table, verdict
 from datasets import LOADERS, DatasetMissing, load
 
 from stream_unlearn import DCKMeans, KMeans, QKMeans
+from stream_unlearn.base import UnlearningModel
 
 QUICK_N = 4000
 # QKMeans eps per dataset (z-score units), from a small sweep over {0.05, 0.1, 0.2, 0.5} trading the
@@ -112,9 +119,9 @@ def run_dataset(name: str, args: argparse.Namespace) -> list[dict] | None:
     # -- scikit-learn refit (extrapolated) ------------------------------------------------
     from sklearn.cluster import KMeans as SKMeans
 
-    def sk_fit(data: np.ndarray) -> SKMeans:
+    def sk_fit(data: np.ndarray, seed: int = args.seed) -> SKMeans:
         return SKMeans(n_clusters=k, n_init=1, init="k-means++", max_iter=args.max_iter, tol=0.0,
-                       random_state=args.seed).fit(data)
+                       random_state=seed).fit(data)
 
     t = now()
     sk_fit(X)
@@ -139,11 +146,12 @@ def run_dataset(name: str, args: argparse.Namespace) -> list[dict] | None:
 
     # -- the deletion-efficient models: every deletion paid -------------------------------
     eps = args.eps if args.eps is not None else DEFAULT_EPS.get(name, 0.2)
-    models = [
-        (f"QKMeans eps={eps:g}", QKMeans(k=k, seed=args.seed, eps=eps, max_iter=args.q_iter)),
-        (f"DCKMeans w={args.leaves}", DCKMeans(k=k, seed=args.seed, n_leaves=args.leaves, fanout=args.fanout)),
-    ]
-    for label, model in models:
+    makers: dict[str, Callable[[int], UnlearningModel]] = {
+        f"QKMeans eps={eps:g}": lambda seed: QKMeans(k=k, seed=seed, eps=eps, max_iter=args.q_iter),
+        f"DCKMeans w={args.leaves}": lambda seed: DCKMeans(k=k, seed=seed, n_leaves=args.leaves, fanout=args.fanout),
+    }
+    for label, make in makers.items():
+        model = make(args.seed)
         t = now()
         model.insert(ids, X)
         model.flush()
@@ -178,13 +186,36 @@ def run_dataset(name: str, args: argparse.Namespace) -> list[dict] | None:
         rows.append(row)
         del model
         gc.collect()
+
+    # -- loss over seeds: fresh fits on the survivors stand for the other seeds' deletion runs --
+    keys = ["KMeans", "sklearn", *makers]  # the rows' order
+    makers["KMeans"] = lambda seed: KMeans(k=k, seed=seed, max_iter=args.max_iter)
+    for row in rows:
+        row["losses"] = [row["loss"]]
+    survivor_ids = ids[alive]  # the ids place points (canonical order, DC leaves): the survivors keep theirs
+    for seed in range(args.seed + 1, args.seed + args.loss_seeds):
+        for row, key in zip(rows, keys):
+            if key == "sklearn":
+                row["losses"].append(mean_sq_loss(Xs, sk_fit(Xs, seed).cluster_centers_))
+            else:
+                model = makers[key](seed)
+                model.insert(survivor_ids, Xs)
+                row["losses"].append(model.loss())
+    km_mean = float(np.mean(rows[0]["losses"]))
+    for row in rows:
+        row["loss_ratio_s0"] = row["loss_ratio"]
+        row["loss_ratio"] = float(np.mean(row["losses"])) / km_mean
+    if args.loss_seeds > 1:
+        print(f"  loss ratio, mean of {args.loss_seeds} seeds (seed {args.seed} alone): "
+              + ", ".join(f"{r['method'].split(' (')[0]} {r['loss_ratio']:.3f} ({r['loss_ratio_s0']:.3f})"
+                          for r in rows[1:]), flush=True)
     return rows
 
 
 COLUMNS = [
     ("dataset", "dataset"), ("n", "n"), ("d", "d"), ("k", "k"), ("method", "method"),
     ("train", "train s"), ("del_p50", "del p50 ms"), ("amort", "amort s/op"),
-    ("speedup", "speedup vs ours"), ("speedup_sk", "vs sklearn"), ("loss_ratio", "loss ratio"),
+    ("speedup", "speedup vs ours"), ("speedup_sk", "vs sklearn"), ("loss_ratio", "loss ratio"), ("loss_ratio_s0", "1 seed"),
     ("nmi", "NMI"), ("pass_rate", "Q pass"), ("verify", "verify"),
 ]
 
@@ -212,12 +243,18 @@ def main(argv: list[str] | None = None) -> int:
                         help="seconds of deletions per model and dataset; past it the rest are extrapolated "
                              "from the mean so far and the output says so (default %(default)s)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--loss-seeds", type=int, default=5,
+                        help="seeds the loss ratio is averaged over: --seed's deletion run, then fresh fits on the "
+                             "survivors (default %(default)s)")
     args = parser.parse_args(argv)
+    if args.loss_seeds < 1:
+        parser.error("--loss-seeds must be at least 1")
     if args.quick:
         args.deletions = min(args.deletions, QUICK_DELETIONS)
         args.retrains = min(args.retrains, 2)
         args.sk_refits = min(args.sk_refits, 3)
         args.refit_budget = 0.0
+        args.loss_seeds = min(args.loss_seeds, 2)
     names = [s.strip() for s in args.datasets.split(",") if s.strip()]
     unknown = [s for s in names if s not in LOADERS]
     if unknown:
@@ -239,7 +276,8 @@ def main(argv: list[str] | None = None) -> int:
           f"max_iter={args.max_iter}, tol=0). QKMeans eps (method column) in z-score units, {args.q_iter} iterations, "
           "Q pass = share of certificates that passed (the rest refit); "
           f"DCKMeans n_leaves={args.leaves}, fanout {args.fanout or 'by k'}, max_iter 10. Loss ratio: mean squared distance on the "
-          "survivors / our KMeans refit on the survivors.")
+          f"survivors / our KMeans refit on the survivors, each the mean over {args.loss_seeds} seeds (seed "
+          f"{args.seed}: the models above; the others: fresh fits on the survivors); '1 seed' = seed {args.seed}'s ratio alone.")
     print(table(rows, COLUMNS))
     print()
     print("Targets (paper: >= 100x amortized vs retraining on every dataset, loss comparable to k-means++):")
@@ -250,14 +288,17 @@ def main(argv: list[str] | None = None) -> int:
         worst = min(mine, key=lambda r: r["speedup"])
         worst_sk = min(mine, key=lambda r: r["speedup_sk"])
         worst_loss = max(mine, key=lambda r: r["loss_ratio"])
-        print(f"  {label:9s} amortized >= 100x vs our retraining on every dataset: "
-              f"{verdict(worst['speedup'] >= 100)} (min {worst['speedup']:.1f}x on {worst['dataset']})")
-        print(f"  {label:9s} amortized >= 100x vs sklearn refit on every dataset:   "
-              f"{verdict(worst_sk['speedup_sk'] >= 100)} (min {worst_sk['speedup_sk']:.1f}x on {worst_sk['dataset']})")
-        print(f"  {label:9s} loss ratio <= 1.05 on every dataset:                   "
-              f"{verdict(worst_loss['loss_ratio'] <= 1.05)} (max {worst_loss['loss_ratio']:.3f} on {worst_loss['dataset']})")
-        print(f"  {label:9s} verify() after the deletions on every dataset:         "
-              f"{verdict(all(r['verify'] for r in mine))}")
+        checks = [
+            ("amortized >= 100x vs our retraining on every dataset",
+             f"{verdict(worst['speedup'] >= 100)} (min {worst['speedup']:.1f}x on {worst['dataset']})"),
+            ("amortized >= 100x vs sklearn refit on every dataset",
+             f"{verdict(worst_sk['speedup_sk'] >= 100)} (min {worst_sk['speedup_sk']:.1f}x on {worst_sk['dataset']})"),
+            (f"loss ratio <= 1.05 on every dataset (mean of {args.loss_seeds} seeds)",
+             f"{verdict(worst_loss['loss_ratio'] <= 1.05)} (max {worst_loss['loss_ratio']:.3f} on {worst_loss['dataset']})"),
+            ("verify() after the deletions on every dataset", verdict(all(r["verify"] for r in mine))),
+        ]
+        for text, outcome in checks:
+            print(f"  {label:9s} {text + ':':64s} {outcome}")
     return 0
 
 
