@@ -121,16 +121,20 @@ def _merge(old_keys, old_X, gone, new_keys, new_X, keys, X, max_abs):
     for p in range(len(keys)):
         while i < len(old_keys) and gone[i]:
             i += 1
-        if j >= len(new_keys) or (i < len(old_keys) and old_keys[i] < new_keys[j]):
-            src, r = old_X, i
+        take_old = j >= len(new_keys) or (i < len(old_keys) and old_keys[i] < new_keys[j])
+        if take_old:
             keys[p] = old_keys[i]
+            for f in range(d):
+                x = old_X[i, f]
+                X[p, f] = x
+                if abs(x) > max_abs[f]:
+                    max_abs[f] = abs(x)
             i += 1
         else:
-            src, r = new_X, j
             keys[p] = new_keys[j]
+            for f in range(d):
+                x = new_X[j, f]
+                X[p, f] = x
+                if abs(x) > max_abs[f]:
+                    max_abs[f] = abs(x)
             j += 1
-        for f in range(d):
-            x = src[r, f]
-            X[p, f] = x
-            if abs(x) > max_abs[f]:
-                max_abs[f] = abs(x)
