@@ -24,7 +24,6 @@ import numpy as np
 from . import kernels
 from . import state as state_format
 from .base import UnlearningModel
-from .canonical_rows import CanonicalRows
 from .hashing import seed_key
 from .lloyd import assign_cluster_sums, cluster_sums, default_candidates, race_log_uniforms, race_seeds
 from .lloyd_labels import LloydLabels
@@ -85,7 +84,6 @@ class QKMeans(UnlearningModel):
         self._race_salt = seed_key(self.seed, 2)
         self._no_logu = np.zeros(self.k)
         self._lloyd_labels = LloydLabels()
-        self._rows = CanonicalRows()
 
     def get_params(self) -> dict[str, Any]:
         return {"k": self.k, "seed": self.seed, "eps": self.eps, "gamma": self.gamma, "max_iter": self.max_iter,
@@ -125,7 +123,6 @@ class QKMeans(UnlearningModel):
 
     def _added(self, ids: Sequence[str], keys: np.ndarray, X: np.ndarray, buckets: np.ndarray) -> None:
         self._lloyd_labels.inserted(keys)
-        self._rows.added(keys, X)
         if not (self._fitted or self._seeding_kept):
             self._dirty = True
             return
@@ -166,7 +163,6 @@ class QKMeans(UnlearningModel):
         return passed
 
     def _removed(self, point_id: str, key: np.uint64, vector: np.ndarray, bucket: int) -> None:
-        self._rows.removed(key)
         self._certify(vector, point_id, -1, None)
 
     def _certify(self, x: np.ndarray, point_id: str, sign: int, logu: np.ndarray | None,
@@ -292,28 +288,21 @@ class QKMeans(UnlearningModel):
             self._n_model = 0
             return np.empty((0, d))
         if self._seeding_kept or not self._fitted:
-            kept = self._rows.rows()
-            slots = None
-            if kept is None:
-                keys, slots = self._store.canonical_slots()
-                V = self._store.vector_rows()
-                X, max_abs = np.empty((len(slots), V.shape[1])), np.empty(V.shape[1])
-                kernels.take_rows_abs_max(V, slots, X, max_abs)
-                self._rows.adopt(keys, X)
-            else:
-                keys, X, max_abs = kept
+            keys, slots = self._store.canonical_slots()
+            V = self._store.vector_rows()
+            X, max_abs = np.empty((len(slots), V.shape[1])), np.empty(V.shape[1])
+            kernels.take_rows_abs_max(V, slots, X, max_abs)
             if self._seeding_kept:
                 self._refit_lloyd(keys, X, max_abs)
             else:
-                self._fit(keys, X, max_abs, slots)
+                self._fit(keys, slots, X, max_abs)
         return self._arrays["centres"][-1].copy()
 
-    def _fit(self, keys: np.ndarray, X: np.ndarray, max_abs: np.ndarray, slots: np.ndarray | None) -> None:
+    def _fit(self, keys: np.ndarray, slots: np.ndarray, X: np.ndarray, max_abs: np.ndarray) -> None:
         """Seed, then quantized Lloyd until the snapped centres repeat or ``max_iter``.
 
-        ``X`` holds the points in canonical order (``keys``), ``max_abs`` the
-        largest ``|X|`` per feature, ``slots`` their rows in the store if
-        known (else the runners' ids are found by key).
+        ``X`` holds the points in canonical order, ``slots`` their rows in
+        the store, ``max_abs`` the largest ``|X|`` per feature.
         """
         n, d = X.shape
         k = self.k
@@ -321,9 +310,7 @@ class QKMeans(UnlearningModel):
         seeds = race_seeds(X[None], w[None], keys[None], k, self._race_salt, self._L())
         self._theta = phase(self.seed, d)
         cand = seeds.candidates[0]
-        runners = np.maximum(cand, 0)
-        runner_ids = (self._store.ids_at(slots[runners]) if slots is not None
-                      else self._store.ids_of_keys(keys[runners])).tolist()
+        runner_ids = self._store.ids_at(slots[np.maximum(cand, 0)]).tolist()
         self._set_candidates([[pid if i >= 0 else None for i, pid in zip(row, id_row)]
                               for row, id_row in zip(cand.tolist(), runner_ids)])
         # With fewer runners than L any newcomer would join the race: never certify then.

@@ -262,20 +262,6 @@ class PointStore:
         """The ids held at ``slots`` (an object array of str, shaped like ``slots``)."""
         return self._ids[slots]
 
-    def ids_of_keys(self, keys: np.ndarray) -> np.ndarray:
-        """The ids of the held points with ``keys`` (an object array shaped like ``keys``): one pass over
-        the held keys, for a handful of them. Each key must name exactly one held point."""
-        keys = np.asarray(keys, dtype=np.uint64)
-        slots = self._live_slots()
-        held = self._keys[slots]
-        match = np.isin(held, keys)
-        found = dict(zip(held[match].tolist(), self._ids[slots[match]].tolist()))
-        if len(found) != int(match.sum()) or not set(keys.ravel().tolist()) <= found.keys():
-            raise KeyError("a key names no held point, or more than one")
-        out = np.empty(keys.shape, dtype=object)
-        out.ravel()[:] = [found[k] for k in keys.ravel().tolist()]
-        return out
-
     def items(self) -> tuple[list[str], np.ndarray, np.ndarray]:
         """All ids, vectors and bucket numbers (a copy, bucket by bucket)."""
         ids, X, buckets = self.copy_rows()

@@ -182,12 +182,3 @@ def test_captures_reuse_their_buffers_and_each_gathers_its_own_moment():
     assert moments[1][1] is moments[0][1]
     assert moments[2][1] is not moments[1][1] and len(moments[2][1]) > len(moments[1][1])
     assert moments[3][1] is moments[2][1]
-
-
-def test_ids_of_keys_finds_each_held_point_by_its_key_and_refuses_ambiguity():
-    store = _store(["c", "a", "b", "z"], [9, 7, 1, 7], [0, 1, 2, 1])
-    assert store.ids_of_keys(np.array([[1, 9], [9, 1]], dtype=np.uint64)).tolist() == [["b", "c"], ["c", "b"]]
-    with pytest.raises(KeyError):
-        store.ids_of_keys(np.array([4], dtype=np.uint64))  # nobody's
-    with pytest.raises(KeyError):
-        store.ids_of_keys(np.array([7], dtype=np.uint64))  # both a's and z's
