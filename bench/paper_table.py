@@ -188,19 +188,25 @@ def run_dataset(name: str, args: argparse.Namespace) -> list[dict] | None:
         gc.collect()
 
     # -- loss over seeds: fresh fits on the survivors stand for the other seeds' deletion runs --
-    keys = ["KMeans", "sklearn", *makers]  # the rows' order
-    makers["KMeans"] = lambda seed: KMeans(k=k, seed=seed, max_iter=args.max_iter)
+    survivor_ids = ids[alive]  # the ids place points (canonical order, DC leaves): the survivors keep theirs
+
+    def fresh_fit_loss(make: Callable[[int], UnlearningModel]) -> Callable[[int], float]:
+        def loss(seed: int) -> float:
+            model = make(seed)
+            model.insert(survivor_ids, Xs)
+            return model.loss()
+        return loss
+
+    loss_for_seed = [  # the rows' order
+        fresh_fit_loss(lambda seed: KMeans(k=k, seed=seed, max_iter=args.max_iter)),
+        lambda seed: mean_sq_loss(Xs, sk_fit(Xs, seed).cluster_centers_),
+        *(fresh_fit_loss(make) for make in makers.values()),
+    ]
     for row in rows:
         row["losses"] = [row["loss"]]
-    survivor_ids = ids[alive]  # the ids place points (canonical order, DC leaves): the survivors keep theirs
     for seed in range(args.seed + 1, args.seed + args.loss_seeds):
-        for row, key in zip(rows, keys):
-            if key == "sklearn":
-                row["losses"].append(mean_sq_loss(Xs, sk_fit(Xs, seed).cluster_centers_))
-            else:
-                model = makers[key](seed)
-                model.insert(survivor_ids, Xs)
-                row["losses"].append(model.loss())
+        for row, loss in zip(rows, loss_for_seed):
+            row["losses"].append(loss(seed))
     km_mean = float(np.mean(rows[0]["losses"]))
     for row in rows:
         row["loss_ratio_s0"] = row["loss_ratio"]

@@ -346,13 +346,14 @@ class QKMeans(UnlearningModel):
         what they can from the last fit's labels (:class:`LloydLabels`).
         """
         n = len(X)
+        weights = np.ones(n)
         centres, sums, counts, all_labels = [start], [], [], []
         positions = self._lloyd_labels.positions(keys)
         for update in range(self.max_iter):
             if labels is None:
                 labels = self._lloyd_labels.labels(update, centres[-1], X, positions)
             if labels is not None:
-                s, c = cluster_sums(X, np.ones(n), labels, self.k)
+                s, c = cluster_sums(X, weights, labels, self.k)
             else:
                 s, c, labels = assign_cluster_sums(X, centres[-1])
             all_labels.append(labels)
