@@ -89,6 +89,7 @@ class WorkerConfig:
     eps: float = 0.5
     n_leaves: int = 4096
     fanout: int = 0
+    node_k: int = 0
     dim: int = 0
     snapshot_dir: str = "snapshots"
     snapshot_interval: float = 5.0
@@ -134,7 +135,8 @@ class WorkerConfig:
         """Constructor arguments of the model (without ``n_partitions``)."""
         if self.algorithm == "dc":
             return {"k": self.k, "seed": self.seed, "n_leaves": self.n_leaves,
-                    "fanout": self.fanout or default_fanout(self.k), "max_id_bytes": self.max_id_bytes}
+                    "fanout": self.fanout or default_fanout(self.k), "node_k": self.node_k or self.k,
+                    "max_id_bytes": self.max_id_bytes}
         return {"k": self.k, "seed": self.seed, "eps": self.eps, "max_id_bytes": self.max_id_bytes}
 
 
@@ -169,6 +171,7 @@ def _validate(c: WorkerConfig) -> None:
     need(math.isfinite(c.eps) and c.eps > 0, f"--eps must be a positive finite number, got {c.eps}")
     need(c.n_leaves >= 1, f"--n-leaves must be >= 1, got {c.n_leaves}")
     need(c.fanout == 0 or c.fanout >= 2, f"--fanout must be 0 (by k) or >= 2, got {c.fanout}")
+    need(c.node_k == 0 or c.node_k >= c.k, f"--node-k must be 0 (= k) or >= --k, got {c.node_k}")
     need(c.dim >= 0, f"--dim must be >= 0 (0 = from the first insert), got {c.dim}")
     need(bool(c.snapshot_dir), "--snapshot-dir must not be empty")
     need(math.isfinite(c.snapshot_interval) and c.snapshot_interval > 0,
@@ -264,6 +267,8 @@ _HELP: dict[str, str] = {
     "eps": "q: quantization grid spacing, in data units",
     "n_leaves": "dc: leaves per partition",
     "fanout": "dc: children per internal node (0 = about 320 // k, so a node holds ~320 items)",
+    "node_k": "dc: centres each internal node below a partition's top keeps for the level above (0 = k: every "
+              "node solves k-means, the paper's tree; 2k loses less per level at large k, at ~1.5x the delete cost)",
     "dim": "vector dimension (0 = take it from the first valid insert)",
     "snapshot_dir": "directory of snapshots (created mode 0700)",
     "snapshot_interval": "seconds between snapshots (and erasure receipts)",

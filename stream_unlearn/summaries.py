@@ -92,7 +92,8 @@ def decode_summary(blob: bytes) -> PartitionSummary:
         W = np.frombuffer(body["weights"], dtype="<f8").reshape(k).astype(np.float64)
         summary = PartitionSummary(
             int(body["partition"]), int(body["n_partitions"]), C, W, int(body["n_points"]),
-            (int(body["offsets"][0]), int(body["offsets"][1])), dict(body["params"]),
+            (int(body["offsets"][0]), int(body["offsets"][1])),
+            DCKMeans(**body["params"]).get_params(),  # in today's terms: an older writer may omit a newer default
         )
     except SummaryError:
         raise

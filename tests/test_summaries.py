@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import msgpack
 import numpy as np
 import pytest
 
@@ -53,6 +54,22 @@ def test_incompatible_summaries_are_refused():
     b.insert(ids, X)
     with pytest.raises(SummaryError, match="disagree"):
         merge({0: summaries_of(a, [0], {})[0], 1: summaries_of(b, [1], {})[0]})
+
+
+def test_a_summary_from_before_node_k_merges_with_todays():
+    """A worker not yet upgraded writes params without node_k: they mean node_k = k, so its
+    summaries still merge with an upgraded worker's."""
+    ids, X = data(600)
+    m = DCKMeans(k=3, seed=0, n_partitions=2, n_leaves=8, fanout=4)
+    m.insert(ids, X)
+    old, new = summaries_of(m, [0, 1], {})
+    body = msgpack.unpackb(encode_summary(old))
+    del body["params"]["node_k"]
+    merged = merge({0: decode_summary(msgpack.packb(body)), 1: decode_summary(encode_summary(new))})
+    assert merged.complete and np.array_equal(merged.centroids, m.centroids_)
+    body["params"]["k"] = 0
+    with pytest.raises(SummaryError, match="k must be"):
+        decode_summary(msgpack.packb(body))
 
 
 @pytest.mark.parametrize("blob", [b"", b"\x01\x02", encode_summary.__doc__.encode()])

@@ -336,6 +336,8 @@ def test_flags_win_over_environment_which_wins_over_defaults():
     assert (config.k, config.seed, config.create_topics, config.tombstone_horizon) == (9, 3, False, math.inf)
     assert parse([], {}).metrics_port == 9464 and parse(["--create-topics"], env).create_topics
     assert parse([], {}).isolation_level == "read_committed"
+    assert parse([], {"STREAM_UNLEARN_K": "4"}).model_params()["node_k"] == 4
+    assert parse(["--node-k", "14"], env).model_params()["node_k"] == 14
     assert parse([], {"STREAM_UNLEARN_ISOLATION_LEVEL": "read_uncommitted"}).isolation_level == "read_uncommitted"
 
 
@@ -347,6 +349,7 @@ def test_flags_win_over_environment_which_wins_over_defaults():
     ([], {"STREAM_UNLEARN_ALGORITHM": "lloyd"}, "STREAM_UNLEARN_ALGORITHM"),
     (["--metrics-port", "70000"], {}, "--metrics-port"),
     ([], {"STREAM_UNLEARN_ISOLATION_LEVEL": "dirty"}, "--isolation-level must be one of"),
+    (["--k", "5", "--node-k", "4"], {}, "--node-k must be 0"),
 ])
 def test_invalid_configuration_is_a_clear_error(argv, env, message):
     with pytest.raises(ConfigError, match=message):
