@@ -126,7 +126,11 @@ class DCKMeans(UnlearningModel):
 
     # -- events -----------------------------------------------------------------------
     def _added(self, ids: Sequence[str], keys: np.ndarray, X: np.ndarray, buckets: np.ndarray) -> None:
-        self._dirty_nodes[0].update(np.unique(buckets).tolist())
+        if 8 * len(buckets) >= self._n_buckets():  # many: count instead of sorting (100k points: 0.3 ms, not 3)
+            touched = np.flatnonzero(np.bincount(buckets, minlength=self._n_buckets()))
+        else:  # few: a sort of a handful beats a pass over every bucket
+            touched = np.unique(buckets)
+        self._dirty_nodes[0].update(touched.tolist())
         self._dirty = True
 
     def _removed(self, point_id: str, key: np.uint64, vector: np.ndarray, bucket: int) -> None:
