@@ -40,13 +40,14 @@ def sqd(A: np.ndarray, i: int, B: np.ndarray, j: int) -> float:
 
 @njit(inline="always", **_OPTS)
 def sqd_below(A: np.ndarray, i: int, B: np.ndarray, j: int, cap: float) -> float:
-    """The squared distance of rows ``A[i]`` and ``B[j]`` if it is below ``cap``, else some value ``>= cap``.
+    """The squared distance of rows ``A[i]`` and ``B[j]`` if it is below ``cap``, else a value ``>= cap``
+    and at most that distance (a lower bound of it).
 
     Feature f goes to accumulator f mod 4, in order, and the four are added
     as ``(s0 + s1) + (s2 + s3)``: one fixed order, whatever the cap. Every 8
-    features it stops once the partial sum reaches ``cap``: exact, because
-    IEEE addition of non-negative terms never decreases, so the full sum
-    could only be larger still.
+    features it stops once the partial sum reaches ``cap`` and returns it:
+    exact, because IEEE addition of non-negative terms never decreases, so
+    the full sum could only be larger still.
     """
     d = A.shape[1]
     s0 = 0.0
@@ -58,8 +59,9 @@ def sqd_below(A: np.ndarray, i: int, B: np.ndarray, j: int, cap: float) -> float
         s0, s1, s2, s3 = _four_more(A, i, B, j, f, s0, s1, s2, s3)
         s0, s1, s2, s3 = _four_more(A, i, B, j, f + 4, s0, s1, s2, s3)
         f += 8
-        if (s0 + s1) + (s2 + s3) >= cap:
-            return cap
+        partial = (s0 + s1) + (s2 + s3)
+        if partial >= cap:
+            return partial
     if f + 4 <= d:
         s0, s1, s2, s3 = _four_more(A, i, B, j, f, s0, s1, s2, s3)
         f += 4
@@ -364,9 +366,9 @@ def cluster_sums(X, w, labels, k, sums, counts):
 
 
 @njit(**_OPTS)
-def assign_cluster_sums(X, C, sums, counts, labels):
+def assign_cluster_sums(X, C, sums, counts, labels, margins):
     """:func:`cluster_sums` of unit-weight items under :func:`nearest` labels (written to ``labels``),
-    in one pass over X.
+    in one pass over X; each item's :func:`nearest_margin` into ``margins``.
 
     Same additions in the same order (items left to right; ``1.0 * x`` is
     ``x``), so the same bits as the two passes; a big X is read once.
@@ -375,7 +377,7 @@ def assign_cluster_sums(X, C, sums, counts, labels):
     counts[:] = 0.0
     d = X.shape[1]
     for i in range(X.shape[0]):
-        lab = nearest(X, i, C)
+        lab, margins[i] = nearest_margin(X, i, C)
         labels[i] = lab
         counts[lab] += 1.0
         for f in range(d):
@@ -410,12 +412,88 @@ def match_sorted_keys(old_keys, new_keys, changed, out):
     return True
 
 
+@njit(inline="always", **_OPTS)
+def nearest_margin(X: np.ndarray, i: int, C: np.ndarray):
+    """:func:`nearest` of ``X[i]`` (same comparisons, same label) and its margin: how far the centres may
+    move, its own centre's move plus the largest other one, before the label could change.
+
+    The margin is a Hamerly bound, ``lower - upper - _SLACK * (upper + lower)``
+    with ``upper`` the distance to the nearest centre and ``lower`` the one
+    to the second nearest. The slack is the one :func:`_lloyd` skips with;
+    -inf where the analysis does not hold, inf with a single centre.
+    """
+    best = 0
+    best_d = np.inf
+    second_d = np.inf
+    for j in range(C.shape[0]):
+        # capped at the second nearest, not the nearest: both come out exact, so the margin is as
+        # wide as it can be; a distance below the nearest is computed in full either way (same label)
+        dist = sqd_below(X, i, C, j, second_d)
+        if dist < best_d:
+            second_d = best_d
+            best_d = dist
+            best = j
+        elif dist < second_d:
+            second_d = dist
+    if C.shape[0] < 2:
+        return best, np.inf
+    upper = np.sqrt(best_d)
+    lower = np.sqrt(second_d)
+    scale = _bound_scale(upper, lower)
+    if X.shape[1] > _SKIP_MAX_FEATURES or not scale > _MIN_SCALE or lower == np.inf:
+        return best, -np.inf
+    return best, lower - upper - _SLACK * scale
+
+
 @njit(**_OPTS)
-def labels_from(X, C, old_labels, positions, labels):
-    """``labels[p]`` = ``old_labels[positions[p]]``, or :func:`nearest` of ``X[p]`` in ``C`` where it is -1."""
+def anchor_moves(C, anchors, out):
+    """``out[g, a]``: how far centre a of ``C`` moved from anchor g, plus the farthest any other
+    centre moved, grown by the slack as :func:`_lloyd` grows its bounds (a label's margin must exceed it)."""
+    k = C.shape[0]
+    moved = np.empty(k)
+    for g in range(anchors.shape[0]):
+        far = 0.0
+        far_at = -1
+        second_far = 0.0
+        for j in range(k):
+            moved[j] = np.sqrt(sqd(C, j, anchors[g], j))
+            if moved[j] > far:
+                second_far = far
+                far = moved[j]
+                far_at = j
+            elif moved[j] > second_far:
+                second_far = moved[j]
+        for a in range(k):
+            out[g, a] = (moved[a] + (second_far if a == far_at else far)) * (1.0 + _SLACK)
+
+
+@njit(**_OPTS)
+def labels_from(X, C, same, old_labels, old_margins, old_anchor, positions, moves, new_anchor, labels, margins,
+                anchor):
+    """Each point's :func:`nearest` centre in ``C`` with its margin and anchor, from a fit's labels where
+    they provably hold. Returns how many were computed.
+
+    ``positions[p]``: point p's row in the cached arrays, -1 if it must be
+    computed. If ``same`` (C is the cached fit's start, bit for bit) every
+    cached label holds. Otherwise a cached label holds while its margin,
+    exact against the centres of its anchor, exceeds ``moves[anchor, label]``
+    (:func:`anchor_moves`); it keeps margin and anchor. The rest are computed,
+    against ``C``, anchor ``new_anchor``.
+    """
+    computed = 0
     for p in range(X.shape[0]):
         q = positions[p]
-        labels[p] = old_labels[q] if q >= 0 else nearest(X, p, C)
+        if q >= 0:
+            a = old_labels[q]
+            if same or old_margins[q] > moves[old_anchor[q], a]:
+                labels[p] = a
+                margins[p] = old_margins[q]
+                anchor[p] = old_anchor[q]
+                continue
+        labels[p], margins[p] = nearest_margin(X, p, C)
+        anchor[p] = new_anchor
+        computed += 1
+    return computed
 
 
 @njit(inline="always", **_OPTS)

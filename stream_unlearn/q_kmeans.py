@@ -26,7 +26,7 @@ from . import state as state_format
 from .base import UnlearningModel
 from .hashing import seed_key
 from .lloyd import assign_cluster_sums, cluster_sums, default_candidates, race_log_uniforms, race_seeds
-from .lloyd_labels import LloydLabels
+from .lloyd_labels import LabelBounds, LloydLabels
 from .quantize import corrected_centroids, phase, snap
 from .validation import MAX_ID_BYTES, check_int, check_real
 
@@ -347,16 +347,22 @@ class QKMeans(UnlearningModel):
         """
         n = len(X)
         weights = np.ones(n)
-        centres, sums, counts, all_labels = [start], [], [], []
+        centres, sums, counts, all_labels, all_bounds = [start], [], [], [], []
         positions = self._lloyd_labels.positions(keys)
         for update in range(self.max_iter):
-            if labels is None:
-                labels = self._lloyd_labels.labels(update, centres[-1], X, positions)
+            if labels is not None:  # the seeding's: exact, with no margin to move by
+                bounds = LabelBounds.fresh(np.full(n, -np.inf), centres[-1])
+            else:
+                cached = self._lloyd_labels.labels(update, centres[-1], X, positions)
+                if cached is not None:
+                    labels, bounds = cached
             if labels is not None:
                 s, c = cluster_sums(X, weights, labels, self.k)
             else:
-                s, c, labels = assign_cluster_sums(X, centres[-1])
+                s, c, labels, margins = assign_cluster_sums(X, centres[-1])
+                bounds = LabelBounds.fresh(margins, centres[-1])
             all_labels.append(labels)
+            all_bounds.append(bounds)
             labels = None
             centre, _ = corrected_centroids(s, c, centres[-1], n, self.k, self.gamma)
             sums.append(s)
@@ -365,7 +371,7 @@ class QKMeans(UnlearningModel):
             if np.array_equal(centres[-1], centres[-2]):
                 break  # an exact fixpoint: every further update would repeat it
         self.n_iter_ = len(sums)
-        self._lloyd_labels.record(keys, centres[: len(sums)], all_labels)
+        self._lloyd_labels.record(keys, centres[: len(sums)], all_labels, all_bounds)
         self._arrays.update(centres=np.stack(centres), sums=np.stack(sums), counts=np.stack(counts),
                             peak_counts=np.stack(counts), max_abs=max_abs)
         self._n_model = n

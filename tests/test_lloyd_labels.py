@@ -8,8 +8,8 @@ from hypothesis import strategies as st
 
 from stream_unlearn import QKMeans, kernels
 from stream_unlearn import lloyd_labels as lloyd_labels_module
-from stream_unlearn.lloyd import assign
-from stream_unlearn.lloyd_labels import LloydLabels
+from stream_unlearn.lloyd import assign, assign_cluster_sums
+from stream_unlearn.lloyd_labels import LabelBounds, LloydLabels
 
 keys_st = st.lists(st.integers(0, 40), max_size=30)
 
@@ -29,28 +29,83 @@ def test_keys_match_by_position_unless_changed_absent_or_repeated(old, new, chan
         assert out.tolist() == expected
 
 
-def test_labels_come_from_the_cache_only_under_the_same_start():
+def fitted_labels(X: np.ndarray, C: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    _, _, labels, margins = assign_cluster_sums(X, C)
+    return labels, margins
+
+
+def test_labels_come_from_the_cache_under_the_same_start_and_where_the_margins_hold():
     rng = np.random.default_rng(0)
     X = rng.normal(size=(50, 3))
     keys = np.arange(50, dtype=np.uint64) * 3
     start = X[:4].copy()
     cache = LloydLabels()
-    cache.record(keys, [start], [assign(X[None], start[None])[0]])
+    labels, margins = fitted_labels(X, start)
+    cache.record(keys, [start], [labels], [LabelBounds.fresh(margins, start)])
     cache.inserted(keys[[7]])  # point 7 moved: its label is computed again
     X[7] = start[2] + 1e-9
     positions = cache.positions(keys)
     assert positions is not None and positions[7] == -1 and (np.delete(positions, 7) >= 0).all()
-    assert cache.labels(0, start, X, positions).tolist() == assign(X[None], start[None])[0].tolist()
+    got, _ = cache.labels(0, start, X, positions)
+    assert got.tolist() == assign(X[None], start[None])[0].tolist() and cache.last_computed == 1
     moved = start.copy()
-    moved[0, 0] = np.nextafter(moved[0, 0], np.inf)  # one ulp elsewhere: not the same start
-    assert cache.labels(0, moved, X, positions) is None
+    moved[0, 0] = np.nextafter(moved[0, 0], np.inf)  # one ulp elsewhere: only labels near a tie are redone
+    got, _ = cache.labels(0, moved, X, positions)
+    assert got.tolist() == assign(X[None], moved[None])[0].tolist() and 1 <= cache.last_computed < 5
     assert cache.labels(1, start, X, positions) is None  # no second update recorded
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.integers(0, 2**32 - 1), st.integers(1, 6), st.integers(1, 5), st.sampled_from([0.0, 1e-12, 1e-3, 0.1, 3.0]),
+       st.booleans())
+def test_cached_labels_are_the_nearest_centres_after_the_centres_move(seed, k, d, step, coarse):
+    """Whatever the moves, over refits in a row (anchors kept, renumbered and retired), the labels a
+    refit takes are :func:`nearest`'s and no margin exceeds the true gap to the second centre."""
+    rng = np.random.default_rng(seed)
+    X = rng.normal(size=(40, d))
+    if coarse:  # ties: repeated points and centres on points
+        X = np.round(X)
+    C = X[rng.choice(40, k, replace=False)]
+    keys = np.arange(40, dtype=np.uint64)
+    cache = LloydLabels()
+    labels, margins = fitted_labels(X, C)
+    cache.record(keys, [C], [labels], [LabelBounds.fresh(margins, C)])
+    for _ in range(12):  # more refits than anchors are kept
+        C = C + step * rng.normal(size=C.shape) if rng.random() < 0.8 else C  # sometimes the same start
+        positions = cache.positions(keys)
+        labels, bounds = cache.labels(0, C, X, positions)
+        assert labels.tolist() == assign(X[None], C[None])[0].tolist()
+        assert len(bounds.anchors) <= lloyd_labels_module._MAX_ANCHORS
+        anchored = bounds.anchors[bounds.anchor]
+        if k > 1:
+            dist = np.sort(np.sqrt(((X[:, None, :] - anchored) ** 2).sum(-1)), axis=1)
+            assert (bounds.margins <= dist[:, 1] - dist[:, 0] + 1e-12 * (dist[:, 0] + dist[:, 1])).all()
+        cache.record(keys, [C], [labels], [bounds])
+
+
+def test_small_moves_compute_few_labels_again_and_back_and_forth_wears_nothing_down():
+    rng = np.random.default_rng(2)
+    X = np.concatenate([c + rng.normal(size=(500, 4)) for c in rng.normal(0, 8, size=(5, 4))])
+    C = X[[0, 500, 1000, 1500, 2000]].copy()
+    keys = np.arange(len(X), dtype=np.uint64)
+    cache = LloydLabels()
+    labels, margins = fitted_labels(X, C)
+    cache.record(keys, [C], [labels], [LabelBounds.fresh(margins, C)])
+    computed = []
+    for step in range(40):
+        moved = C + (0.3 if step % 2 == 0 else 0.0)
+        labels, bounds = cache.labels(0, moved, X, cache.positions(keys))
+        assert labels.tolist() == assign(X[None], moved[None])[0].tolist()
+        computed.append(cache.last_computed)
+        cache.record(keys, [moved], [labels], [bounds])
+    assert sum(computed[10:]) < len(X) // 10, computed  # margins kept against their anchors: no wear
 
 
 def test_the_cache_is_dropped_when_too_many_points_changed_since():
     keys = np.arange(8192, dtype=np.uint64)
     cache = LloydLabels()
-    cache.record(keys, [np.zeros((2, 1))], [np.zeros(8192, dtype=np.int64)])
+    cache.record(keys, [np.zeros((2, 1))], [np.zeros(8192, dtype=np.int64)],
+                 [LabelBounds.fresh(np.zeros(8192), np.zeros((2, 1)))])
     cache.inserted(keys[:2048])
     assert cache.positions(keys) is not None
     cache.inserted(keys[2048:2049])
@@ -70,7 +125,7 @@ def test_a_refit_reusing_labels_after_a_vector_replacement_equals_a_fresh_fit(mo
     labels_from = kernels.labels_from
 
     def counting(*args):
-        reused.append(int((args[3] >= 0).sum()))
+        reused.append(int((args[6] >= 0).sum()))  # positions
         return labels_from(*args)
 
     monkeypatch.setattr(lloyd_labels_module.kernels, "labels_from", counting)
