@@ -7,6 +7,7 @@ centroids of the round's start, so that no single batch pays for all of it.
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable
 from typing import Any
@@ -26,7 +27,7 @@ class ModelAccounting:
     def __init__(self, metrics: Any, loss_interval: float = LOSS_INTERVAL) -> None:
         self._metrics = metrics
         self._loss_interval = loss_interval
-        self._round_started = 0.0
+        self._round_started = -math.inf  # the first batch starts a round, however long the machine is up
         self._round: list[Unit] = []  # units still to add to this round's loss
         self._centroids: np.ndarray | None = None  # the round's centroids
         self._sum, self._n = 0.0, 0

@@ -67,6 +67,7 @@ import argparse
 import collections
 import gc
 import logging
+import math
 import signal
 import sys
 import threading
@@ -178,7 +179,8 @@ class Worker:
         self._rebalance = RebalanceLog()
         self._continuity: Continuity | None = None
         self._root_store: SnapshotStore | None = None
-        self._last_snapshot = self._last_publish = self._last_housekeeping = 0.0
+        # "never": the first batch finds each due, however short a time the machine has been up
+        self._last_snapshot = self._last_publish = self._last_housekeeping = -math.inf
         self._accounting: ModelAccounting | None = None
         self._global_params: dict[str, Any] = {}
 
