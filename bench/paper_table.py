@@ -239,7 +239,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--leaves", type=int, default=defaults["n_leaves"], help="DCKMeans leaves (default %(default)s)")
     parser.add_argument("--fanout", type=int, default=None, help="DCKMeans fanout (default: ~320 // k, 4..64)")
     parser.add_argument("--node-k", type=int, default=None,
-                        help="DCKMeans centres per internal node below the top (default 2k; k: every node solves k-means)")
+                        help="DCKMeans centres per internal node below the top "
+                             "(default k: every node solves k-means; e.g. 2k: summaries)")
     parser.add_argument("--max-iter", type=int, default=100, help="KMeans/sklearn max_iter (default %(default)s)")
     parser.add_argument("--retrains", type=int, default=2,
                         help="our KMeans refits timed at least (default %(default)s); more while they are cheap")
@@ -284,7 +285,7 @@ def main(argv: list[str] | None = None) -> int:
           "column. sklearn: KMeans(n_init=1, init='k-means++', "
           f"max_iter={args.max_iter}, tol=0). QKMeans eps (method column) in z-score units, {args.q_iter} iterations, "
           "Q pass = share of certificates that passed (the rest refit); "
-          f"DCKMeans n_leaves={args.leaves}, fanout {args.fanout or 'by k'}, node_k {args.node_k or '2k'}, max_iter 10. Loss ratio: mean squared distance on the "
+          f"DCKMeans n_leaves={args.leaves}, fanout {args.fanout or 'by k'}, node_k {args.node_k or 'k'}, max_iter 10. Loss ratio: mean squared distance on the "
           f"survivors / our KMeans refit on the survivors, each the mean over {args.loss_seeds} seeds (seed "
           f"{args.seed}: the models above; the others: fresh fits on the survivors); '1 seed' = seed {args.seed}'s ratio alone.")
     print(table(rows, COLUMNS))

@@ -188,7 +188,8 @@ class DCKMeans(UnlearningModel):
             offsets = np.zeros(len(sizes) + 1, dtype=np.int64)
             np.cumsum(sizes, out=offsets[1:])
             result = fit_ragged(self._store.vector_rows(), np.ones(len(keys)),
-                                race_log_uniforms(keys, self.k, self._leaf_salt), offsets, *self._solvers[0], rows=slots)
+                                race_log_uniforms(keys, self.k, self._leaf_salt), offsets, *self._solvers[0],
+                                rows=slots)
             C[held], W[held] = result.centroids, result.weights
         self._mark_parents(0, leaves)
 
