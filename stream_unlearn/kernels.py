@@ -422,27 +422,29 @@ def nearest_margin(X: np.ndarray, i: int, C: np.ndarray):
     to the second nearest. The slack is the one :func:`_lloyd` skips with;
     -inf where the analysis does not hold, inf with a single centre.
     """
-    best = 0
-    best_d = np.inf
-    second_d = np.inf
-    for j in range(C.shape[0]):
-        # capped at the second nearest, not the nearest: both come out exact, so the margin is as
-        # wide as it can be; a distance below the nearest is computed in full either way (same label)
-        dist = sqd_below(X, i, C, j, second_d)
-        if dist < best_d:
-            second_d = best_d
-            best_d = dist
-            best = j
-        elif dist < second_d:
-            second_d = dist
+    best, upper, lower = nearest_two(X, i, C)
     if C.shape[0] < 2:
         return best, np.inf
-    upper = np.sqrt(best_d)
-    lower = np.sqrt(second_d)
     scale = _bound_scale(upper, lower)
     if X.shape[1] > _SKIP_MAX_FEATURES or not scale > _MIN_SCALE or lower == np.inf:
         return best, -np.inf
     return best, lower - upper - _SLACK * scale
+
+
+@njit(inline="always", **_OPTS)
+def _moves(C, before, moved):
+    """``moved[j]``: how far centre j moved from ``before``; returns the largest move, its centre and
+    the second largest (a point's other centres moved at most the largest move not its own)."""
+    far, far_at, second_far = 0.0, -1, 0.0
+    for j in range(C.shape[0]):
+        moved[j] = np.sqrt(sqd(C, j, before, j))
+        if moved[j] > far:
+            second_far = far
+            far = moved[j]
+            far_at = j
+        elif moved[j] > second_far:
+            second_far = moved[j]
+    return far, far_at, second_far
 
 
 @njit(**_OPTS)
@@ -452,17 +454,7 @@ def anchor_moves(C, anchors, out):
     k = C.shape[0]
     moved = np.empty(k)
     for g in range(anchors.shape[0]):
-        far = 0.0
-        far_at = -1
-        second_far = 0.0
-        for j in range(k):
-            moved[j] = np.sqrt(sqd(C, j, anchors[g], j))
-            if moved[j] > far:
-                second_far = far
-                far = moved[j]
-                far_at = j
-            elif moved[j] > second_far:
-                second_far = moved[j]
+        far, far_at, second_far = _moves(C, anchors[g], moved)
         for a in range(k):
             out[g, a] = (moved[a] + (second_far if a == far_at else far)) * (1.0 + _SLACK)
 
@@ -499,12 +491,16 @@ def labels_from(X, C, same, old_labels, old_margins, old_anchor, positions, move
 @njit(inline="always", **_OPTS)
 def nearest_two(X: np.ndarray, i: int, C: np.ndarray):
     """Nearest centre of ``X[i]`` (first on ties, as :func:`nearest`) and the square roots
-    of the smallest and second smallest squared distances (inf if there is one centre)."""
+    of the smallest and second smallest squared distances (inf if there is one centre).
+
+    A distance stops once it passes the second nearest so far: both come out
+    exact, and one below the nearest is computed in full either way.
+    """
     best = 0
     best_d = np.inf
     second_d = np.inf
     for j in range(C.shape[0]):
-        dist = sqd(X, i, C, j)
+        dist = sqd_below(X, i, C, j, second_d)
         if dist < best_d:
             second_d = best_d
             best_d = dist
@@ -634,15 +630,7 @@ def _lloyd(X, XT, w, C, max_iter, weights, start_rows, rows_ready):
                     C[j, f] = value
         if same:
             break
-        far, far_at, second_far = 0.0, -1, 0.0
-        for j in range(k):
-            moved[j] = np.sqrt(sqd(C, j, previous, j))
-            if moved[j] > far:
-                second_far = far
-                far = moved[j]
-                far_at = j
-            elif moved[j] > second_far:
-                second_far = moved[j]
+        far, far_at, second_far = _moves(C, previous, moved)
         n_pending = 0
         for i in range(m):
             a = labels[i]
