@@ -17,7 +17,7 @@ import numpy as np
 
 from . import state as state_format
 from .pieces import Pieces, joined
-from .hashing import id_keys
+from .hashing import id_keys, int_id_keys
 from .lloyd import assign
 from .store import PointStore
 from .validation import MAX_ID_BYTES, as_partitions, as_points, check_int, normalize_ids
@@ -84,12 +84,16 @@ class UnlearningModel(ABC):
     # -- events ---------------------------------------------------------------
     def insert(self, ids: Iterable[object], X: object, partitions: Sequence[int] | np.ndarray | None = None) -> None:
         """Add points; an id already held gets its vector replaced."""
+        given = ids
         ids = normalize_ids(ids, self.max_id_bytes)
         X = as_points(X, len(ids), self._store.n_features)
         parts = as_partitions(partitions, len(ids), self._n_partitions())
         if not ids:
             return
-        keys = id_keys(ids, self.seed)
+        if isinstance(given, np.ndarray) and given.ndim == 1 and given.dtype.kind in "iu":
+            keys = int_id_keys(given, self.seed)  # the keys of their decimal strings, without those
+        else:
+            keys = id_keys(ids, self.seed)
         buckets = self._buckets_for(ids, keys, parts)
         held = self._store.held_among(ids)
         self._expect_changes(len(ids) + len(held))

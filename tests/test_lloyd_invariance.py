@@ -10,7 +10,8 @@ import numpy as np
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from stream_unlearn.hashing import combine, id_keys, seed_key, uniforms, uniforms_per_salt
+from stream_unlearn import QKMeans
+from stream_unlearn.hashing import combine, id_keys, int_id_keys, seed_key, uniforms, uniforms_per_salt
 from stream_unlearn import kernels
 from stream_unlearn.lloyd import (
     assign, assign_cluster_sums, cluster_sums, fit_batch, fit_one, fit_ragged, fit_ranges, race_log_uniforms,
@@ -97,6 +98,25 @@ def test_seeding_follows_k_means_plus_plus_on_separated_blobs():
         result = fit_one(X, np.ones(400), keys, 5, 20, seed_key(trial, 1))
         misses += int(np.any(result.weights[0] < 20))
     assert misses <= 2
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.sampled_from(["int8", "uint8", "int32", "int64", "uint64"]), st.data(), st.integers(0, 2**40))
+def test_int_array_ids_hash_as_their_decimal_strings(dtype, data, seed):
+    """An int array's ids are their decimal strings: the keys computed from the ints are those bits."""
+    info = np.iinfo(dtype)
+    values = np.array(data.draw(st.lists(st.integers(int(info.min), int(info.max)), min_size=1, max_size=40)),
+                      dtype=dtype)
+    assert np.array_equal(int_id_keys(values, seed), id_keys([str(v) for v in values.tolist()], seed))
+
+
+def test_a_model_fed_int_array_ids_is_the_model_fed_their_strings():
+    ids = np.array([-(2**63), -7, 0, 5, 10**18, 2**63 - 1], dtype=np.int64)
+    X = np.arange(18.0).reshape(6, 3)
+    by_ints, by_strings = QKMeans(k=2, seed=3), QKMeans(k=2, seed=3)
+    by_ints.insert(ids, X)
+    by_strings.insert([str(i) for i in ids.tolist()], X)
+    assert by_ints.to_state() == by_strings.to_state()
 
 
 @settings(max_examples=50, deadline=None)
