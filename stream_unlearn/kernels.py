@@ -181,19 +181,36 @@ def take_rows_abs_max(V, slots, out, max_abs):
     """``out[p] = V[slots[p]]``, and ``max_abs[f]`` = the largest ``|out[:, f]|`` (0 if no rows).
 
     One pass where numpy takes three (gather, ``abs``, column max along
-    axis 0): a Q-k-means refit of 120k x 25 points, 37 -> 10 ms.
+    axis 0): a Q-k-means refit of 120k x 25 points, 37 -> 10 ms. The rows
+    are read in slot order and written to their places (150k x 25 in
+    random order: 25 -> 10 ms), as sequential reads beat random ones; the
+    slots must be distinct (a repeat falls back to reading in ``slots``' order).
     """
     d = V.shape[1]
     for f in range(d):
         max_abs[f] = 0.0
+    where = np.full(V.shape[0], -1, np.int64)
     for p in range(len(slots)):
-        s = slots[p]
-        for f in range(d):
-            x = V[s, f]
-            out[p, f] = x
-            a = abs(x)
-            if a > max_abs[f]:
-                max_abs[f] = a
+        where[slots[p]] = p
+    placed = 0
+    for s in range(V.shape[0]):
+        p = where[s]
+        if p >= 0:
+            _take_row(V, s, out, p, max_abs)
+            placed += 1
+    if placed != len(slots):  # a repeated slot: some rows were not placed
+        for p in range(len(slots)):
+            _take_row(V, slots[p], out, p, max_abs)
+
+
+@njit(inline="always", **_OPTS)
+def _take_row(V, s, out, p, max_abs):
+    for f in range(V.shape[1]):
+        x = V[s, f]
+        out[p, f] = x
+        a = abs(x)
+        if a > max_abs[f]:
+            max_abs[f] = a
 
 
 @njit(**_OPTS)

@@ -100,6 +100,19 @@ def test_seeding_follows_k_means_plus_plus_on_separated_blobs():
     assert misses <= 2
 
 
+@settings(max_examples=100, deadline=None)
+@given(st.integers(1, 60), st.integers(1, 5), st.data())
+def test_taking_rows_in_slot_order_gives_numpys_gather(rows, d, data):
+    """A Q refit's rows, read in slot order and placed: numpy's ``V[slots]`` and column |max|, repeats too."""
+    rng = np.random.default_rng(rows * 7 + d)
+    V = rng.normal(size=(rows, d)) * 10.0 ** rng.integers(-3, 4, size=(rows, 1))
+    slots = np.array(data.draw(st.lists(st.integers(0, rows - 1), max_size=2 * rows)), dtype=np.int64)
+    out, max_abs = np.empty((len(slots), d)), np.empty(d)
+    kernels.take_rows_abs_max(V, slots, out, max_abs)
+    assert np.array_equal(out, V[slots])
+    assert np.array_equal(max_abs, np.abs(V[slots]).max(axis=0) if len(slots) else np.zeros(d))
+
+
 @settings(max_examples=200, deadline=None)
 @given(st.sampled_from(["int8", "uint8", "int32", "int64", "uint64"]), st.data(), st.integers(0, 2**40))
 def test_int_array_ids_hash_as_their_decimal_strings(dtype, data, seed):
