@@ -201,7 +201,7 @@ class DCKMeans(UnlearningModel):
         shape and computed once: item ``r * child_k + c`` is cluster c of child row r.
         """
         if level not in self._level_logu:
-            slots = np.arange(self.level_widths_[level - 1] * self.level_k_[level - 1], dtype=np.uint64)
+            slots = np.arange(self.level_widths_[level - 1] * self._solvers[level - 1].k, dtype=np.uint64)
             keys = combine(seed_key(self.seed, 200 + level), slots)
             self._level_logu[level] = race_log_uniforms(keys, self._solvers[level].k, seed_key(self.seed, 100 + level))
         return self._level_logu[level]
@@ -231,10 +231,11 @@ class DCKMeans(UnlearningModel):
         self._mark_parents(level, nodes)
 
     def _child_items(self, level: int, partition: int) -> tuple[np.ndarray, np.ndarray]:
-        """The items (child_width * k, d) and weights under one partition at ``level``: views of the child level."""
+        """The items (child_width * child k, d) and weights under one partition at ``level``: views of the child
+        level."""
         child_C, child_W = self._node_centroids[level - 1], self._node_weights[level - 1]
         assert child_C is not None and child_W is not None
-        child_width, child_k = self.level_widths_[level - 1], self.level_k_[level - 1]
+        child_width, child_k = self.level_widths_[level - 1], self._solvers[level - 1].k
         rows = slice(partition * child_width, (partition + 1) * child_width)
         return (child_C[rows].reshape(child_width * child_k, child_C.shape[2]),
                 child_W[rows].reshape(child_width * child_k))

@@ -55,7 +55,7 @@ def id_keys(ids: Sequence[str], seed: int) -> np.ndarray:
 
 def int_id_keys(values: np.ndarray, seed: int) -> np.ndarray:
     """:func:`id_keys` of integer ids given as an integer array (their decimal strings, as the wire
-    means them), without making the strings: a bulk insert of 100k int ids, 10.5 -> ~2 ms."""
+    means them), without making the strings: 100k int ids, 11 -> 6 ms."""
     values = np.asarray(values)
     if len(values) == 0:
         return np.empty(0, dtype=np.uint64)
@@ -87,12 +87,12 @@ def _decimal_digits(magnitude, powers, out):
 @njit(cache=True, nogil=True)
 def _decimal_bytes(magnitude, negative, digits, out):
     """``out[i]``: the ASCII decimal form of ``(-1 if negative[i] else 1) * magnitude[i]``, zero-padded."""
+    ten = np.uint64(10)
     for i in range(len(magnitude)):
         start = 1 if negative[i] else 0
         if negative[i]:
             out[i, 0] = 45  # '-'
         m = magnitude[i]
-        ten = np.uint64(10)
         for position in range(start + digits[i] - 1, start - 1, -1):
             rest = m // ten  # uint64 throughout: no float on the way
             out[i, position] = np.uint8(np.uint64(48) + (m - rest * ten))

@@ -40,14 +40,13 @@ def sqd(A: np.ndarray, i: int, B: np.ndarray, j: int) -> float:
 
 @njit(inline="always", **_OPTS)
 def sqd_below(A: np.ndarray, i: int, B: np.ndarray, j: int, cap: float) -> float:
-    """The squared distance of rows ``A[i]`` and ``B[j]`` if it is below ``cap``, else a value ``>= cap``
-    and at most that distance (a lower bound of it).
+    """The squared distance of rows ``A[i]`` and ``B[j]`` if it is below ``cap``, else some value ``>= cap``.
 
     Feature f goes to accumulator f mod 4, in order, and the four are added
     as ``(s0 + s1) + (s2 + s3)``: one fixed order, whatever the cap. Every 8
-    features it stops once the partial sum reaches ``cap`` and returns it:
-    exact, because IEEE addition of non-negative terms never decreases, so
-    the full sum could only be larger still.
+    features it stops once the partial sum reaches ``cap``: exact, because
+    IEEE addition of non-negative terms never decreases, so the full sum
+    could only be larger still.
     """
     d = A.shape[1]
     s0 = 0.0
@@ -59,9 +58,8 @@ def sqd_below(A: np.ndarray, i: int, B: np.ndarray, j: int, cap: float) -> float
         s0, s1, s2, s3 = _four_more(A, i, B, j, f, s0, s1, s2, s3)
         s0, s1, s2, s3 = _four_more(A, i, B, j, f + 4, s0, s1, s2, s3)
         f += 8
-        partial = (s0 + s1) + (s2 + s3)
-        if partial >= cap:
-            return partial
+        if (s0 + s1) + (s2 + s3) >= cap:
+            return cap
     if f + 4 <= d:
         s0, s1, s2, s3 = _four_more(A, i, B, j, f, s0, s1, s2, s3)
         f += 4

@@ -116,5 +116,6 @@ class LloydLabels:
             X, start, start.tobytes() == self._starts[update].tobytes(), self._labels[update], old.margins,
             old.anchor, positions, moves, G, labels, margins, anchor)
         used = np.bincount(anchor, minlength=G + 1) > 0  # keep the anchors still in use, renumbered
-        renumber = (np.cumsum(used) - 1).astype(np.int16)
-        return labels, LabelBounds(margins, renumber[anchor], np.concatenate([old.anchors, start[None]])[used])
+        if not used[:G].all():  # else the old numbers stand, and this start's is G if it is used
+            anchor = (np.cumsum(used) - 1).astype(np.int16)[anchor]
+        return labels, LabelBounds(margins, anchor, np.concatenate([old.anchors, start[None]])[used])
