@@ -10,13 +10,13 @@ lazy recomputation, the proof-of-erasure check and the state format.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from typing import Any, ClassVar, Self
 
 import numpy as np
 
 from . import state as state_format
-from .pieces import Pieces, joined
+from .pieces import Encoder, Pause, Pieces, joined, no_pause
 from .hashing import id_keys, int_id_keys
 from .lloyd import assign
 from .store import PointStore
@@ -208,7 +208,7 @@ class UnlearningModel(ABC):
         """Versioned msgpack state (held points and caches; never pickle)."""
         return joined(self.capture_state()())
 
-    def capture_state(self, compact: bool = False) -> Callable[[], Pieces]:
+    def capture_state(self, compact: bool = False) -> Encoder:
         """The state as of now, encoded later: returns the function that encodes it (as :mod:`.pieces`).
 
         Now: copies of what later changes would touch (the held rows, the
@@ -228,8 +228,9 @@ class UnlearningModel(ABC):
         centroids = state_format.pack_array(self.centroids_)
         cache = self._compact_cache_state() if compact else self._cache_state()
 
-        def encode() -> Pieces:
+        def encode(pause: Pause = no_pause) -> Pieces:
             ids, X, buckets = rows()
+            pause()
             body = {
                 "algorithm": self.algorithm,
                 "params": params,
@@ -240,7 +241,7 @@ class UnlearningModel(ABC):
                 "centroids": centroids,
                 "cache": cache,
             }
-            return state_format.dump_pieces(body)
+            return state_format.dump_pieces(body, pause)
 
         return encode
 

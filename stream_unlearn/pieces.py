@@ -8,22 +8,37 @@ gives the same bytes as ``msgpack.packb(obj, use_bin_type=True)`` cut into
 pieces: a big binary is a piece of its own, by reference (no copy); a long
 list is packed a slice at a time; the rest is packed a value at a time into
 small pieces. No step holds the GIL for long, and the file writer hashes and
-writes each piece (both release the GIL) without joining them.
+writes each piece (both release the GIL) without joining them. Between two
+slices the encoder calls a :data:`Pause`, where the worker's loop may go
+first (:mod:`.loop_priority`).
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import Any, Union
+from collections.abc import Callable, Sequence
+from typing import Any, Protocol, Union
 
 import msgpack
 import numpy as np
 
-__all__ = ["Buffer", "Pieces", "as_pieces", "joined", "n_bytes", "pack_pieces"]
+__all__ = ["Buffer", "Encoder", "Pause", "Pieces", "as_pieces", "joined", "n_bytes", "no_pause", "pack_pieces"]
 
 Buffer = Union[bytes, bytearray, memoryview]
 #: The bytes of one encoded value, in order.
 Pieces = list[Buffer]
+#: Called between two steps of an encoding or a write: where other work may go first.
+Pause = Callable[[], None]
+
+
+def no_pause() -> None:
+    """The :data:`Pause` of work that gives way to nothing."""
+
+
+class Encoder(Protocol):
+    """A captured state's encoding, run later (on any thread): its pieces."""
+
+    def __call__(self, pause: Pause = no_pause) -> Pieces: ...
+
 
 #: Binaries at least this long are referenced, not copied.
 _BIG = 64 * 1024
@@ -37,15 +52,16 @@ _GATHER = 1 << 20
 _HEADERS = msgpack.Packer(use_bin_type=True)
 
 
-def pack_pieces(obj: Any) -> Pieces:
+def pack_pieces(obj: Any, pause: Pause = no_pause) -> Pieces:
     """``msgpack.packb(obj, use_bin_type=True)`` as pieces (see the module docstring).
 
     A 1-D numpy array of objects (a store's ids) packs as its ``tolist()``,
-    a slice at a time. The pieces reference the big binaries of ``obj``:
-    they must not change until the pieces are written.
+    a slice at a time, with ``pause()`` before each slice. The pieces
+    reference the big binaries of ``obj``: they must not change until the
+    pieces are written.
     """
     out = _Gather()
-    _pack(obj, out)
+    _pack(obj, out, pause)
     out.flush()
     return out.pieces
 
@@ -94,19 +110,20 @@ class _Gather:
             self._small = bytearray()
 
 
-def _pack(obj: Any, out: _Gather) -> None:
+def _pack(obj: Any, out: _Gather, pause: Pause) -> None:
     if isinstance(obj, dict):
         out.add(_HEADERS.pack_map_header(len(obj)))
         for key, value in obj.items():
-            _pack(key, out)
-            _pack(value, out)
+            _pack(key, out, pause)
+            _pack(value, out, pause)
     elif isinstance(obj, (list, tuple)) and len(obj) <= _SHORT:
         out.add(_HEADERS.pack_array_header(len(obj)))
         for item in obj:
-            _pack(item, out)
+            _pack(item, out, pause)
     elif isinstance(obj, (list, tuple)) or (isinstance(obj, np.ndarray) and obj.dtype == object and obj.ndim == 1):
         out.add(_HEADERS.pack_array_header(len(obj)))
         for start in range(0, len(obj), _SLICE):
+            pause()
             part = obj[start : start + _SLICE]
             part = part.tolist() if isinstance(part, np.ndarray) else list(part)
             packed = msgpack.packb(part, use_bin_type=True)

@@ -17,10 +17,13 @@ import msgpack
 import numpy as np
 
 from .config import WorkerConfig
+from .pieces import Pause, no_pause
 from .producer import send_keyed
 
 #: Longest ``detail`` header of a dead letter, in characters.
 _DETAIL_MAX = 1000
+#: :meth:`Publisher.send_acked` sends this many records between two pauses.
+_SEND_STEP = 256
 
 
 
@@ -85,15 +88,21 @@ class Publisher:
         with self._lock:
             self._errors.append((topic, exc))
 
-    def send_acked(self, topic: str, records: Sequence[tuple[bytes, bytes]], timeout: float = 30.0) -> None:
+    def send_acked(self, topic: str, records: Sequence[tuple[bytes, bytes]], timeout: float = 30.0,
+                   pause: Pause = no_pause) -> None:
         """Send ``(key, value)`` records and wait until the broker acknowledged each one.
 
         Their failures are raised here (:class:`PublishError`) and not on
         :meth:`flush`, so a thread waiting for its own records (the snapshot
         writer's receipts) neither takes nor hides the errors of records
-        other threads sent meanwhile.
+        other threads sent meanwhile. They are sent ``_SEND_STEP`` at a time
+        with ``pause()`` before each step (sending holds the GIL).
         """
-        futures = send_keyed(self._producer, topic, [key for key, _ in records], [value for _, value in records])
+        futures = []
+        for start in range(0, len(records), _SEND_STEP):
+            pause()
+            step = records[start : start + _SEND_STEP]
+            futures += send_keyed(self._producer, topic, [key for key, _ in step], [value for _, value in step])
         self._producer.flush(timeout=timeout)
         failed = [f.exception for f in futures if not f.succeeded()]
         if failed:

@@ -40,14 +40,14 @@ import hashlib
 import heapq
 import math
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from operator import itemgetter
 
 import msgpack
 import numpy as np
 
-from .pieces import Pieces, joined, pack_pieces
+from .pieces import Encoder, Pause, Pieces, joined, no_pause, pack_pieces
 from .wire import DeleteEvent, InsertEvent
 
 __all__ = [
@@ -267,7 +267,7 @@ class EventTimeState:
         """msgpack state for a snapshot: ids of held points, hashed tombstones."""
         return joined(self.capture_bytes()())
 
-    def capture_bytes(self) -> Callable[[], Pieces]:
+    def capture_bytes(self) -> Encoder:
         """The state as of now, encoded later (see ``UnlearningModel.capture_state``), as :mod:`.pieces`.
 
         Now: shallow copies of the two maps (their keys and values are
@@ -277,19 +277,23 @@ class EventTimeState:
         scalars = {"format": _FORMAT, "version": _VERSION, "key": self._key, "horizon": self.horizon,
                    "watermark": self.watermark, "floor": self.floor}
 
-        def encode() -> Pieces:
+        def encode(pause: Pause = no_pause) -> Pieces:
             versions = list(held.values())  # map/itemgetter: C loops, no Python frame per id
             held_ts = np.fromiter(map(itemgetter(0), versions), dtype="<f8", count=len(versions))
+            pause()
+            held_digests = b"".join(map(itemgetter(1), versions))
+            pause()
             tomb_ts = np.fromiter(tombstones.values(), dtype="<f8", count=len(tombstones))
             return pack_pieces(
                 {
                     **scalars,
                     "held_ids": list(held),
                     "held_ts": held_ts.tobytes(),
-                    "held_digests": b"".join(map(itemgetter(1), versions)),
+                    "held_digests": held_digests,
                     "tomb_hashes": b"".join(tombstones),
                     "tomb_ts": tomb_ts.tobytes(),
-                }
+                },
+                pause,
             )
 
         return encode

@@ -54,7 +54,7 @@ from typing import Any, Callable, Iterator, Sequence
 
 import msgpack
 
-from .pieces import Buffer, as_pieces
+from .pieces import Buffer, Pause, as_pieces, no_pause
 
 __all__ = [
     "FORMAT",
@@ -84,6 +84,8 @@ FILE_MODE = 0o600
 
 #: Upper bound on the manifest file size; a larger file is corrupt.
 MAX_MANIFEST_BYTES = 64 * 1024 * 1024
+#: A part is hashed and written this many bytes at a time, with a pause between (see ``write``).
+_WRITE_STEP = 4 * 1024 * 1024
 
 _SNAP_RE = re.compile(r"^snap-(\d{12,})$")
 _PART_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.\-]{0,127}$")
@@ -164,11 +166,12 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def _write_file(path: Path, data: Buffer | Sequence[Buffer]) -> tuple[int, bytes]:
+def _write_file(path: Path, data: Buffer | Sequence[Buffer], pause: Pause = no_pause) -> tuple[int, bytes]:
     """Create ``path`` (must not exist) with mode 0o600, write the pieces, fsync.
 
     Returns the size and sha256 of what was written, hashed piece by piece as
-    it is written (both release the GIL for big pieces).
+    it is written (both release the GIL for big pieces), ``_WRITE_STEP``
+    bytes at a time with ``pause()`` before each step.
     """
     digest = hashlib.sha256()
     size = 0
@@ -180,12 +183,15 @@ def _write_file(path: Path, data: Buffer | Sequence[Buffer]) -> tuple[int, bytes
     try:
         os.fchmod(fd, FILE_MODE)  # independent of the umask
         for piece in as_pieces(data):
-            view = memoryview(piece).cast("B")
-            digest.update(view)
-            size += len(view)
-            while view:
-                n = os.write(fd, view)
-                view = view[n:]
+            whole = memoryview(piece).cast("B")
+            for start in range(0, len(whole), _WRITE_STEP):
+                pause()
+                view = whole[start : start + _WRITE_STEP]
+                digest.update(view)
+                size += len(view)
+                while view:
+                    n = os.write(fd, view)
+                    view = view[n:]
         os.fsync(fd)
     finally:
         os.close(fd)
@@ -518,7 +524,7 @@ class SnapshotStore:
 
     # ---- write
 
-    def write(self, parts: dict[str, Buffer | Sequence[Buffer]], meta: Any) -> SnapshotInfo:
+    def write(self, parts: dict[str, Buffer | Sequence[Buffer]], meta: Any, pause: Pause = no_pause) -> SnapshotInfo:
         """Write a new snapshot durably and atomically; return its info.
 
         ``parts`` maps part names (see :func:`validate_part_name`) to bytes,
@@ -527,7 +533,8 @@ class SnapshotStore:
         msgpack-serialisable value (a dict in practice; tuples come back as
         lists, int map keys are kept). The new sequence number is one more
         than the largest ``snap-*`` present (valid or not) and than any this
-        store wrote before.
+        store wrote before. ``pause`` is called between steps of the writing
+        (the snapshot writer's :meth:`LoopPriority.pause <.loop_priority.LoopPriority.pause>`).
         """
         self._require_writable()
         if not isinstance(parts, dict):
@@ -542,7 +549,7 @@ class SnapshotStore:
         def fill(tmp: Path) -> dict[str, dict[str, Any]]:
             table = {}
             for name, data in parts.items():
-                size, digest = _write_file(tmp / name, data)
+                size, digest = _write_file(tmp / name, data, pause)
                 table[name] = {"size": size, "sha256": digest}
             return table
 

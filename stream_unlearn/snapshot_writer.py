@@ -14,6 +14,9 @@ semantics state, offsets in ``meta``, the receipts it makes durable) in a
 4. writes a replacement snapshot without the receipts' ids (parts
    hard-linked, not hashed again) and prunes the first.
 
+Between small steps of 0-4 it pauses while the loop applies a batch
+(:mod:`.loop_priority`), within a budget per job.
+
 It hands a :class:`Completion` back through a queue that the loop drains,
 so unit state and metrics are only touched on the loop thread. The loop
 keeps at most one job per unit in flight (:meth:`SnapshotWriter.busy`), so
@@ -28,12 +31,13 @@ import logging
 import queue
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from .loop_priority import LoopPriority
+from .pieces import Encoder
 from .publisher import Publisher
-from .pieces import Pieces
 from .receipts import PendingReceipt, encode_receipt
 from .snapshot import SnapshotInfo, SnapshotStore
 
@@ -56,7 +60,7 @@ class SnapshotJob:
     name: str
     store: SnapshotStore
     #: each part's bytes, or the function that encodes the captured state into them (run once)
-    parts: dict[str, bytes | Callable[[], Pieces]]
+    parts: dict[str, bytes | Encoder]
     meta: dict[str, Any]
     #: receipts already listed in the last durable snapshot, then those of deletes applied since
     unsent: tuple[PendingReceipt, ...]
@@ -90,24 +94,34 @@ class Completion:
         return self.replaced or self.written
 
 
-def run_job(job: SnapshotJob, publisher: Publisher, receipts_topic: str) -> Completion:
-    """Steps 0-4 of the module docstring for one job (any thread); never raises."""
+def run_job(job: SnapshotJob, publisher: Publisher, receipts_topic: str,
+            priority: LoopPriority | None = None) -> Completion:
+    """Steps 0-4 of the module docstring for one job (any thread); never raises.
+
+    ``priority``: the loop's; the job pauses for it between steps (its
+    ``waited`` seconds are in ``seconds["yielded"]``, and in the phases').
+    """
     done = Completion(job)
     clock = time.perf_counter()
+    if priority is None:
+        priority = LoopPriority(budget=0.0)  # nobody applies under it: it never waits
+    priority.job_started()
+    pause = priority.pause
 
     def lap(phase: str) -> None:
         nonlocal clock
         now = time.perf_counter()
         done.seconds[phase] = now - clock
+        done.seconds["yielded"] = priority.waited
         clock = now
 
     try:
-        parts = {name: part() if callable(part) else part for name, part in job.parts.items()}
+        parts = {name: part(pause) if callable(part) else part for name, part in job.parts.items()}
         lap("encode")
         if job.durable is None:
             publisher.flush()  # dead letters before the offsets that pass them
             lap("flush")
-            done.written = job.store.write(parts, job.meta)
+            done.written = job.store.write(parts, job.meta, pause)
             lap("write")
             job.store.prune(done.written.seq, verify=False)  # write() returned: it is durable
             lap("prune")
@@ -119,7 +133,8 @@ def run_job(job: SnapshotJob, publisher: Publisher, receipts_topic: str) -> Comp
     if not job.pending:
         return done
     try:
-        publisher.send_acked(receipts_topic, [encode_receipt(p, done.written.seq) for p in job.pending])
+        publisher.send_acked(receipts_topic, [encode_receipt(p, done.written.seq) for p in job.pending],
+                             pause=pause)
         done.receipts_acked = True
     except Exception as exc:  # not acknowledged: they stay listed on disk and are re-sent
         done.receipts_error = exc
@@ -143,9 +158,10 @@ class SnapshotWriter:
     :meth:`wait`.
     """
 
-    def __init__(self, publisher: Publisher, receipts_topic: str) -> None:
+    def __init__(self, publisher: Publisher, receipts_topic: str, priority: LoopPriority | None = None) -> None:
         self._publisher = publisher
         self._topic = receipts_topic
+        self._priority = priority
         self._jobs: queue.SimpleQueue[SnapshotJob | None] = queue.SimpleQueue()
         self._done: queue.SimpleQueue[Completion] = queue.SimpleQueue()
         self._in_flight: set[str] = set()
@@ -193,7 +209,7 @@ class SnapshotWriter:
     def _run(self) -> None:
         while (job := self._jobs.get()) is not None:
             try:
-                done = run_job(job, self._publisher, self._topic)
+                done = run_job(job, self._publisher, self._topic, self._priority)
             except BaseException as exc:  # run_job does not raise; never leave the loop waiting anyway
                 done = Completion(job, error=exc)
             self._done.put(done)

@@ -7,7 +7,7 @@ from typing import Any
 import msgpack
 import numpy as np
 
-from .pieces import Pieces, joined, pack_pieces
+from .pieces import Pause, Pieces, joined, no_pause, pack_pieces
 
 FORMAT = "stream-unlearn-model"
 VERSION = 1
@@ -51,9 +51,9 @@ def dumps(body: dict[str, Any]) -> bytes:
     return joined(dump_pieces(body))
 
 
-def dump_pieces(body: dict[str, Any]) -> Pieces:
+def dump_pieces(body: dict[str, Any], pause: Pause = no_pause) -> Pieces:
     """:func:`dumps` as pieces (:mod:`.pieces`): for a writer thread that must not hold the GIL for long."""
-    return pack_pieces({"format": FORMAT, "version": VERSION, **body})
+    return pack_pieces({"format": FORMAT, "version": VERSION, **body}, pause)
 
 
 def loads(blob: bytes) -> dict[str, Any]:

@@ -48,7 +48,8 @@ offsets after the same record):
    the producer (dead letters are durable before offsets pass them),
    writes the snapshot, prunes every older one of that unit, then sends one
    erasure receipt per delete, and replaces the snapshot by one that no
-   longer lists the receipts' ids. :meth:`Worker.snapshot` (SIGTERM, tests)
+   longer lists the receipts' ids. The writer pauses while the loop applies
+   a batch (:mod:`stream_unlearn.loop_priority`). :meth:`Worker.snapshot` (SIGTERM, tests)
    is synchronous: it waits for the snapshots in flight and for its own.
 
 Restart or hand-over = load the unit's newest valid snapshot, seek to its
@@ -84,6 +85,7 @@ from .broker import ensure_topics
 from .config import ConfigError, WorkerConfig, config_from_args
 from .continuity import Continuity
 from .hashing import murmur2_partitions
+from .loop_priority import LoopPriority
 from .model_accounting import ModelAccounting
 from .model_publishing import ModelPublishing
 from .ownership import OwnerLock, OwnershipError, RebalanceLog, partitions_of
@@ -169,6 +171,8 @@ class Worker:
         self._consumer: Any = None
         self._publisher: Publisher | None = None
         self._writer: SnapshotWriter | None = None
+        #: raised while a batch is applied: the snapshot writer pauses meanwhile
+        self._priority = LoopPriority()
         #: units whose snapshot job is in flight, by unit name
         self._writing: dict[str, Unit] = {}
         #: units due for a periodic snapshot, captured one at a time, spread over the interval
@@ -277,7 +281,7 @@ class Worker:
         self._continuity = Continuity(self._consumer, POLL_TIMEOUT_MS)
         self.n_partitions = self._partition_count()
         self._publisher = Publisher(c)
-        self._writer = SnapshotWriter(self._publisher, c.receipts_topic)
+        self._writer = SnapshotWriter(self._publisher, c.receipts_topic, self._priority)
         if self.dc:
             from .model_cmd import SummaryReader
 
@@ -603,14 +607,15 @@ class Worker:
             if self.dc and self.n_partitions > 1 and self.config.partitioner == "murmur2":
                 events, sources, partitions, misplaced = self._on_their_partition(events, sources, partitions)
                 dead += misplaced
-            plan = unit.semantics.apply(events, partitions)
-            started = time.perf_counter()
-            if plan.delete_ids:
-                unit.model.delete(plan.delete_ids)
-            if plan.insert_ids:
-                unit.model.insert(plan.insert_ids, plan.insert_vectors)
-            unit.model.flush()
-            seconds += time.perf_counter() - started
+            with self._priority.applying():
+                plan = unit.semantics.apply(events, partitions)
+                started = time.perf_counter()
+                if plan.delete_ids:
+                    unit.model.delete(plan.delete_ids)
+                if plan.insert_ids:
+                    unit.model.insert(plan.insert_ids, plan.insert_vectors)
+                unit.model.flush()
+                seconds += time.perf_counter() - started
             if plan.changes_model:
                 unit.version += 1
             unit.offsets.update(consumed)  # only now: the model reflects these records

@@ -13,6 +13,7 @@ from kafka.partitioner.default import murmur2
 from stream_unlearn.broker import ensure_topics
 from stream_unlearn.config import WorkerConfig
 from stream_unlearn.producer import EventProducer
+from stream_unlearn import publisher as publisher_module
 from stream_unlearn.publisher import Publisher, PublishError
 from stream_unlearn.wire import decode_delete, decode_insert, encode_insert
 
@@ -74,15 +75,21 @@ def test_a_partitioner_given_in_the_kafka_config_is_used(broker, topics, consume
     assert {r.partition for r in consume(broker, topics[0], 10)} == {4}
 
 
-def test_the_workers_acked_sends_land_where_the_default_partitioner_puts_them(broker, unique_topic, consume) -> None:
-    """Receipts go out through Publisher.send_acked with partitions computed for the whole batch."""
+def test_the_workers_acked_sends_land_where_the_default_partitioner_puts_them(broker, unique_topic, consume,
+                                                                             monkeypatch) -> None:
+    """Receipts go out through Publisher.send_acked with partitions computed for each step of 16 (here),
+    and a pause before each step (where the worker's loop may go first)."""
+    monkeypatch.setattr(publisher_module, "_SEND_STEP", 16)
     topic = unique_topic("receipts")
     ensure_topics(broker, {topic: 3})
     publisher = Publisher(WorkerConfig(bootstrap_servers=broker))
+    pauses = []
     try:
-        publisher.send_acked(topic, [(str(pid).encode(), b"v%d" % i) for i, pid in enumerate(IDS)])
+        publisher.send_acked(topic, [(str(pid).encode(), b"v%d" % i) for i, pid in enumerate(IDS)],
+                             pause=lambda: pauses.append(1))
     finally:
         publisher.close()
+    assert len(pauses) == -(-len(IDS) // 16)
     records = consume(broker, topic, len(IDS))
     assert sorted(r.key for r in records) == sorted(str(pid).encode() for pid in IDS)
     for record in records:

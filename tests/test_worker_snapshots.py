@@ -62,11 +62,11 @@ def test_the_loop_applies_while_a_snapshot_is_in_flight(broker, unique_topic, tm
         submitted.append(job.name)
         return submit(self, job)
 
-    def holding_write(self, parts, meta):
+    def holding_write(self, parts, meta, *args):
         if in_writer() and not held.is_set():
             held.set()
             release.wait()
-        return write(self, parts, meta)
+        return write(self, parts, meta, *args)
 
     monkeypatch.setattr(SnapshotStore, "write", holding_write)
     monkeypatch.setattr(SnapshotWriter, "submit", counting_submit)
@@ -100,8 +100,8 @@ def test_receipts_go_out_only_after_their_snapshot_is_durable_and_older_ones_pru
     problems: list[str] = []
     write, send_acked = SnapshotStore.write, publisher.Publisher.send_acked
 
-    def recording_write(self, parts, meta):
-        info = write(self, parts, meta)
+    def recording_write(self, parts, meta, *args):
+        info = write(self, parts, meta, *args)
         last_write["path"] = info.path
         return info
 
@@ -171,7 +171,7 @@ def test_a_writer_that_outlives_close_is_reported_stuck(tmp_path):
 
     release = threading.Event()
     writer = SnapshotWriter(publisher=None, receipts_topic="unused")  # the job never gets to publish
-    job = SnapshotJob("unit", SnapshotStore(tmp_path / "s"), {"model": lambda: release.wait(30) and b"x"}, {}, (), ())
+    job = SnapshotJob("unit", SnapshotStore(tmp_path / "s"), {"model": lambda pause: release.wait(30) and b"x"}, {}, (), ())
     writer.submit(job)
     try:
         writer.close(timeout=0.2)

@@ -205,10 +205,10 @@ def run_worker_holding_writer(phase: str, marker: str, argv: list[str]) -> int:
     if phase == "write":
         write_file = snapshot._write_file
 
-        def holding_write_file(path: Path, data: Any) -> tuple[int, bytes]:
+        def holding_write_file(path: Path, data: Any, *args: Any) -> tuple[int, bytes]:
             if path.name == snapshot.MANIFEST_NAME:
                 hold()
-            return write_file(path, data)
+            return write_file(path, data, *args)
 
         snapshot._write_file = holding_write_file
     elif phase == "receipts":
