@@ -23,7 +23,8 @@ from contextlib import contextmanager
 __all__ = ["DEFAULT_BUDGET", "LoopPriority"]
 
 #: Seconds a snapshot job may spend waiting for the loop, in all (receipts are due within the
-#: snapshot interval + 1 s; a job itself takes 0.2-0.4 s at 130k points here).
+#: snapshot interval + 1 s; a job itself takes 0.2-0.4 s at 130k points here, up to 0.9 s in
+#: the machine's slow phases).
 DEFAULT_BUDGET = 0.5
 
 
