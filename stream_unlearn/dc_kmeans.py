@@ -177,7 +177,8 @@ class DCKMeans(UnlearningModel):
         counts = self._store.bucket_sizes
         held = [leaf for leaf in leaves if counts[leaf]]
         empty = [leaf for leaf in leaves if not counts[leaf]]
-        C[empty], W[empty] = 0.0, 0.0
+        if empty:
+            C[empty], W[empty] = 0.0, 0.0
         if len(held) == 1:
             leaf = held[0]
             keys, X, _ = self._store.gather(held)
@@ -215,15 +216,18 @@ class DCKMeans(UnlearningModel):
         width, child_width = self.level_widths_[level], self.level_widths_[level - 1]
         f, solver, child_k = self.fanout, self._solvers[level], self._solvers[level - 1].k
         logu = self._item_log_uniforms(level)
-        node_ids = np.asarray(nodes, dtype=np.int64)
-        partitions, local = np.divmod(node_ids, width)
-        first = local * f
-        starts, stops = first * child_k, np.minimum(first + f, child_width) * child_k
-        if len(nodes) <= _FEW_NODES:
-            for node, p, start, stop in zip(nodes, partitions.tolist(), starts.tolist(), stops.tolist()):
-                fit_range_into(*self._child_items(level, p), logu, start, stop, *solver, C[node : node + 1],
+        if len(nodes) <= _FEW_NODES:  # in Python ints: numpy's per-call costs add up on one event's path
+            for node in nodes:
+                p, first = divmod(node, width)
+                first *= f
+                fit_range_into(*self._child_items(level, p), logu, first * child_k,
+                               min(first + f, child_width) * child_k, *solver, C[node : node + 1],
                                W[node : node + 1])
         else:
+            node_ids = np.asarray(nodes, dtype=np.int64)
+            partitions, local = np.divmod(node_ids, width)
+            first = local * f
+            starts, stops = first * child_k, np.minimum(first + f, child_width) * child_k
             for p in np.unique(partitions).tolist():
                 mine = partitions == p
                 result = fit_ranges(*self._child_items(level, p), logu, starts[mine], stops[mine], *solver)
