@@ -352,15 +352,13 @@ class QKMeans(UnlearningModel):
         for update in range(self.max_iter):
             if labels is not None:  # the seeding's: exact, with no margin to move by
                 bounds = LabelBounds.fresh(np.full(n, -np.inf), centres[-1])
-            else:
-                cached = self._lloyd_labels.labels(update, centres[-1], X, positions)
-                if cached is not None:
-                    labels, bounds = cached
-            if labels is not None:
-                s, c = cluster_sums(X, weights, labels, self.k)
-            else:
+            elif (cached := self._lloyd_labels.labels(update, centres[-1], X, positions)) is not None:
+                labels, bounds = cached
+            if labels is None:
                 s, c, labels, margins = assign_cluster_sums(X, centres[-1])
                 bounds = LabelBounds.fresh(margins, centres[-1])
+            else:
+                s, c = cluster_sums(X, weights, labels, self.k)
             all_labels.append(labels)
             all_bounds.append(bounds)
             labels = None
