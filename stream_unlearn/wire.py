@@ -44,6 +44,7 @@ __all__ = [
     "TOPIC_RECEIPTS",
     "decode_delete",
     "decode_insert",
+    "decode_inserts",
     "encode_delete",
     "encode_insert",
     "encode_inserts",
@@ -268,6 +269,66 @@ def decode_insert(
     return InsertEvent(sid, vec, _decode_ts(obj, record_ts, max_ts_ahead))
 
 
+def decode_inserts(
+    records: Sequence[tuple[bytes | None, bytes | None, float | None]],
+    *,
+    dim: int | None,
+    max_id_bytes: int = DEFAULT_MAX_ID_BYTES,
+    max_value_bytes: int = DEFAULT_MAX_VALUE_BYTES,
+    max_ts_ahead: float = math.inf,
+) -> tuple[list[InsertEvent | BadRecord], int | None]:
+    """Decode a batch of ``(value, key, record_ts)``: each record's event, or the :class:`BadRecord` it raises.
+
+    The same outcome, record by record, as :func:`decode_insert` called on
+    each in turn with ``dim`` fixed by the first valid one when ``None``
+    (returned as the second item). Why: bin vectors, the usual case, are
+    converted and checked together, one numpy pass for the batch instead
+    of three small calls per record, about half the cost of decoding. Their
+    vectors are rows of one array per batch.
+    """
+    results: list[InsertEvent | BadRecord] = []
+    deferred: list[tuple[int, str, float | BadRecord]] = []  # (result index, id, ts or its error)
+    raws: list[bytes] = []
+    for value, key, record_ts in records:
+        try:
+            if dim is None:  # until a first valid vector fixes the dimension, one by one
+                event = decode_insert(value, dim=None, record_ts=record_ts, key=key, max_id_bytes=max_id_bytes,
+                                      max_value_bytes=max_value_bytes, max_ts_ahead=max_ts_ahead)
+                dim = len(event.vec)
+                results.append(event)
+                continue
+            obj = _unpack_map(value, max_id_bytes, max_value_bytes)
+            sid = _decode_id(obj, key, max_id_bytes)
+            try:
+                raw = obj["vec"]
+            except KeyError:
+                raise BadRecord("missing_field", "insert has no 'vec'") from None
+            if type(raw) is not bytes or len(raw) != 4 * dim:  # lists and faults: the single-record checks
+                results.append(InsertEvent(sid, _decode_vec(raw, dim), _decode_ts(obj, record_ts, max_ts_ahead)))
+                continue
+        except BadRecord as bad:
+            results.append(bad)
+            continue
+        try:  # the vector's finiteness, checked later, comes first: a ts error waits for it
+            ts_or_error: float | BadRecord = _decode_ts(obj, record_ts, max_ts_ahead)
+        except BadRecord as bad:
+            ts_or_error = bad
+        deferred.append((len(results), sid, ts_or_error))
+        raws.append(raw)
+        results.append(ts_or_error)  # a placeholder
+    if deferred:
+        assert dim is not None
+        vectors = np.frombuffer(b"".join(raws), dtype="<f4").reshape(len(raws), dim).astype(np.float64)
+        # Finite sums of squares of float32s prove every element finite, as in _decode_vec.
+        finite = np.isfinite(np.einsum("ij,ij->i", vectors, vectors)).tolist()
+        for (index, sid, ts), vec, ok in zip(deferred, vectors, finite):
+            if not ok:
+                results[index] = _non_finite()
+            elif not isinstance(ts, BadRecord):
+                results[index] = InsertEvent(sid, vec, ts)
+    return results, dim
+
+
 def decode_delete(
     value: bytes | None,
     *,
@@ -376,8 +437,12 @@ def _decode_vec(raw: Any, dim: int | None) -> np.ndarray:
     if dim is not None and vec.shape[0] != dim:
         raise BadRecord("wrong_dimension", f"vector has {vec.shape[0]} values, expected {dim}")
     if not finite:
-        raise BadRecord("non_finite", f"vector contains NaN, infinity or a value beyond +-{MAX_ABS_VALUE:g}")
+        raise _non_finite()
     return vec
+
+
+def _non_finite() -> BadRecord:
+    return BadRecord("non_finite", f"vector contains NaN, infinity or a value beyond +-{MAX_ABS_VALUE:g}")
 
 
 def _decode_ts(obj: dict, record_ts: float | None, max_ts_ahead: float) -> float:

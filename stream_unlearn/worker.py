@@ -99,7 +99,7 @@ from .snapshot_writer import Completion, SnapshotJob, SnapshotWriter
 from .summaries import GlobalModel
 from .units import META_FORMAT, MODEL_PART, SEMANTICS_PART, Unit, WorkerError, restore_unit
 from .warmup import warm_up
-from .wire import BadRecord, DeleteEvent, InsertEvent, decode_delete, decode_insert
+from .wire import BadRecord, DeleteEvent, InsertEvent, decode_delete, decode_inserts
 
 __all__ = [
     "MODEL_PART",
@@ -589,11 +589,9 @@ class Worker:
             records, consumed_to = taken
             _, events, sources, consumed = work.setdefault(id(unit), (unit, [], [], {}))
             is_insert = tp.topic == self.config.insert_topic
-            for record in records:
-                try:
-                    event = self._decode(record, is_insert)
-                except BadRecord as bad:
-                    self._dead_letter(tp, record, bad, "insert" if is_insert else "delete")
+            for record, event in zip(records, self._decode(records, is_insert)):
+                if isinstance(event, BadRecord):
+                    self._dead_letter(tp, record, event, "insert" if is_insert else "delete")
                     dead += 1
                     continue
                 events.append(event)
@@ -653,19 +651,22 @@ class Worker:
         return ([events[i] for i in keep], [sources[i] for i in keep], [partitions[i] for i in keep],
                 len(events) - len(keep))
 
-    def _decode(self, record: Any, is_insert: bool) -> InsertEvent | DeleteEvent:
+    def _decode(self, records: list[Any], is_insert: bool) -> list[InsertEvent | DeleteEvent | BadRecord]:
+        """Each record's event, or why it is bad; inserts decode as one batch (see :func:`decode_inserts`)."""
         c = self.config
-        record_ts = record.timestamp / 1000.0 if record.timestamp is not None and record.timestamp >= 0 else None
         if is_insert:
-            event = decode_insert(record.value, dim=self._dim, record_ts=record_ts, key=record.key,
-                                  max_id_bytes=c.max_id_bytes, max_value_bytes=c.max_value_bytes,
-                                  max_ts_ahead=c.max_ts_ahead)
-            if self._dim is None:
-                self._dim = len(event.vec)
-            return event
-        return decode_delete(record.value, record_ts=record_ts, key=record.key,
-                             max_id_bytes=c.max_id_bytes, max_value_bytes=c.max_value_bytes,
-                             max_ts_ahead=c.max_ts_ahead)
+            events, self._dim = decode_inserts([(r.value, r.key, _record_ts(r)) for r in records], dim=self._dim,
+                                               max_id_bytes=c.max_id_bytes, max_value_bytes=c.max_value_bytes,
+                                               max_ts_ahead=c.max_ts_ahead)
+            return events
+        deletes: list[InsertEvent | DeleteEvent | BadRecord] = []
+        for r in records:
+            try:
+                deletes.append(decode_delete(r.value, record_ts=_record_ts(r), key=r.key, max_id_bytes=c.max_id_bytes,
+                                             max_value_bytes=c.max_value_bytes, max_ts_ahead=c.max_ts_ahead))
+            except BadRecord as bad:
+                deletes.append(bad)
+        return deletes
 
     def _dead_letter(self, tp: Any, record: Any, bad: BadRecord, kind: str) -> None:
         assert self._publisher is not None
@@ -944,6 +945,11 @@ class _TPs(list):
 
 # --------------------------------------------------------------------------
 # the command
+
+
+def _record_ts(record: Any) -> float | None:
+    """A Kafka record's timestamp in seconds; None for a record without one (message format v0: -1)."""
+    return record.timestamp / 1000.0 if record.timestamp is not None and record.timestamp >= 0 else None
 
 
 def main_worker(args: argparse.Namespace) -> int:

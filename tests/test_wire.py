@@ -17,6 +17,7 @@ from stream_unlearn.wire import (
     InsertEvent,
     decode_delete,
     decode_insert,
+    decode_inserts,
     encode_delete,
     encode_insert,
     key_bytes,
@@ -321,3 +322,75 @@ def test_ts_too_far_after_the_record_timestamp_is_a_bad_record() -> None:
                          max_ts_ahead=86400.0).ts == 87400.0
     assert decode_delete(pack({"id": "a", "ts": 5.0}), record_ts=1000.0, max_ts_ahead=0.0).ts == 5.0
     assert decode_delete(pack({"id": "a"}), record_ts=1000.0, max_ts_ahead=0.0).ts == 1000.0
+
+
+# -- batch decoding: the same outcome as record by record ----------------------------------
+
+_BATCH_POOL = [
+    pack({"id": "a", "vec": f32([1.0, 2.0, 3.0])}),
+    pack({"id": "b", "vec": f32([-0.5, 0.0, 1e30]), "ts": 5.0}),
+    pack({"id": 7, "vec": [1.0, 2.0, 3.0]}),  # a list vector
+    pack({"id": "c", "vec": f32([1.0, math.nan, 3.0])}),  # non_finite
+    pack({"id": "d", "vec": f32([math.inf, 0.0, 0.0]), "ts": math.nan}),  # non_finite comes before bad_ts
+    pack({"id": "e", "vec": f32([1.0, 2.0, 3.0]), "ts": math.inf}),  # bad_ts
+    pack({"id": "f", "vec": f32([1.0, 2.0, 3.0]), "ts": "now"}),  # wrong_type ts
+    pack({"id": "g", "vec": f32([1.0, 2.0])}),  # wrong_dimension once 3 is fixed, else fixes 2
+    pack({"id": "h", "vec": f32([math.nan, 1.0])}),  # non_finite, never fixes the dimension
+    pack({"id": "i", "vec": b"\x00\x00\x80"}),  # bad_vector
+    pack({"id": "j", "vec": [1.0, 2.0, 3.0, 4.0]}),
+    pack({"id": "k", "vec": f32([1.0, 2.0, 3.0]), "ts": RECORD_TS + 1e6}),  # too far ahead
+    pack({"id": "", "vec": f32([1.0, 2.0, 3.0])}),  # bad_id
+    pack({"id": "l"}),  # missing_field
+    b"\xc1",  # not_msgpack
+    b"",  # empty_value
+] + [value for reason, value, kind, kwargs in BAD if kind == "insert" and not kwargs]
+
+
+def _id_in(value: bytes) -> object:
+    try:
+        obj = msgpack.unpackb(value, raw=False)
+    except Exception:
+        return "x"
+    return obj.get("id", "x") if isinstance(obj, dict) else "x"
+
+
+def _outcome(result: object) -> tuple:
+    if isinstance(result, BadRecord):
+        return ("bad", result.reason, result.detail)
+    assert isinstance(result, InsertEvent)
+    return ("event", result.id, result.ts, result.vec.dtype.str, result.vec.tolist())
+
+
+@settings(max_examples=300)
+@given(picks=st.lists(st.integers(0, len(_BATCH_POOL) - 1), max_size=30),
+       dim=st.sampled_from([None, 2, 3]), keyed=st.booleans(), no_ts=st.booleans())
+def test_batch_decoding_equals_decoding_record_by_record(picks: list[int], dim: int | None, keyed: bool,
+                                                         no_ts: bool) -> None:
+    """Outcomes, vectors' bits and the dimension learnt: as if each record were decoded alone, in order."""
+    records = []
+    for n, i in enumerate(picks):
+        value = _BATCH_POOL[i]
+        key = None
+        if keyed:  # the id's bytes, or (every third record) someone else's: key_mismatch
+            key = b"other" if n % 3 == 0 else str(_id_in(value)).encode()
+        records.append((value, key, None if no_ts and n % 4 == 0 else RECORD_TS))
+    expected, learnt = [], dim
+    for value, key, record_ts in records:
+        try:
+            event = decode_insert(value, dim=learnt, record_ts=record_ts, key=key, max_ts_ahead=3600.0)
+        except BadRecord as bad:
+            expected.append(_outcome(bad))
+            continue
+        learnt = learnt or len(event.vec)
+        expected.append(_outcome(event))
+    results, batch_dim = decode_inserts(records, dim=dim, max_ts_ahead=3600.0)
+    assert [_outcome(r) for r in results] == expected
+    assert batch_dim == learnt
+
+
+def test_batch_decoded_vectors_are_rows_of_one_float64_array() -> None:
+    records = [(pack({"id": str(i), "vec": f32([i, i + 0.5])}), None, RECORD_TS) for i in range(3)]
+    events, dim = decode_inserts(records, dim=2)
+    assert dim == 2
+    assert all(isinstance(e, InsertEvent) and e.vec.dtype == np.float64 and e.vec.flags.c_contiguous for e in events)
+    assert [e.vec.tolist() for e in events] == [[0.0, 0.5], [1.0, 1.5], [2.0, 2.5]]
