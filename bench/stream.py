@@ -5,8 +5,9 @@ Issue 3 targets, every ratio against a baseline measured in this run:
 1. Throughput. The insert and delete topics (3 partitions each) are
    pre-filled with ``--n`` points of the paper's Gaussian mixture (d=25,
    k=5) and deletes of 10% of them. Baseline: a raw kafka-python consumer
-   (``assign()`` all partitions, poll until every record is read, decode each
-   with ``stream_unlearn.wire.decode_insert/decode_delete``). Then a
+   (``assign()`` all partitions, poll until every record is read, decode them
+   as the worker does: each poll's inserts with ``wire.decode_inserts``, deletes
+   with ``decode_delete``). Then a
    :class:`~stream_unlearn.worker.Worker` in a thread of this process, from
    the beginning of the topics until its ``records_handled`` equals the
    record count (timed from ``worker.ready``: topics checked, partitions
@@ -55,7 +56,7 @@ from stream_unlearn.config import WorkerConfig
 from stream_unlearn.demo import bucket_counts, bucket_quantile, gaussian_mixture, scrape, total
 from stream_unlearn.producer import EventProducer
 from stream_unlearn.receipts import decode_receipt
-from stream_unlearn.wire import BadRecord, decode_delete, decode_insert
+from stream_unlearn.wire import BadRecord, decode_delete, decode_insert, decode_inserts
 
 D, K, PARTITIONS = 25, 5, 3
 DELETE_FRACTION = 0.1
@@ -149,19 +150,18 @@ def raw_consume(bootstrap: str, topics: Topics, expect: int, timeout: float = 60
         while count < expect and time.perf_counter() < deadline:
             batch = consumer.poll(timeout_ms=200, max_records=cfg.max_batch)
             for tp, records in batch.items():
-                is_insert = tp.topic == topics.inserts
-                for r in records:
-                    rts = r.timestamp / 1000.0 if r.timestamp is not None and r.timestamp >= 0 else time.time()
+                count += len(records)
+                rts = [r.timestamp / 1000.0 if r.timestamp is not None and r.timestamp >= 0 else time.time()
+                       for r in records]
+                if tp.topic == topics.inserts:  # a poll's inserts as one batch, as the worker does
+                    events, dim = decode_inserts([(r.value, r.key, t) for r, t in zip(records, rts)], dim=dim)
+                    bad += sum(isinstance(e, BadRecord) for e in events)
+                    continue
+                for r, t in zip(records, rts):
                     try:
-                        if is_insert:
-                            ev = decode_insert(r.value, dim=dim, record_ts=rts, key=r.key)
-                            if dim is None:
-                                dim = len(ev.vec)
-                        else:
-                            decode_delete(r.value, record_ts=rts, key=r.key)
+                        decode_delete(r.value, record_ts=t, key=r.key)
                     except BadRecord:
                         bad += 1
-                    count += 1
         seconds = time.perf_counter() - started
     finally:
         consumer.close()

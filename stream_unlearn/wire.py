@@ -13,7 +13,8 @@ breaking older workers (forward compatibility).
 Decoding runs once per record, so it is written for speed: the value size
 is checked before parsing, msgpack parses with hard limits (a hostile value
 cannot make it allocate much), and vectors are converted by numpy, never
-element by element in Python. Every failure raises :class:`BadRecord` whose
+element by element in Python; :func:`decode_inserts` converts a whole
+batch's bin vectors at once. Every failure raises :class:`BadRecord` whose
 ``reason`` is one of :data:`BAD_RECORD_REASONS` (a low-cardinality label fit
 for a metric or a dead-letter header).
 """
