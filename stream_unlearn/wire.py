@@ -260,14 +260,20 @@ def decode_insert(
     from the far future would move the event-time watermark, and with it
     the tombstone horizon, past every honest event after it.
     """
+    obj, sid, raw = _insert_fields(value, key, max_id_bytes, max_value_bytes)
+    vec = _decode_vec(raw, dim)
+    return InsertEvent(sid, vec, _decode_ts(obj, record_ts, max_ts_ahead))
+
+
+def _insert_fields(value: bytes | None, key: bytes | None, max_id_bytes: int,
+                   max_value_bytes: int) -> tuple[dict, str, Any]:
+    """An insert's map, its checked id and its raw ``vec`` field."""
     obj = _unpack_map(value, max_id_bytes, max_value_bytes)
     sid = _decode_id(obj, key, max_id_bytes)
     try:
-        raw = obj["vec"]
+        return obj, sid, obj["vec"]
     except KeyError:
         raise BadRecord("missing_field", "insert has no 'vec'") from None
-    vec = _decode_vec(raw, dim)
-    return InsertEvent(sid, vec, _decode_ts(obj, record_ts, max_ts_ahead))
 
 
 def decode_inserts(
@@ -298,12 +304,7 @@ def decode_inserts(
                 dim = len(event.vec)
                 results.append(event)
                 continue
-            obj = _unpack_map(value, max_id_bytes, max_value_bytes)
-            sid = _decode_id(obj, key, max_id_bytes)
-            try:
-                raw = obj["vec"]
-            except KeyError:
-                raise BadRecord("missing_field", "insert has no 'vec'") from None
+            obj, sid, raw = _insert_fields(value, key, max_id_bytes, max_value_bytes)
             if type(raw) is not bytes or len(raw) != 4 * dim:  # lists and faults: the single-record checks
                 results.append(InsertEvent(sid, _decode_vec(raw, dim), _decode_ts(obj, record_ts, max_ts_ahead)))
                 continue
