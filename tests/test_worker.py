@@ -225,6 +225,30 @@ def test_model_topic_carries_the_latest_centroids(broker, unique_topic, tmp_path
     assert np.array_equal(C, final) and last["n_points"] == 100 and last["algorithm"] == "dc"
 
 
+def test_the_group_offsets_follow_the_worker_for_lag_tools(broker, unique_topic, tmp_path, monkeypatch):
+    """Committed while running (asynchronously, off the poll loop) and at a clean stop."""
+    from kafka import KafkaConsumer, TopicPartition
+
+    from stream_unlearn import worker as worker_module
+
+    config = make_config(broker, Topics.fresh(unique_topic), tmp_path / "snaps", partitions=1)
+    inserts = TopicPartition(config.insert_topic, 0)
+    reader = KafkaConsumer(bootstrap_servers=broker, group_id=config.group_id, enable_auto_commit=False)
+    try:
+        with producer(config) as p:
+            p.insert(ids("c", 30), np.random.default_rng(4).normal(size=(30, 3)))
+        with running_worker(config) as worker:
+            wait_consumed(worker, 30)
+            wait_until(lambda: reader.committed(inserts) == 30, 20, "the running worker's commit")
+            monkeypatch.setattr(worker_module, "HOUSEKEEPING_INTERVAL", 3600.0)  # from now on only the stop commits
+            with producer(config) as p:
+                p.insert(ids("d", 12), np.random.default_rng(5).normal(size=(12, 3)))
+            wait_consumed(worker, 42)
+        assert reader.committed(inserts) == 42  # the stop's own commit, done before run() returned
+    finally:
+        reader.close()
+
+
 def test_q_kmeans_worker_is_exact_and_counts_certificates(broker, unique_topic, tmp_path):
     config = make_config(broker, Topics.fresh(unique_topic), tmp_path / "snaps", algorithm="q", eps=0.5,
                          group=False)
