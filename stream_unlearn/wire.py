@@ -24,7 +24,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import msgpack
 import numpy as np
@@ -293,7 +293,7 @@ def decode_inserts(
     of three small calls per record, about half the cost of decoding. Their
     vectors are rows of one array per batch.
     """
-    results: list[InsertEvent | BadRecord] = []
+    results: list[InsertEvent | BadRecord | None] = []  # None: a bin vector's record, settled below
     deferred: list[tuple[int, str, float | BadRecord]] = []  # (result index, id, ts or its error)
     raws: list[bytes] = []
     for value, key, record_ts in records:
@@ -317,18 +317,15 @@ def decode_inserts(
             ts_or_error = bad
         deferred.append((len(results), sid, ts_or_error))
         raws.append(raw)
-        results.append(ts_or_error)  # a placeholder
+        results.append(None)
     if deferred:
         assert dim is not None
         vectors = np.frombuffer(b"".join(raws), dtype="<f4").reshape(len(raws), dim).astype(np.float64)
         # Finite sums of squares of float32s prove every element finite, as in _decode_vec.
         finite = np.isfinite(np.einsum("ij,ij->i", vectors, vectors)).tolist()
         for (index, sid, ts), vec, ok in zip(deferred, vectors, finite):
-            if not ok:
-                results[index] = _non_finite()
-            elif not isinstance(ts, BadRecord):
-                results[index] = InsertEvent(sid, vec, ts)
-    return results, dim
+            results[index] = _non_finite() if not ok else ts if isinstance(ts, BadRecord) else InsertEvent(sid, vec, ts)
+    return cast("list[InsertEvent | BadRecord]", results), dim
 
 
 def decode_delete(
