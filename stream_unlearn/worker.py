@@ -943,6 +943,16 @@ class Worker:
             self.metrics.close()
 
 
+def _log_failed_commit(offsets: Any, response: Any) -> None:
+    if isinstance(response, Exception):
+        log.debug("offset commit failed: %r", response)
+
+
+def _record_ts(record: Any) -> float | None:
+    """A Kafka record's timestamp in seconds; None for a record without one (message format v0: -1)."""
+    return record.timestamp / 1000.0 if record.timestamp is not None and record.timestamp >= 0 else None
+
+
 class _TPs(list):
     """(topic, partition) pairs as objects with ``.topic`` and ``.partition``."""
 
@@ -954,16 +964,6 @@ class _TPs(list):
 
 # --------------------------------------------------------------------------
 # the command
-
-
-def _log_failed_commit(offsets: Any, response: Any) -> None:
-    if isinstance(response, Exception):
-        log.debug("offset commit failed: %r", response)
-
-
-def _record_ts(record: Any) -> float | None:
-    """A Kafka record's timestamp in seconds; None for a record without one (message format v0: -1)."""
-    return record.timestamp / 1000.0 if record.timestamp is not None and record.timestamp >= 0 else None
 
 
 def main_worker(args: argparse.Namespace) -> int:
