@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 import platform
 import sys
@@ -96,3 +97,48 @@ def environment() -> str:
 
 def verdict(ok: bool) -> str:
     return "PASS" if ok else "FAIL"
+
+
+class CpuShare:
+    """Where the machine's CPU went between two readings: given processes, the rest, idle (Linux /proc).
+
+    Benchmarks share this 2-core machine with their broker and load
+    generator, and the machine itself runs slower in some phases; the cores
+    each part used during a run say whether the system under test had the
+    CPU it needed. On other systems every share reads NaN.
+    """
+
+    _TICK = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+
+    def __init__(self, **pids: int) -> None:
+        self._pids = pids
+        self._start = self._read()
+        self._t0 = time.monotonic()
+
+    def cores(self) -> dict[str, float]:
+        """Cores used since construction: one per named process, ``other`` (all else busy), ``idle``."""
+        end, seconds = self._read(), max(time.monotonic() - self._t0, 1e-9)
+        used = {name: (end[name] - self._start[name]) / seconds for name in (*self._pids, "busy", "idle")}
+        used["other"] = used.pop("busy") - sum(used[name] for name in self._pids)
+        return used
+
+    def _read(self) -> dict[str, float]:
+        out = {name: _process_cpu_ticks(pid) / self._TICK for name, pid in self._pids.items()}
+        try:
+            with open("/proc/stat") as f:
+                ticks = [float(v) for v in f.readline().split()[1:9]]  # user nice system idle iowait irq softirq steal
+        except OSError:
+            ticks = [math.nan] * 8
+        out["idle"] = (ticks[3] + ticks[4]) / self._TICK
+        out["busy"] = (sum(ticks) - ticks[3] - ticks[4] - ticks[7]) / self._TICK
+        return out
+
+
+def _process_cpu_ticks(pid: int) -> float:
+    """User + system clock ticks of process ``pid`` so far (NaN if unreadable)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return math.nan
+    return float(fields[11]) + float(fields[12])  # utime, stime (fields 14 and 15 of proc(5))

