@@ -19,6 +19,7 @@ from collections.abc import Callable, Sequence
 import numpy as np
 
 from . import kernels, pages
+from .canonical import CanonicalOrder
 from .hashing import canonical_order
 
 #: Rows per page: longer pages waste more in each bucket's last page (half a
@@ -43,6 +44,7 @@ class PointStore:
         self._first = np.full(n_buckets, -1, dtype=np.int64)
         self._last = np.full(n_buckets, -1, dtype=np.int64)
         self._capture_buffers = _CaptureBuffers()
+        self._canonical = CanonicalOrder()
         self._allocate(0)
 
     def _allocate(self, n_pages: int) -> None:
@@ -61,6 +63,7 @@ class PointStore:
         self._size[:] = 0
         self._first[:] = -1
         self._last[:] = -1
+        self._canonical.reset()  # every slot is reassigned
 
     def _grow(self, extra_pages: int) -> None:
         """Append at least ``extra_pages`` free pages.
@@ -135,6 +138,7 @@ class PointStore:
         self._keys[slots] = keys
         self._ids[slots] = ids if isinstance(ids, np.ndarray) else _object_array(ids)
         self._where.update(zip(ids, slots.tolist()))
+        self._canonical.occupied(slots)
 
     def remove(self, point_id: str) -> int:
         """Drop a held point; returns its bucket."""
@@ -149,6 +153,8 @@ class PointStore:
             self._vectors[slot] = self._vectors[last_slot]
             self._keys[slot] = self._keys[last_slot]
             self._where[moved] = slot
+        if self._canonical.kept:
+            self._canonical.removed(slot, last_slot if slot != last_slot else None)
         self._ids[last_slot] = None
         self._size[b] = left
         if left % ROWS_PER_PAGE == 0:  # the last page emptied: back to the free chain
@@ -252,11 +258,10 @@ class PointStore:
 
         A refit of all points reads their vectors in one pass and needs the
         ids of a handful (:meth:`ids_at`): gathering 100k ids costs ~3 ms.
+        The order is kept from one call to the next (:mod:`.canonical`):
+        the first call sorts, later ones merge in the points added since.
         """
-        slots = self._live_slots()
-        keys = self._keys[slots]
-        order = canonical_order(keys, lambda: self._ids[slots])
-        return keys[order], slots[order]
+        return self._canonical.read(self._live_slots, self._keys.__getitem__, self._ids.__getitem__)
 
     def ids_at(self, slots: np.ndarray) -> np.ndarray:
         """The ids held at ``slots`` (an object array of str, shaped like ``slots``)."""
