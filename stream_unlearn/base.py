@@ -229,7 +229,7 @@ class UnlearningModel(ABC):
         cache = self._compact_cache_state() if compact else self._cache_state()
 
         def encode(pause: Pause = no_pause) -> Pieces:
-            ids, X, buckets = rows()
+            ids, X, buckets = rows(pause)
             pause()
             body = {
                 "algorithm": self.algorithm,

@@ -40,14 +40,16 @@ import hashlib
 import heapq
 import math
 import os
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
+from typing import Any
+from itertools import islice
 from operator import itemgetter
 
 import msgpack
 import numpy as np
 
-from .pieces import Encoder, Pause, Pieces, joined, no_pause, pack_pieces
+from .pieces import Encoder, Pause, Pieces, joined, no_pause, pack_pieces, steps
 from .wire import DeleteEvent, InsertEvent
 
 __all__ = [
@@ -278,20 +280,17 @@ class EventTimeState:
                    "watermark": self.watermark, "floor": self.floor}
 
         def encode(pause: Pause = no_pause) -> Pieces:
-            versions = list(held.values())  # map/itemgetter: C loops, no Python frame per id
-            held_ts = np.fromiter(map(itemgetter(0), versions), dtype="<f8", count=len(versions))
-            pause()
-            held_digests = b"".join(map(itemgetter(1), versions))
-            pause()
-            tomb_ts = np.fromiter(tombstones.values(), dtype="<f8", count=len(tombstones))
+            # In steps (pieces.steps): at 130k ids one join of the digests held the GIL for 17 ms.
+            held_ts, held_digests = _columns(iter(held.values()), len(held), pause)
+            tomb_ts, tomb_hashes = _columns(iter(tombstones.items()), len(tombstones), pause, swap=True)
             return pack_pieces(
                 {
                     **scalars,
                     "held_ids": list(held),
-                    "held_ts": held_ts.tobytes(),
+                    "held_ts": held_ts,
                     "held_digests": held_digests,
-                    "tomb_hashes": b"".join(tombstones),
-                    "tomb_ts": tomb_ts.tobytes(),
+                    "tomb_hashes": tomb_hashes,
+                    "tomb_ts": tomb_ts,
                 },
                 pause,
             )
@@ -332,3 +331,18 @@ class EventTimeState:
         except Exception as exc:  # msgpack and shape errors of a corrupt blob
             raise SemanticsError(f"invalid semantics state: {type(exc).__name__}: {exc}") from exc
         return state
+
+
+def _columns(pairs: Iterator[tuple[Any, Any]], n: int, pause: Pause, swap: bool = False) -> tuple[bytes, bytes]:
+    """``n`` pairs (float ts, bytes) as two columns: the ts as little-endian float64 bytes, the bytes joined.
+
+    ``swap``: the pairs are (bytes, ts). Done :func:`~.pieces.steps` at a
+    time (map/itemgetter: C loops, no Python frame per pair).
+    """
+    ts_at, bytes_at = (1, 0) if swap else (0, 1)
+    ts_parts, byte_parts = [], []
+    for part in steps(n, pause):
+        chunk = list(islice(pairs, part.stop - part.start))
+        ts_parts.append(np.fromiter(map(itemgetter(ts_at), chunk), dtype="<f8", count=len(chunk)).tobytes())
+        byte_parts.append(b"".join(map(itemgetter(bytes_at), chunk)))
+    return b"".join(ts_parts), b"".join(byte_parts)

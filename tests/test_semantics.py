@@ -9,6 +9,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from stream_unlearn import pieces
+from stream_unlearn.pieces import joined
 from stream_unlearn.semantics import EventTimeState, SemanticsError, vector_digest
 from stream_unlearn.wire import DeleteEvent, InsertEvent
 
@@ -176,6 +178,22 @@ def test_state_roundtrip_and_no_plain_ids_for_tombstones():
     assert back.n_held == 1 and back.n_tombstones == 2 and back.watermark == 3.0
     assert back.tombstone_ts("erase-me") == 2.0 and back.held_version("keep-me") == state.held_version("keep-me")
     assert back.to_bytes() == blob
+
+
+def test_a_state_encoded_in_steps_is_the_same_bytes(monkeypatch):
+    """The writer thread encodes held versions and tombstones a few thousand at a time (short GIL
+    holds); the bytes are those of one pass, and they load back."""
+    state = EventTimeState(horizon=1e6, key=b"k" * 32)
+    state.apply([ins(f"held-{i}", float(i)) for i in range(50)]
+                + [dele(f"gone-{i}", 100.0 + i) for i in range(30)])
+    whole = state.to_bytes()
+    pauses = []
+    monkeypatch.setattr(pieces, "STEP_ITEMS", 7)
+    stepped = joined(state.capture_bytes()(lambda: pauses.append(1)))
+    assert stepped == whole
+    assert len(pauses) >= 50 // 7 + 30 // 7
+    back = EventTimeState.from_bytes(stepped)
+    assert back.n_held == 50 and back.n_tombstones == 30 and back.tombstone_ts("gone-29") == 129.0
 
 
 @pytest.mark.parametrize("blob", [b"", b"\x81\xa1x\x01", b"garbage\xff"])

@@ -7,6 +7,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from stream_unlearn import pieces
 from stream_unlearn.store import ROWS_PER_PAGE, PointStore
 
 
@@ -190,9 +191,11 @@ def test_held_rows_run_front_to_back_over_exactly_the_held_points():
     assert np.array_equal(V[slots], X[[int(store.key(i)) for i in store.ids_at(slots)]])
 
 
-def test_captures_reuse_their_buffers_and_each_gathers_its_own_moment():
+def test_captures_reuse_their_buffers_and_each_gathers_its_own_moment(monkeypatch):
     """capture_rows copies into the buffers the last gather gave back: whatever the store did in
-    between (grown, shrunk, rewritten), each capture gathers the rows of its own moment, once."""
+    between (grown, shrunk, rewritten), each capture gathers the rows of its own moment, once, in
+    steps with a pause before each (the writer thread's GIL holds stay short)."""
+    monkeypatch.setattr(pieces, "STEP_ITEMS", 256)
     n, d = 3_000, 4
     ids, X = _numbered_points(n, d, seed=1)
     store = PointStore(n_buckets=8)
@@ -205,9 +208,11 @@ def test_captures_reuse_their_buffers_and_each_gathers_its_own_moment():
         store.add(ids[lo:hi], np.arange(lo, hi, dtype=np.uint64), X[lo:hi], np.arange(lo, hi, dtype=np.int64) % 8)
         for point_id in list(store._where)[:drop]:  # after the cut: must not show in it
             store.remove(point_id)
-        got = gather()
+        pauses = []
+        got = gather(lambda: pauses.append(1))
         for a, b in zip(got, expected):
             assert np.array_equal(a, b)
+        assert len(pauses) >= len(expected[0]) // 256  # the gather's steps (and the buffer's clearing)
         with pytest.raises(RuntimeError, match="gathered once"):
             gather()
         spare_ids, spare_vectors = store._capture_buffers._spare
