@@ -4,7 +4,8 @@ Why: the worker and its load generator share this 2-core machine. At 5,000
 events/s kafka-python's producer costs ~120 us of CPU per event here (0.6
 of a core; measured with the paced producer of ``stream.py`` alone), which
 the worker under test then does not have. librdkafka (``confluent-kafka``,
-the ``bench`` extra) sends the same records for ~20 us. The records are the
+the ``bench`` extra) sends the same records for ~45 us, encoding included
+(~18 us for records encoded beforehand). The records are the
 same bytes either way: values from :mod:`stream_unlearn.wire`, keys the ids
 in UTF-8, partitions by Kafka's default rule (murmur2 of the key, computed
 here as :class:`~stream_unlearn.producer.EventProducer` does).

@@ -42,9 +42,9 @@ import math
 import os
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Any
 from itertools import islice
 from operator import itemgetter
+from typing import Any
 
 import msgpack
 import numpy as np
