@@ -25,6 +25,10 @@ __all__ = ["CanonicalOrder"]
 
 _UNKNOWN = -1  # a slot's position: nothing the order knows is there
 _NEW = -2  # a point added since the last read is there
+#: The slots noted for new points are pruned to the live ones once there are twice as many notes
+#: as points known or new at the last pruning, and at least this many (amortized O(1) per change):
+#: a Q model whose certificates keep passing may go millions of changes without a read.
+COMPACT_MIN = 4096
 
 
 class CanonicalOrder:
@@ -39,6 +43,9 @@ class CanonicalOrder:
         self._slots = np.empty(0, dtype=np.int64)  # their slots now; -1: removed since
         self._position = np.empty(0, dtype=np.int64)  # per slot: index in _keys, _UNKNOWN or _NEW
         self._new_at: list[np.ndarray] = []  # slots where points added since may sit (a superset)
+        self._moved_new: list[int] = []  # more of them, one by one (new points moved into holes)
+        self._noted = 0  # entries in both
+        self._pruned_to = 0  # new points at the last pruning
         self._holes = 0
 
     @property
@@ -50,7 +57,7 @@ class CanonicalOrder:
         """Forget the order: the store's slots were all reassigned (repacked)."""
         self._keys = None
         self._slots = self._position = np.empty(0, dtype=np.int64)
-        self._new_at = []
+        self._forget_new()
 
     def occupied(self, slots: np.ndarray) -> None:
         """New points now occupy ``slots`` (int64)."""
@@ -58,6 +65,8 @@ class CanonicalOrder:
             self._room(int(slots.max()) + 1)
             self._position[slots] = _NEW
             self._new_at.append(slots.copy())
+            self._noted += len(slots)
+            self._bound_noted()
 
     def removed(self, slot: int, moved_from: int | None) -> None:
         """The point at ``slot`` is gone; if ``moved_from``, that slot's point now sits at ``slot``."""
@@ -77,7 +86,9 @@ class CanonicalOrder:
         if q >= 0:
             self._slots[q] = slot
         elif q == _NEW:
-            self._new_at.append(np.array([slot], dtype=np.int64))
+            self._moved_new.append(slot)
+            self._noted += 1
+            self._bound_noted()
 
     def read(self, live: Callable[[], np.ndarray], keys_of: Callable[[np.ndarray], np.ndarray],
              ids_of: Callable[[np.ndarray], np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
@@ -88,8 +99,7 @@ class CanonicalOrder:
         """
         if self._keys is None:
             return self._sort(live(), keys_of, ids_of)
-        maybe = np.unique(np.concatenate(self._new_at)) if self._new_at else np.empty(0, dtype=np.int64)
-        new = maybe[self._position[maybe] == _NEW]
+        new = self._new_slots()
         new_keys = keys_of(new)
         order = np.argsort(new_keys)
         new, new_keys = new[order], new_keys[order]
@@ -102,7 +112,8 @@ class CanonicalOrder:
         size = len(keys) - self._holes + len(new)
         out_keys, out_slots = np.empty(size, dtype=np.uint64), np.empty(size, dtype=np.int64)
         _merge(keys, self._slots, new_keys, new, out_keys, out_slots, self._position)
-        self._keys, self._slots, self._new_at, self._holes = out_keys, out_slots, [], 0
+        self._keys, self._slots, self._holes = out_keys, out_slots, 0
+        self._forget_new()
         return out_keys, out_slots.copy()  # keys are never edited in place, slots are (removed())
 
     def _sort(self, live: np.ndarray, keys_of: Callable[[np.ndarray], np.ndarray],
@@ -110,11 +121,28 @@ class CanonicalOrder:
         keys = keys_of(live)
         order = canonical_order(keys, lambda: ids_of(live))
         keys, slots = keys[order], live[order]
-        self._keys, self._slots, self._new_at, self._holes = keys, slots.copy(), [], 0
+        self._keys, self._slots, self._holes = keys, slots.copy(), 0
+        self._forget_new()
         self._position = np.full(max(len(self._position), int(slots.max()) + 1 if len(slots) else 0), _UNKNOWN,
                                  dtype=np.int64)
         self._position[slots] = np.arange(len(slots))
         return keys, slots
+
+    def _new_slots(self) -> np.ndarray:
+        """The slots of the points added since the last read, ascending."""
+        noted = [*self._new_at, np.asarray(self._moved_new, dtype=np.int64)]
+        maybe = np.unique(np.concatenate(noted))
+        return maybe[self._position[maybe] == _NEW]
+
+    def _bound_noted(self) -> None:
+        """Prune the noted slots to those of live new points, when the notes are many."""
+        if self._noted > 2 * max(COMPACT_MIN, len(self._slots), self._pruned_to):
+            live = self._new_slots()
+            self._forget_new()
+            self._new_at, self._noted, self._pruned_to = [live], len(live), len(live)
+
+    def _forget_new(self) -> None:
+        self._new_at, self._moved_new, self._noted, self._pruned_to = [], [], 0, 0
 
     def _room(self, n_slots: int) -> None:
         """Positions for at least ``n_slots`` slots (the added ones unknown)."""

@@ -7,7 +7,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from stream_unlearn import pieces
+from stream_unlearn import canonical, pieces
 from stream_unlearn.store import ROWS_PER_PAGE, PointStore
 
 
@@ -146,11 +146,40 @@ def test_canonical_order_of_the_whole_store_breaks_key_collisions_by_id():
 @settings(max_examples=80, deadline=None)
 @given(st.lists(st.tuples(st.booleans(), st.lists(st.integers(0, 80), min_size=1, max_size=30, unique=True),
                           st.booleans()), min_size=1, max_size=20),
-       st.sampled_from([3, 2**20, 2**64 - 1]), st.sampled_from([1, 2, PointStore.repack_min_free]))
-def test_the_kept_canonical_order_equals_a_fresh_sort_after_any_changes(steps, key_range, repack_min_free):
+       st.sampled_from([3, 2**20, 2**64 - 1]), st.sampled_from([1, 2, PointStore.repack_min_free]),
+       st.sampled_from([0, canonical.COMPACT_MIN]))
+def test_the_kept_canonical_order_equals_a_fresh_sort_after_any_changes(steps, key_range, repack_min_free,
+                                                                        compact_min):
     """canonical_slots() keeps its order between calls (only the changes are merged in): after any
-    adds, removes (rows moved into holes) and repacks in between, it gives what a fresh sort by
-    (key, id) gives. Few distinct keys (3) make 64-bit collisions, which sort everything anew."""
+    adds, removes (rows moved into holes), repacks and prunings of the slots noted for new points
+    in between, it gives what a fresh sort by (key, id) gives. Few distinct keys (3) make 64-bit
+    collisions, which sort everything anew."""
+    kept_min, canonical.COMPACT_MIN = canonical.COMPACT_MIN, compact_min
+    try:
+        _drive_canonical_order(steps, key_range, repack_min_free)
+    finally:
+        canonical.COMPACT_MIN = kept_min
+
+
+def test_the_slots_noted_for_new_points_stay_bounded_without_reads():
+    """A Q model whose certificates pass reads no order for a long time: the notes of where new
+    points sit are pruned, not kept per change, and the order read afterwards is still right."""
+    store = PointStore(n_buckets=4)
+    ids, X = _numbered_points(200_000, 1, seed=3)
+    store.add(ids[:100], np.arange(100, dtype=np.uint64) * 7919, X[:100], np.arange(100) % 4)
+    store.canonical_slots()
+    held = list(ids[:100])
+    for i in range(100, 60_000):  # churn: each new point replaces the oldest one
+        store.add([ids[i]], np.array([i * 7919], dtype=np.uint64), X[i : i + 1], np.array([i % 4]))
+        store.remove(held.pop(0))
+        held.append(ids[i])
+    order = store._canonical
+    assert order._noted <= 2 * canonical.COMPACT_MIN + 1  # not one note per change: 59,900 adds, as many moves
+    keys, slots = store.canonical_slots()
+    assert store.ids_at(slots).tolist() == sorted(held, key=lambda i: int(i[1:]))
+
+
+def _drive_canonical_order(steps, key_range, repack_min_free):
     store = PointStore(n_buckets=5)
     store.repack_min_free = repack_min_free
     expected: dict[str, tuple[int, float]] = {}  # id -> (key, value)
