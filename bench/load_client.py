@@ -13,7 +13,6 @@ here as :class:`~stream_unlearn.producer.EventProducer` does).
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Sequence
 from typing import Any
 
@@ -57,8 +56,7 @@ class LibrdkafkaEventProducer:
         self._producer = Producer({"bootstrap.servers": bootstrap, "acks": "all", "linger.ms": linger_ms,
                                    "client.id": "stream-unlearn-bench-load"})
         self.insert_topic, self.delete_topic, self.partitions = insert_topic, delete_topic, partitions
-        self._lock = threading.Lock()
-        self._failed = 0
+        self._failed = 0  # delivery reports are served by poll() and flush(), on the sending thread
         self._first_error: Any = None
 
     def insert(self, ids: Sequence[str], X: np.ndarray, ts: float) -> int:
@@ -78,14 +76,12 @@ class LibrdkafkaEventProducer:
 
     def _delivered(self, err: Any, msg: Any) -> None:
         if err is not None:
-            with self._lock:
-                self._failed += 1
-                self._first_error = self._first_error or err
+            self._failed += 1
+            self._first_error = self._first_error or err
 
     def flush(self, timeout: float | None = None) -> None:
         left = self._producer.flush(-1 if timeout is None else timeout)
-        with self._lock:
-            failed, first, self._failed, self._first_error = self._failed, self._first_error, 0, None
+        failed, first, self._failed, self._first_error = self._failed, self._first_error, 0, None
         if left or failed:
             raise ProduceError(f"{failed} record(s) failed and {left} unsent, first error: {first!r}")
 

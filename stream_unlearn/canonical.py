@@ -46,7 +46,6 @@ class CanonicalOrder:
         self._moved_new: list[int] = []  # more of them, one by one (new points moved into holes)
         self._noted = 0  # entries in both
         self._pruned_to = 0  # new points at the last pruning
-        self._holes = 0
 
     @property
     def kept(self) -> bool:
@@ -76,7 +75,6 @@ class CanonicalOrder:
         p = position[slot]
         if p >= 0:
             self._slots[p] = -1
-            self._holes += 1
         if moved_from is None:
             position[slot] = _UNKNOWN
             return
@@ -109,10 +107,10 @@ class CanonicalOrder:
         # (searchsorted: every key before ``at`` is smaller, so only the key at ``at`` can be equal)
         if np.any(new_keys[1:] == new_keys[:-1]) or np.any(keys[at[inside]] == new_keys[inside]):
             return self._sort(live(), keys_of, ids_of)  # a 64-bit collision: sort all, ties by id
-        size = len(keys) - self._holes + len(new)
+        size = np.count_nonzero(self._slots >= 0) + len(new)
         out_keys, out_slots = np.empty(size, dtype=np.uint64), np.empty(size, dtype=np.int64)
         _merge(keys, self._slots, new_keys, new, out_keys, out_slots, self._position)
-        self._keys, self._slots, self._holes = out_keys, out_slots, 0
+        self._keys, self._slots = out_keys, out_slots
         self._forget_new()
         return out_keys, out_slots.copy()  # keys are never edited in place, slots are (removed())
 
@@ -121,7 +119,7 @@ class CanonicalOrder:
         keys = keys_of(live)
         order = canonical_order(keys, lambda: ids_of(live))
         keys, slots = keys[order], live[order]
-        self._keys, self._slots, self._holes = keys, slots.copy(), 0
+        self._keys, self._slots = keys, slots.copy()
         self._forget_new()
         self._position = np.full(max(len(self._position), int(slots.max()) + 1 if len(slots) else 0), _UNKNOWN,
                                  dtype=np.int64)
@@ -138,8 +136,7 @@ class CanonicalOrder:
         """Prune the noted slots to those of live new points, when the notes are many."""
         if self._noted > 2 * max(COMPACT_MIN, len(self._slots), self._pruned_to):
             live = self._new_slots()
-            self._forget_new()
-            self._new_at, self._noted, self._pruned_to = [live], len(live), len(live)
+            self._new_at, self._moved_new, self._noted, self._pruned_to = [live], [], len(live), len(live)
 
     def _forget_new(self) -> None:
         self._new_at, self._moved_new, self._noted, self._pruned_to = [], [], 0, 0
