@@ -681,12 +681,30 @@ def _lloyd(X, XT, w, C, max_iter, weights, start_rows, rows_ready):
 
 @njit(**_OPTS)
 def fit_node(X, w, logu, k, L, max_iter, centroids, weights):
-    """Weighted k-means of one node's items: greedy race seeding, then Lloyd. Returns the updates run."""
+    """Weighted k-means of one node's items: greedy race seeding, then Lloyd. Returns the updates run.
+
+    Items of weight 0 are dropped first: inert in every step, they would still
+    cost their distances (a leaf holding fewer points than k pads its level's
+    nodes with them: Letter's first internal level is 84% padding).
+    """
     m = X.shape[0]
     centroids[:] = 0.0
     weights[:] = 0.0
-    if m == 0:
+    live = 0
+    for i in range(m):
+        if w[i] > 0.0:
+            live += 1
+    if live == 0:
         return 0
+    if live < m:
+        keep = np.empty(live, np.int64)
+        live = 0
+        for i in range(m):
+            if w[i] > 0.0:
+                keep[live] = i
+                live += 1
+        X, w, logu = X[keep], w[keep], logu[:, keep]
+        m = live
     L = min(L, m)
     seed_index = np.full(k, -1, np.int64)
     XT = _transposed_for_simd(X)

@@ -405,6 +405,26 @@ def test_one_pass_assign_and_sums_give_the_bits_of_two(m, d, k, seed, ties):
 
 
 @settings(max_examples=40, deadline=None)
+@given(st.integers(1, 80), st.integers(0, 240), st.integers(1, 9), st.integers(1, 8), st.integers(0, 2**31),
+       st.booleans())
+def test_a_node_fit_ignores_items_of_weight_zero_wherever_they_sit(m, pad, d, k, seed, coarse):
+    """Weight-0 items (a sparse leaf's unused centres) are dropped before the solve: same bits as never there."""
+    X, w, logu, L = _seeding_problem(m, d, k, seed, coarse)
+    live = w > 0
+    X, w, logu = X[live], w[live], np.ascontiguousarray(logu[:, live])
+    rng = np.random.default_rng(seed + 1)
+    at = np.sort(rng.choice(len(X) + pad, len(X), replace=False))  # where the live items sit among the padding
+    Xp, wp = rng.normal(size=(len(X) + pad, d)) * 5, np.zeros(len(X) + pad)
+    logu_p = np.log(rng.random((k, len(X) + pad)))
+    Xp[at], wp[at], logu_p[:, at] = X, w, logu
+    C, weights = np.zeros((k, d)), np.zeros(k)
+    n_iter = kernels.fit_node(X, w, logu, k, L, 10, C, weights)
+    Cp, weights_p = np.full((k, d), np.nan), np.full(k, np.nan)
+    assert kernels.fit_node(Xp, wp, logu_p, k, L, 10, Cp, weights_p) == n_iter
+    assert np.array_equal(C, Cp) and np.array_equal(weights, weights_p)
+
+
+@settings(max_examples=40, deadline=None)
 @given(st.integers(1, 110), st.integers(1, 9), st.integers(1, 6), st.integers(0, 2**31), st.booleans())
 def test_a_node_fit_is_its_seeding_then_lloyd_from_the_seeds(m, d, k, seed, coarse):
     """fit_node reuses seeding's distances for Lloyd's first assignment: same bits as computing them again."""
