@@ -728,6 +728,39 @@ def fit_nodes(X, w, logu, starts, stops, k, L, max_iter, centroids, weights, n_i
 
 
 @njit(**_OPTS)
+def fit_path(V, slots, leaf_logu, leaf, level_items, level_weights, level_logu, widths, ks, max_iters, n_candidates,
+             fanout):
+    """Refit one DC leaf from its rows ``V[slots]`` (weight 1 each), then each of its ancestors from its children.
+
+    Level l's nodes are rows ``node * ks[l] ...`` of ``level_items[l]`` (all
+    partitions' nodes, ``widths[l]`` per partition) and ``level_weights[l]``;
+    an ancestor's items are its children's rows, and ``level_logu[l - 1]``
+    holds level l's race log-uniforms of one partition's child rows. The
+    calls of :func:`fit_node` are those of a level-by-level refit of the same
+    path, on the same items: one compiled call instead of one per level.
+    """
+    m = slots.shape[0]
+    rows = np.empty((m, V.shape[1]))
+    for i in range(m):
+        rows[i, :] = V[slots[i], :]
+    k = ks[0]
+    fit_node(rows, np.ones(m), leaf_logu, k, max(1, n_candidates[0]), max_iters[0],
+             level_items[0][leaf * k : (leaf + 1) * k], level_weights[0][leaf * k : (leaf + 1) * k])
+    child = leaf
+    for level in range(1, len(widths)):
+        child_width, child_k, k = widths[level - 1], ks[level - 1], ks[level]
+        partition, local = child // child_width, child % child_width
+        first = local - local % fanout
+        node = partition * widths[level] + local // fanout
+        base = partition * child_width * child_k
+        lo, hi = first * child_k, min(first + fanout, child_width) * child_k
+        fit_node(level_items[level - 1][base + lo : base + hi], level_weights[level - 1][base + lo : base + hi],
+                 level_logu[level - 1][:, lo:hi], k, max(1, n_candidates[level]), max_iters[level],
+                 level_items[level][node * k : (node + 1) * k], level_weights[level][node * k : (node + 1) * k])
+        child = node
+
+
+@njit(**_OPTS)
 def fit_nodes_gathered(V, rows, w, logu, starts, stops, k, L, max_iter, centroids, weights, n_iter):
     """``fit_nodes`` on the rows ``V[rows[i]]``: each node's rows are copied into one small scratch
     buffer (in cache while its node is solved), not gathered for every node up front by the caller."""

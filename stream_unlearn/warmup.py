@@ -9,6 +9,7 @@ before the worker reports ready.
 from __future__ import annotations
 
 import time
+from typing import Any
 
 import numpy as np
 
@@ -16,15 +17,17 @@ from . import MODELS
 from .q_kmeans import QKMeans
 
 
-def warm_up(algorithm: str, k: int) -> float:
-    """Run a tiny model of ``algorithm`` through every kernel it uses; returns the seconds spent.
+def warm_up(algorithm: str, k: int, **params: Any) -> float:
+    """Run a tiny model of ``algorithm`` (with the worker's ``params``) through every kernel it uses;
+    returns the seconds spent.
 
-    Array shapes do not matter to numba, only types, so any dimension will do.
+    Array shapes do not matter to numba, only types, so any dimension will do;
+    but a DC tree's depth does (its path refit takes one array per level).
     """
     started = time.perf_counter()
     X = np.random.default_rng(0).normal(size=(max(4 * k, 40), 4))
     ids = [f"warm-up-{i}" for i in range(len(X))]
-    model = MODELS[algorithm](k=k)
+    model = MODELS[algorithm](k=k, **params)
     model.insert(ids, X)
     model.flush()
     # Single events, so that Q-k-means runs its certificates (a delete of a

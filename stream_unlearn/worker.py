@@ -321,7 +321,7 @@ class Worker:
         collection scans only what the worker allocated since: those scans
         were 75-120 ms pauses of the poll loop.
         """
-        seconds = warm_up(self.config.algorithm, self.config.k)
+        seconds = warm_up(self.config.algorithm, **self.config.model_params())
         gc.collect()
         gc.freeze()
         log.info("kernels loaded in %.2fs; %d start-up objects frozen out of the GC", seconds, gc.get_freeze_count())

@@ -323,7 +323,7 @@ def test_dc_explicit_partitions_are_validated():
 
 
 @pytest.mark.parametrize("algorithm, compiled", [
-    ("dc", ["fit_nodes", "segment_order", "assign_rows"]),
+    ("dc", ["fit_nodes", "fit_path", "segment_order", "assign_rows"]),
     ("q", ["seed_node", "q_seeding_certificate", "q_lloyd_certificate", "q_certify_inserts", "q_entry_cost",
            "take_rows_abs_max", "cluster_sums"]),
     ("kmeans", ["fit_nodes"]),
@@ -348,10 +348,10 @@ def signatures():
     return {f"{m.__name__}.{n}": len(f.signatures) for m in (kernels, pages) for n, f in vars(m).items()
             if isinstance(f, CPUDispatcher)}
 
-warm_up(ALGORITHM, k=5)
+warm_up(ALGORITHM, k=5, **PARAMS)
 before = signatures()
 X = gaussian_mixture(6000, 25, 5, seed=3)[0]
-model = MODELS[ALGORITHM](k=5, **({"eps": 0.1} if ALGORITHM == "q" else {}))
+model = MODELS[ALGORITHM](k=5, **PARAMS)
 model.insert([f"p{i}" for i in range(2000)], X[:2000])
 model.flush()
 rng = np.random.default_rng(1)
@@ -360,16 +360,19 @@ for b in range(40):  # the worker's batches: a few deletes of held points, new p
     model.delete([f"p{i}" for i in rng.choice(held, 10, replace=False)])
     model.insert([f"p{i}" for i in range(2000 + 90 * b, 2090 + 90 * b)], X[2000 + 90 * b : 2090 + 90 * b])
     model.flush()
+model.delete([next(f"p{i}" for i in range(2000) if f"p{i}" in model)])  # one event: one leaf's path
+model.flush()
 model.predict(X[:3])
 model.loss()
 print(" ".join(sorted(n for n, count in signatures().items() if count != before[n])))
 """
 
 
-@pytest.mark.parametrize("algorithm", ["dc", "q"])
-def test_a_stream_after_warm_up_compiles_nothing(algorithm):
+@pytest.mark.parametrize("algorithm, params", [("dc", {}), ("dc", {"n_leaves": 64, "fanout": 4}), ("q", {"eps": 0.1})])
+def test_a_stream_after_warm_up_compiles_nothing(algorithm, params):
     """Whatever path a stream of batches takes (refits, certificates, a newcomer joining a seeding
-    race), warm_up compiled it already: a kernel first compiled inside a batch cost it 1.3 s."""
-    code = f"ALGORITHM = {algorithm!r}\n" + _STREAM_AFTER_WARM_UP
+    race, one event's path up a tree of any depth), warm_up compiled it already: a kernel first
+    compiled inside a batch cost it 1.3 s."""
+    code = f"ALGORITHM = {algorithm!r}\nPARAMS = {params!r}\n" + _STREAM_AFTER_WARM_UP
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=300)
     assert out.stdout.split() == [], f"compiled after warm_up: {out.stdout}"
