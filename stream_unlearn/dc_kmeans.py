@@ -175,7 +175,7 @@ class DCKMeans(UnlearningModel):
         C, W = self._node_centroids, self._node_weights
         kernels.fit_path(
             self._store.vector_rows(), slots, race_log_uniforms(keys, self.k, self._leaf_salt), leaf,
-            tuple(c.reshape(-1, d) for c in C), tuple(w.reshape(-1) for w in W),  # type: ignore[union-attr]
+            tuple(C), tuple(W), tuple(c.reshape(-1, d) for c in C), tuple(w.reshape(-1) for w in W),  # type: ignore[union-attr]
             tuple(self._item_log_uniforms(level) for level in range(1, len(self.level_widths_))),
             *self._path_shape, self.fanout,
         )

@@ -728,35 +728,35 @@ def fit_nodes(X, w, logu, starts, stops, k, L, max_iter, centroids, weights, n_i
 
 
 @njit(**_OPTS)
-def fit_path(V, slots, leaf_logu, leaf, level_items, level_weights, level_logu, widths, ks, max_iters, n_candidates,
-             fanout):
+def fit_path(V, slots, leaf_logu, leaf, centroids, weights, items, item_weights, level_logu, widths, ks, max_iters,
+             n_candidates, fanout):
     """Refit one DC leaf from its rows ``V[slots]`` (weight 1 each), then each of its ancestors from its children.
 
-    Level l's nodes are rows ``node * ks[l] ...`` of ``level_items[l]`` (all
-    partitions' nodes, ``widths[l]`` per partition) and ``level_weights[l]``;
-    an ancestor's items are its children's rows, and ``level_logu[l - 1]``
-    holds level l's race log-uniforms of one partition's child rows. The
-    calls of :func:`fit_node` are those of a level-by-level refit of the same
-    path, on the same items: one compiled call instead of one per level.
+    Per level l: ``centroids[l]`` (nodes, k, d) and ``weights[l]`` (nodes, k)
+    of all partitions' nodes (``widths[l]`` per partition); ``items[l]`` and
+    ``item_weights[l]``, the same as one row per (node, centre): the items of
+    level l + 1; ``level_logu[l - 1]`` level l's race log-uniforms of one
+    partition's child rows. The calls of :func:`fit_node` are those of a
+    level-by-level refit of the same path, with arguments of the types
+    :func:`fit_nodes` passes (no second compilation of the solver).
     """
     m = slots.shape[0]
     rows = np.empty((m, V.shape[1]))
     for i in range(m):
         rows[i, :] = V[slots[i], :]
-    k = ks[0]
-    fit_node(rows, np.ones(m), leaf_logu, k, max(1, n_candidates[0]), max_iters[0],
-             level_items[0][leaf * k : (leaf + 1) * k], level_weights[0][leaf * k : (leaf + 1) * k])
+    fit_node(rows[0:m], np.ones(m)[0:m], leaf_logu[:, 0:m], ks[0], max(1, n_candidates[0]), max_iters[0],
+             centroids[0][leaf], weights[0][leaf])
     child = leaf
     for level in range(1, len(widths)):
-        child_width, child_k, k = widths[level - 1], ks[level - 1], ks[level]
+        child_width, child_k = widths[level - 1], ks[level - 1]
         partition, local = child // child_width, child % child_width
         first = local - local % fanout
         node = partition * widths[level] + local // fanout
         base = partition * child_width * child_k
         lo, hi = first * child_k, min(first + fanout, child_width) * child_k
-        fit_node(level_items[level - 1][base + lo : base + hi], level_weights[level - 1][base + lo : base + hi],
-                 level_logu[level - 1][:, lo:hi], k, max(1, n_candidates[level]), max_iters[level],
-                 level_items[level][node * k : (node + 1) * k], level_weights[level][node * k : (node + 1) * k])
+        fit_node(items[level - 1][base + lo : base + hi], item_weights[level - 1][base + lo : base + hi],
+                 level_logu[level - 1][:, lo:hi], ks[level], max(1, n_candidates[level]), max_iters[level],
+                 centroids[level][node], weights[level][node])
         child = node
 
 

@@ -18,7 +18,7 @@ import pytest
 import yaml
 
 from stream_unlearn import wire
-from stream_unlearn.config import TOPIC_SUMMARIES
+from stream_unlearn.config import TOPIC_SUMMARIES, WorkerConfig
 from stream_unlearn.cli import build_parser
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -292,6 +292,17 @@ def test_final_stage_has_no_build_tools_or_sources():
             pytest.fail(f"final stage copies files in: {instr} {args}")
     (install,) = [a for i, a in final if i == "RUN" and "pip install" in a]
     assert "from=builder" in install and "--no-index" in install
+
+
+def test_dockerfile_compiles_the_default_worker_kernels_at_build_time():
+    """A cold numba cache costs a worker ~40 s of compiling at start; the image pays it once, for the
+    defaults (a DC tree's path refit compiles per tree depth, which k sets)."""
+    run = " ".join(a for i, a in final_stage() if i == "RUN")
+    defaults = WorkerConfig()
+    for algorithm in ("dc", "q"):
+        assert f"warm_up({algorithm!r}, {defaults.k})" in run
+    assert "NUMBA_CACHE_DIR=/home/unlearn/.cache/numba" in dict(final_stage())["ENV"]
+    assert "chown -R unlearn:unlearn /home/unlearn/.cache" in run
 
 
 def test_dockerfile_runs_as_a_non_root_user():
