@@ -12,7 +12,8 @@ so workers that own different partitions own disjoint subtrees.
 An event dirties one leaf; ``flush`` recomputes dirty nodes level by level,
 each level in one call of the compiled node solver (up to four nodes one by
 one, straight into the level's arrays), so a batch of events costs one
-recompute per dirty node.
+recompute per dirty node. A single dirty leaf's path up the tree is one
+compiled call in all.
 """
 
 from __future__ import annotations
