@@ -6,6 +6,8 @@ from collections.abc import Iterable, Sequence
 
 import numpy as np
 
+from .hashing import decimal_lengths, decimal_strings
+
 MAX_ID_BYTES = 256
 #: Largest |value| accepted in a vector: beyond it squared distances and sums could overflow to
 #: infinity (centroids that are not numbers), so such a value is refused like NaN.
@@ -84,18 +86,20 @@ def _distinct_ints_as_text(ids: Iterable[object], max_id_bytes: int) -> list[str
     number: the general path then converts or names the offender.
     """
     if isinstance(ids, np.ndarray):
-        if ids.ndim != 1 or ids.dtype.kind not in "iu":
+        if ids.ndim != 1 or ids.dtype.kind not in "iu" or ids.dtype.itemsize > 8:
             return None
-        values = ids.tolist()
-        short = ids.dtype.itemsize <= 8 and max_id_bytes >= 20  # no 64-bit integer takes more than 20 characters
-    elif isinstance(ids, list) and ids and set(map(type, ids)) == {int}:
-        values, short = ids, False
-    else:
+        ordered = np.sort(ids)
+        if np.any(ordered[1:] == ordered[:-1]):  # distinct ints have distinct decimal forms
+            return None
+        if max_id_bytes < 20 and len(ids) and int(decimal_lengths(ids).max()) > max_id_bytes:
+            return None  # (no 64-bit integer takes more than 20 characters)
+        return decimal_strings(ids)
+    if not (isinstance(ids, list) and ids and set(map(type, ids)) == {int}):
         return None
-    if len(set(values)) != len(values):  # distinct ints have distinct decimal forms
+    if len(set(ids)) != len(ids):
         return None
-    out = list(map(str, values))
-    if out and not short and max(map(len, out)) > max_id_bytes:
+    out = list(map(str, ids))
+    if max(map(len, out)) > max_id_bytes:
         return None
     return out
 

@@ -11,7 +11,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from stream_unlearn import QKMeans
-from stream_unlearn.hashing import combine, id_keys, int_id_keys, seed_key, uniforms, uniforms_per_salt
+from stream_unlearn.hashing import (
+    combine, decimal_strings, id_keys, int_id_keys, seed_key, uniforms, uniforms_per_salt,
+)
 from stream_unlearn import kernels
 from stream_unlearn.lloyd import (
     assign, assign_cluster_sums, cluster_sums, fit_batch, fit_one, fit_ragged, fit_ranges, race_log_uniforms,
@@ -116,11 +118,14 @@ def test_taking_rows_in_slot_order_gives_numpys_gather(rows, d, data):
 @settings(max_examples=200, deadline=None)
 @given(st.sampled_from(["int8", "uint8", "int32", "int64", "uint64"]), st.data(), st.integers(0, 2**40))
 def test_int_array_ids_hash_as_their_decimal_strings(dtype, data, seed):
-    """An int array's ids are their decimal strings: the keys computed from the ints are those bits."""
+    """An int array's ids are their decimal strings: the keys computed from the ints are those bits, and
+    the strings written by compiled code are Python's."""
     info = np.iinfo(dtype)
     values = np.array(data.draw(st.lists(st.integers(int(info.min), int(info.max)), min_size=1, max_size=40)),
                       dtype=dtype)
-    assert np.array_equal(int_id_keys(values, seed), id_keys([str(v) for v in values.tolist()], seed))
+    texts = [str(v) for v in values.tolist()]
+    assert np.array_equal(int_id_keys(values, seed), id_keys(texts, seed))
+    assert decimal_strings(values) == texts
 
 
 def test_a_model_fed_int_array_ids_is_the_model_fed_their_strings():
