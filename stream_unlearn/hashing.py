@@ -69,7 +69,7 @@ def int_id_keys(values: np.ndarray, seed: int) -> np.ndarray:
 
 def decimal_strings(values: np.ndarray) -> list[str]:
     """``[str(v) for v in values]`` for an integer array, written by compiled code into one ASCII
-    buffer that Python splits: 100k ids, 2x faster than ``map(str, values.tolist())``."""
+    buffer that Python splits: 100k ids, ~1.7x faster than ``map(str, values.tolist())``."""
     values = np.asarray(values)
     if len(values) == 0:
         return []

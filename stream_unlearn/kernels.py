@@ -745,7 +745,7 @@ def fit_path(V, slots, leaf_logu, leaf, centroids, weights, items, item_weights,
     for i in range(m):
         rows[i, :] = V[slots[i], :]
     fit_node(rows[0:m], np.ones(m)[0:m], leaf_logu[:, 0:m], ks[0], max(1, n_candidates[0]), max_iters[0],
-             centroids[0][leaf], weights[0][leaf])
+             centroids[0][leaf], weights[0][leaf])  # sliced as fit_nodes slices: its argument types
     child = leaf
     for level in range(1, len(widths)):
         child_width, child_k = widths[level - 1], ks[level - 1]
