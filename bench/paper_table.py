@@ -154,12 +154,14 @@ def run_dataset(name: str, args: argparse.Namespace) -> list[dict] | None:
     eps = args.eps if args.eps is not None else DEFAULT_EPS.get(name, 0.2)
     configs: dict[str, tuple[type[UnlearningModel], dict]] = {
         f"QKMeans eps={eps:g}": (QKMeans, {"eps": eps, "max_iter": args.q_iter}),
-        f"DCKMeans w={args.leaves}": (DCKMeans, {"n_leaves": args.leaves, "fanout": args.fanout, "node_k": args.node_k}),
+        f"DCKMeans w={args.leaves}": (DCKMeans,
+                                      {"n_leaves": args.leaves, "fanout": args.fanout, "node_k": args.node_k}),
     }
-    makers: dict[str, Callable[[int], UnlearningModel]] = {
-        label: (lambda seed, cls=cls, params=params: cls(k=k, seed=seed, **params))
-        for label, (cls, params) in configs.items()
-    }
+
+    def maker(cls: type[UnlearningModel], params: dict) -> Callable[[int], UnlearningModel]:
+        return lambda seed: cls(k=k, seed=seed, **params)
+
+    makers = {label: maker(cls, params) for label, (cls, params) in configs.items()}
     for label, make in makers.items():
         cls, params = configs[label]
         warm_up(cls.algorithm, k, **params)  # a DC tree's path refit compiles per depth: not inside the timing

@@ -91,8 +91,9 @@ def _distinct_ints_as_text(ids: Iterable[object], max_id_bytes: int) -> list[str
         ordered = np.sort(ids)
         if np.any(ordered[1:] == ordered[:-1]):  # distinct ints have distinct decimal forms
             return None
+        # No 64-bit integer takes more than 20 characters: only a lower limit needs their lengths.
         if max_id_bytes < 20 and len(ids) and int(decimal_lengths(ids).max()) > max_id_bytes:
-            return None  # (no 64-bit integer takes more than 20 characters)
+            return None
         return decimal_strings(ids)
     if not (isinstance(ids, list) and ids and set(map(type, ids)) == {int}):
         return None
