@@ -38,7 +38,8 @@ _INTERNAL_ITEMS = 320
 _SUMMARY_CANDIDATES = 1
 _SUMMARY_MAX_ITER = 3
 #: Up to this many dirty nodes in a level are refit one by one, straight into
-#: the level's arrays: a single event's path up the tree pays no batch bookkeeping.
+#: the level's arrays: a few events' paths up the tree pay no batch bookkeeping (one event's path is
+#: one compiled call, :meth:`DCKMeans._fit_path`).
 _FEW_NODES = 4
 
 
@@ -174,9 +175,11 @@ class DCKMeans(UnlearningModel):
         keys, slots, _ = self._store.gather_slots([leaf])
         d = self._store.n_features
         C, W = self._node_centroids, self._node_weights
+        items = tuple(c.reshape(-1, d) for c in C)  # type: ignore[union-attr]
+        item_weights = tuple(w.reshape(-1) for w in W)  # type: ignore[union-attr]
         kernels.fit_path(
             self._store.vector_rows(), slots, race_log_uniforms(keys, self.k, self._leaf_salt), leaf,
-            tuple(C), tuple(W), tuple(c.reshape(-1, d) for c in C), tuple(w.reshape(-1) for w in W),  # type: ignore[union-attr]
+            tuple(C), tuple(W), items, item_weights,
             tuple(self._item_log_uniforms(level) for level in range(1, len(self.level_widths_))),
             *self._path_shape, self.fanout,
         )
@@ -236,7 +239,7 @@ class DCKMeans(UnlearningModel):
         width, child_width = self.level_widths_[level], self.level_widths_[level - 1]
         f, solver, child_k = self.fanout, self._solvers[level], self._solvers[level - 1].k
         logu = self._item_log_uniforms(level)
-        if len(nodes) <= _FEW_NODES:  # in Python ints: numpy's per-call costs add up on one event's path
+        if len(nodes) <= _FEW_NODES:  # in Python ints: numpy's per-call costs add up on a few events' paths
             for node in nodes:
                 p, first = divmod(node, width)
                 first *= f

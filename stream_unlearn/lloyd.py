@@ -193,7 +193,7 @@ def fit_range_into(
     centroids: np.ndarray, weights: np.ndarray,
 ) -> None:
     """One problem on items ``start:stop`` of X, solved straight into ``centroids`` (1, k, d) and
-    ``weights`` (1, k): a single-node refit (one event's path up the tree) without batch bookkeeping.
+    ``weights`` (1, k): a single-node refit (a few events' dirty nodes) without batch bookkeeping.
 
     X, w and logu must be C-contiguous float64 (as :func:`fit_ranges` would make them).
     """
