@@ -9,6 +9,7 @@ one consistent cut.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 from . import load_model
 from .base import UnlearningModel
@@ -71,6 +72,16 @@ class Restored:
     version: int
 
 
+def _differences(written: dict[str, Any], configured: dict[str, Any]) -> str:
+    """The model parameters that differ, as the error names them: a default that moved between versions
+    (the DC fanout) shows up here."""
+    keys = [key for key in {**written, **configured} if written.get(key) != configured.get(key)]
+    if not keys:
+        return ""
+    return " (differs in " + ", ".join(f"{key}: snapshot {written.get(key)!r}, configured {configured.get(key)!r}"
+                                      for key in keys) + ")"
+
+
 def restore_unit(snap: Snapshot, config: WorkerConfig, expected: UnlearningModel, n_partitions: int,
              partition: int | None) -> Restored:
     """Load a snapshot and check it belongs to this configuration and unit."""
@@ -86,7 +97,8 @@ def restore_unit(snap: Snapshot, config: WorkerConfig, expected: UnlearningModel
     if model.get_params() != expected.get_params() or meta.get("partitions") != n_partitions:
         raise WorkerError(
             f"{snap.path} was written with model {model!r} on {meta.get('partitions')} partition(s), but this "
-            f"worker is configured for {expected!r} on {n_partitions} partition(s); use the same flags "
+            f"worker is configured for {expected!r} on {n_partitions} partition(s)"
+            f"{_differences(model.get_params(), expected.get_params())}; use the same flags "
             "(and partition count) or a fresh --snapshot-dir"
         )
     if meta.get("partition") != partition:

@@ -324,8 +324,9 @@ def test_snapshot_of_another_configuration_is_refused(broker, unique_topic, tmp_
     with running_worker(config) as worker:
         wait_consumed(worker, 10)
     other = make_config(broker, topics, tmp_path / "snaps", k=4)
-    with pytest.raises(WorkerError, match="fresh --snapshot-dir"):
+    with pytest.raises(WorkerError, match="fresh --snapshot-dir") as refused:
         Worker(other).run()
+    assert "(differs in k: snapshot 3, configured 4, node_k: snapshot 3, configured 4)" in str(refused.value)
     # Another dimension: a clear error at the restore, not a failed insert at every restart.
     # (In a thread with a deadline: without the check the worker would just run.)
     errors: list[BaseException] = []
