@@ -250,7 +250,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--q-iter", type=int, default=10, help="QKMeans Lloyd iterations (default %(default)s)")
     defaults = DCKMeans().get_params()
     parser.add_argument("--leaves", type=int, default=defaults["n_leaves"], help="DCKMeans leaves (default %(default)s)")
-    parser.add_argument("--fanout", type=int, default=None, help="DCKMeans fanout (default: ~320 // k, 4..64)")
+    parser.add_argument("--fanout", type=int, default=None, help="DCKMeans fanout (default: by k and leaves, see DCKMeans)")
     parser.add_argument("--node-k", type=int, default=None,
                         help="DCKMeans centres per internal node below the top "
                              "(default k: every node solves k-means; e.g. 2k: summaries)")

@@ -135,7 +135,7 @@ class WorkerConfig:
         """Constructor arguments of the model (without ``n_partitions``)."""
         if self.algorithm == "dc":
             return {"k": self.k, "seed": self.seed, "n_leaves": self.n_leaves,
-                    "fanout": self.fanout or default_fanout(self.k), "node_k": self.node_k or self.k,
+                    "fanout": self.fanout or default_fanout(self.k, self.n_leaves), "node_k": self.node_k or self.k,
                     "max_id_bytes": self.max_id_bytes}
         return {"k": self.k, "seed": self.seed, "eps": self.eps, "max_id_bytes": self.max_id_bytes}
 
@@ -266,7 +266,8 @@ _HELP: dict[str, str] = {
     "seed": "model seed",
     "eps": "q: quantization grid spacing, in data units",
     "n_leaves": "dc: leaves per partition",
-    "fanout": "dc: children per internal node (0 = about 320 // k, so a node holds ~320 items)",
+    "fanout": "dc: children per internal node (0 = by k and --n-leaves: the fewest levels whose nodes hold at "
+              "most 320 items, spread evenly)",
     "node_k": "dc: centres each internal node below a partition's top keeps for the level above (0 = k: every "
               "node solves k-means, the paper's tree; 2k loses less per level at large k, at ~1.5x the delete cost)",
     "dim": "vector dimension (0 = take it from the first valid insert)",

@@ -30,7 +30,10 @@ from .hashing import combine, murmur2_partitions, seed_key
 from .lloyd import default_candidates, fit_one, fit_range_into, fit_ragged, fit_ranges, race_log_uniforms
 from .validation import MAX_ID_BYTES, check_int
 
+#: Items an internal node of the default tree holds at most (fanout * k), unless that takes a fanout
+#: under _MIN_FANOUT: one node's refit stays well under a millisecond whatever k is.
 _INTERNAL_ITEMS = 320
+_MIN_FANOUT = 4
 #: A summary node (more than k centres) is seeded by plain k-means++ and refined by a few Lloyd
 #: updates: with twice k centres, greedy candidates and convergence buy the level above little
 #: (Letter: loss 1.035 against 1.029 fully solved) at twice the cost (k=5, the first internal level
@@ -69,10 +72,8 @@ class DCKMeans(UnlearningModel):
         max_id_bytes: int = MAX_ID_BYTES,
         node_k: int | None = None,
     ) -> None:
-        if fanout is None:
-            fanout = default_fanout(k)
         self.n_leaves = check_int("n_leaves", n_leaves, 1)
-        self.fanout = check_int("fanout", fanout, 2)
+        self.fanout = check_int("fanout", default_fanout(k, self.n_leaves) if fanout is None else fanout, 2)
         self.n_partitions = check_int("n_partitions", n_partitions, 1)
         self.max_iter = check_int("max_iter", max_iter, 1)
         self.root_max_iter = check_int("root_max_iter", root_max_iter, 1)
@@ -336,16 +337,34 @@ class DCKMeans(UnlearningModel):
         self._dirty_nodes[0].update(np.flatnonzero(self._store.bucket_sizes).tolist())
 
 
-def default_fanout(k: object) -> int:
-    """Children per internal node for ``k`` clusters: about 320 items per node.
+def default_fanout(k: object, n_leaves: object = 4096) -> int:
+    """Children per internal node: the fewest levels over ``n_leaves`` whose nodes hold at most
+    320 items (fanout * k), with the smallest fanout that needs no more levels.
 
-    An internal node solves k-means on fanout * k items with k seeding steps,
-    so its cost grows like k^2 * fanout; this keeps one node's refit well
-    under a millisecond whatever k is.
+    Each level summarizes the one below, so fewer levels lose less; an event
+    refits one node per level, at a cost growing like k^2 * fanout, so an even
+    spread refits fewer items. ``320 // k`` alone could leave a top level of
+    3 children: Shuttle (k=7) got 4096 -> 92 -> 3 -> 1, 651 items refit per
+    event, where 4096 -> 256 -> 16 -> 1 refits 336 at the same depth.
     """
-    if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
-        return 2  # k itself is refused by the base class with a clear error
-    return max(4, min(64, _INTERNAL_ITEMS // int(k)))
+    if any(isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1 for v in (k, n_leaves)):
+        return 2  # the bad value itself is refused by the constructor with a clear error
+    levels = 1
+    while True:
+        fanout = _smallest_root(int(n_leaves), levels)
+        if fanout * int(k) <= _INTERNAL_ITEMS or fanout <= _MIN_FANOUT:
+            return max(fanout, 2)
+        levels += 1
+
+
+def _smallest_root(n: int, levels: int) -> int:
+    """The smallest f with f ** levels >= n."""
+    f = max(1, round(n ** (1.0 / levels)))
+    while f ** levels < n:
+        f += 1
+    while f > 1 and (f - 1) ** levels >= n:
+        f -= 1
+    return f
 
 
 def merge_partitions(centroids: np.ndarray, weights: np.ndarray, k: int, seed: int, max_iter: int) -> tuple[np.ndarray, np.ndarray]:

@@ -211,6 +211,37 @@ def test_a_dc_state_from_before_node_k_keeps_solving_k_centres_per_node():
     assert np.array_equal(old.centroids_, m.centroids_) and old.verify()
 
 
+def _internal_levels(n_leaves: int, fanout: int) -> int:
+    levels, width = 0, n_leaves
+    while width > 1:
+        width, levels = -(-width // fanout), levels + 1
+    return levels
+
+
+@given(k=st.integers(1, 600), n_leaves=st.integers(1, 2_000_000))
+@settings(max_examples=300, deadline=None)
+def test_the_default_fanout_spreads_the_fewest_levels_of_small_nodes_evenly(k, n_leaves):
+    """The fewest levels whose nodes hold at most 320 items (or 4 children), at the smallest fanout
+    those levels allow: never deeper than ``320 // k`` children (in 4..64) gave, nor with nodes over
+    320 items where those were under."""
+    fanout = DCKMeans(k=k, n_leaves=n_leaves).fanout
+    levels = _internal_levels(n_leaves, fanout)
+    assert fanout * k <= 320 or fanout <= 4
+    if levels > 1:  # one level fewer would need bigger nodes
+        shallower = next(f for f in range(2, n_leaves + 1) if _internal_levels(n_leaves, f) < levels)
+        assert shallower * k > 320 and shallower > 4
+    assert fanout == 2 or _internal_levels(n_leaves, fanout - 1) > levels
+    old = max(4, min(64, 320 // k))
+    assert levels <= _internal_levels(n_leaves, old) and fanout * k <= max(320, old * k)
+
+
+def test_the_default_fanout_at_4096_leaves():
+    """k <= 5 (the worker's default k=5 among them) keeps the fanout its snapshots were written with."""
+    assert [DCKMeans(k=k).fanout for k in (1, 5, 6, 7, 10, 20, 21, 26, 40, 41, 100)] == \
+        [64, 64, 16, 16, 16, 16, 8, 8, 8, 6, 4]
+    assert DCKMeans(k=7).level_widths_ == [4096, 256, 16, 1]
+
+
 def test_dc_internal_nodes_of_2k_centres_keep_the_loss_near_a_global_fit():
     """Each internal level summarises its children; k centres lose a little per level, which
     compounds (Letter, k=26: 1.07x a global fit; 1.04x with node_k = 2k)."""
