@@ -200,6 +200,8 @@ def test_buckets_span_sub_millisecond_to_minutes(served):
         assert 60 <= les[-2] <= 120, name
         assert sum(1 for b in les if b < 0.001) >= 3, name  # resolution below 1 ms
     assert LATENCY_BUCKETS == tuple(sorted(LATENCY_BUCKETS))
+    # the 250 ms event-to-model objective is an edge, with steps of at most 50 ms below it
+    assert 0.25 in LATENCY_BUCKETS and {0.15, 0.2} <= set(LATENCY_BUCKETS)
 
 
 def test_unknown_labels_are_rejected():
