@@ -269,7 +269,7 @@ _HELP: dict[str, str] = {
     "fanout": "dc: children per internal node (0 = by k and --n-leaves: the fewest levels whose nodes hold at "
               "most 320 items, spread evenly)",
     "node_k": "dc: centres each internal node below a partition's top keeps for the level above (0 = k: every "
-              "node solves k-means, the paper's tree; 2k loses less per level at large k, at ~1.5x the delete cost)",
+              "node solves k-means, the paper's tree; 2k loses less per level at large k, at 1.5-2x the delete cost)",
     "dim": "vector dimension (0 = take it from the first valid insert)",
     "snapshot_dir": "directory of snapshots (created mode 0700)",
     "snapshot_interval": "seconds between snapshots (and erasure receipts)",
