@@ -202,6 +202,14 @@ def take_rows_abs_max(V, slots, out, max_abs):
 
 
 @njit(inline="always", **_OPTS)
+def _copy_row(V, s, out, p):
+    """``out[p] = V[s]`` as a loop over features: half the time of a row-slice assignment in numba
+    (a 100k-point fit's leaf gathers: 8.5 -> 4.3 ms of one thread)."""
+    for f in range(V.shape[1]):
+        out[p, f] = V[s, f]
+
+
+@njit(inline="always", **_OPTS)
 def _take_row(V, s, out, p, max_abs):
     for f in range(V.shape[1]):
         x = V[s, f]
@@ -743,7 +751,7 @@ def fit_path(V, slots, leaf_logu, leaf, centroids, weights, items, item_weights,
     m = slots.shape[0]
     rows = np.empty((m, V.shape[1]))
     for i in range(m):
-        rows[i, :] = V[slots[i], :]
+        _copy_row(V, slots[i], rows, i)
     fit_node(rows[0:m], np.ones(m)[0:m], leaf_logu[:, 0:m], ks[0], max(1, n_candidates[0]), max_iters[0],
              centroids[0][leaf], weights[0][leaf])  # sliced as fit_nodes slices: its argument types
     child = leaf
@@ -771,7 +779,7 @@ def fit_nodes_gathered(V, rows, w, logu, starts, stops, k, L, max_iter, centroid
     for b in range(len(starts)):
         lo, hi = starts[b], stops[b]
         for i in range(hi - lo):
-            buf[i, :] = V[rows[lo + i], :]
+            _copy_row(V, rows[lo + i], buf, i)
         n_iter[b] = fit_node(buf[: hi - lo], w[lo:hi], logu[:, lo:hi], k, L, max_iter, centroids[b], weights[b])
 
 
