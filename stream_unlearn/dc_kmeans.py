@@ -339,7 +339,7 @@ class DCKMeans(UnlearningModel):
 
 def default_fanout(k: object, n_leaves: object = 4096) -> int:
     """Children per internal node: the fewest levels over ``n_leaves`` whose nodes hold at most
-    320 items (fanout * k), with the smallest fanout that needs no more levels.
+    320 items (fanout * k; past k = 80, 4 children), with the smallest fanout that needs no more levels.
 
     Each level summarizes the one below, so fewer levels lose less; an event
     refits one node per level, at a cost growing like k^2 * fanout, so an even
