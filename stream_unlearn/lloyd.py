@@ -18,7 +18,7 @@ from functools import lru_cache
 import numpy as np
 
 from . import kernels
-from .hashing import combine, uniforms_per_salt
+from .hashing import combine, mixed_salts, uniforms_per_mixed_salt
 
 #: Batches of at least this many nodes are split over threads (the solver
 #: releases the GIL). A node is always solved alone, in one thread, so this
@@ -77,13 +77,14 @@ def default_candidates(k: int) -> int:
 
 def race_log_uniforms(keys: np.ndarray, k: int, salt: np.uint64) -> np.ndarray:
     """``log(u)`` (k, ...) for each seeding step and item key (numpy's log: its bits are part of the model)."""
-    u = uniforms_per_salt(np.asarray(keys).reshape(-1), _race_steps(np.uint64(salt), k))
+    u = uniforms_per_mixed_salt(np.asarray(keys).reshape(-1), _race_steps(np.uint64(salt), k))
     return np.log(u).reshape((k,) + np.shape(keys))
 
 
 @lru_cache(maxsize=256)
 def _race_steps(salt: np.uint64, k: int) -> np.ndarray:
-    steps = combine(salt, np.arange(k, dtype=np.uint64))
+    """The k seeding steps' salts, mixed (:func:`hashing.mixed_salts`): the same for every call of a model."""
+    steps = mixed_salts(combine(salt, np.arange(k, dtype=np.uint64)))
     steps.setflags(write=False)
     return steps
 
