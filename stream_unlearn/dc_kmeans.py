@@ -94,6 +94,7 @@ class DCKMeans(UnlearningModel):
         self._leaf_salt = seed_key(self.seed, 100)
         #: loaded without the leaf level (see _compact_cache_state): the levels above are valid
         self._leaves_pending = False
+        self._path_views_cache: tuple[tuple[np.ndarray, ...], ...] | None = None
 
     def get_params(self) -> dict[str, Any]:
         return {
@@ -173,17 +174,27 @@ class DCKMeans(UnlearningModel):
     def _fit_path(self, leaf: int) -> None:
         """Recompute one leaf and its ancestors in one compiled call: a single event's flush pays no
         per-level bookkeeping (Shuttle: ~50 of a delete's ~450 us)."""
-        keys, slots, _ = self._store.gather_slots([leaf])
-        d = self._store.n_features
-        C, W = self._node_centroids, self._node_weights
-        items = tuple(c.reshape(-1, d) for c in C)  # type: ignore[union-attr]
-        item_weights = tuple(w.reshape(-1) for w in W)  # type: ignore[union-attr]
+        keys, slots = self._store.bucket_slots(leaf)
         kernels.fit_path(
             self._store.vector_rows(), slots, race_log_uniforms(keys, self.k, self._leaf_salt), leaf,
-            tuple(C), tuple(W), items, item_weights,
-            tuple(self._item_log_uniforms(level) for level in range(1, len(self.level_widths_))),
-            *self._path_shape, self.fanout,
+            *self._path_views(), *self._path_shape, self.fanout,
         )
+
+    def _path_views(self) -> tuple[tuple[np.ndarray, ...], ...]:
+        """The level arrays as :func:`kernels.fit_path` takes them, made again only when a level array
+        was replaced (a load): the views hold the arrays, so an unchanged identity is the same array."""
+        C, W = tuple(self._node_centroids), tuple(self._node_weights)
+        cached = self._path_views_cache
+        if cached is not None and all(a is b for a, b in zip(cached[0] + cached[1], C + W)):
+            return cached
+        d = self._store.n_features
+        items = tuple(c.reshape(-1, d) for c in C)  # type: ignore[union-attr]
+        item_weights = tuple(w.reshape(-1) for w in W)  # type: ignore[union-attr]
+        # views, not copies: fit_path reads a level's items right after writing its nodes
+        assert all(np.shares_memory(v, a) for v, a in zip(items + item_weights, C + W))
+        level_logu = tuple(self._item_log_uniforms(level) for level in range(1, len(self.level_widths_)))
+        self._path_views_cache = (C, W, items, item_weights, level_logu)  # type: ignore[assignment]
+        return self._path_views_cache  # type: ignore[return-value]
 
     def _mark_parents(self, level: int, nodes: list[int]) -> None:
         if level + 1 < len(self.level_widths_):

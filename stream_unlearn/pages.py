@@ -60,6 +60,38 @@ def bucket_slots(buckets, rows, first, size, next_page, slots):
 
 
 @njit(**_OPTS)
+def bucket_in_key_order(b, rows, first, size, next_page, all_keys, keys, slots):
+    """One bucket's slots and their keys, sorted by key, into ``slots`` and ``keys`` (its size each).
+
+    Returns True if two keys are equal: the caller then orders by (key, id)
+    instead. A single event's flush lists its leaf this way, in one call.
+    """
+    page = first[b]
+    left = size[b]
+    n = 0
+    while left > 0:
+        take = min(rows, left)
+        base = page * rows
+        for r in range(take):  # insertion by key: a leaf holds tens of points
+            slot = base + r
+            key = all_keys[slot]
+            p = n
+            while p > 0 and keys[p - 1] > key:
+                keys[p] = keys[p - 1]
+                slots[p] = slots[p - 1]
+                p -= 1
+            keys[p] = key
+            slots[p] = slot
+            n += 1
+        left -= take
+        page = next_page[page]
+    for i in range(1, n):
+        if keys[i - 1] == keys[i]:
+            return True
+    return False
+
+
+@njit(**_OPTS)
 def pages_needed(counts, size, rows):
     """New pages that adding ``counts[b]`` points to each bucket b takes."""
     total = 0
