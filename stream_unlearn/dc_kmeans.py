@@ -386,8 +386,9 @@ def merge_partitions(centroids: np.ndarray, weights: np.ndarray, k: int, seed: i
     """
     P, _, d = centroids.shape
     if P == 1:
-        # One partition: the root's items are k centres already, so they ARE the root.
-        return (centroids[0].copy(), weights[0].copy()) if np.any(weights > 0) else (np.empty((0, d)), np.zeros(0))
+        # One partition: the root's items are k centres already, so they ARE the root. (Weights are
+        # sums of positive weights or 0: any() is "some > 0", without a temporary: every flush asks.)
+        return (centroids[0].copy(), weights[0].copy()) if weights.any() else (np.empty((0, d)), np.zeros(0))
     keys = combine(seed_key(seed, 300), np.arange(P * k, dtype=np.uint64))
     w = weights.reshape(P * k)
     if not np.any(w > 0):
