@@ -174,7 +174,7 @@ class DCKMeans(UnlearningModel):
     def _fit_path(self, leaf: int) -> None:
         """Recompute one leaf and its ancestors in one compiled call: a single event's flush pays no
         per-level bookkeeping (Shuttle: ~50 of a delete's ~450 us)."""
-        keys, slots = self._store.bucket_slots(leaf)
+        keys, slots = self._store.bucket_in_order(leaf)
         kernels.fit_path(
             self._store.vector_rows(), slots, race_log_uniforms(keys, self.k, self._leaf_salt), leaf,
             *self._path_views(), *self._path_shape, self.fanout,

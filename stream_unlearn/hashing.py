@@ -108,37 +108,35 @@ def _decimal_digits(magnitude, powers, out):
         out[i] = n
 
 
+@njit(inline="always", cache=True, nogil=True)
+def _write_decimal(out, p, m, negative, digits):
+    """The ASCII decimal form of ``-m if negative else m`` (``digits`` digits) into ``out[p:]``; returns
+    where it ends."""
+    if negative:
+        out[p] = 45  # '-'
+        p += 1
+    ten = np.uint64(10)
+    for position in range(p + digits - 1, p - 1, -1):
+        rest = m // ten  # uint64 throughout: no float on the way
+        out[position] = np.uint8(np.uint64(48) + (m - rest * ten))
+        m = rest
+    return p + digits
+
+
 @njit(cache=True, nogil=True)
 def _decimal_bytes(magnitude, negative, digits, out):
     """``out[i]``: the ASCII decimal form of ``(-1 if negative[i] else 1) * magnitude[i]``, zero-padded."""
-    ten = np.uint64(10)
     for i in range(len(magnitude)):
-        start = 1 if negative[i] else 0
-        if negative[i]:
-            out[i, 0] = 45  # '-'
-        m = magnitude[i]
-        for position in range(start + digits[i] - 1, start - 1, -1):
-            rest = m // ten  # uint64 throughout: no float on the way
-            out[i, position] = np.uint8(np.uint64(48) + (m - rest * ten))
-            m = rest
+        _write_decimal(out[i], 0, magnitude[i], negative[i], digits[i])
 
 
 @njit(cache=True, nogil=True)
 def _decimal_lines(magnitude, negative, digits, out):
     """``out``: the ASCII decimal forms of :func:`_decimal_bytes`, one after another, each but the last
     followed by a newline."""
-    ten = np.uint64(10)
     p = 0
     for i in range(len(magnitude)):
-        if negative[i]:
-            out[p] = 45  # '-'
-            p += 1
-        m = magnitude[i]
-        for position in range(p + digits[i] - 1, p - 1, -1):
-            rest = m // ten
-            out[position] = np.uint8(np.uint64(48) + (m - rest * ten))
-            m = rest
-        p += digits[i]
+        p = _write_decimal(out, p, magnitude[i], negative[i], digits[i])
         if p < len(out):
             out[p] = 10  # '\n'
             p += 1

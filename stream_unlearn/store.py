@@ -240,7 +240,7 @@ class PointStore:
                     order[lo:hi] = lo + canonical_order(keys[lo:hi], lambda: self._ids[slots[lo:hi]])
         return keys[order], slots[order], sizes
 
-    def bucket_slots(self, bucket: int) -> tuple[np.ndarray, np.ndarray]:
+    def bucket_in_order(self, bucket: int) -> tuple[np.ndarray, np.ndarray]:
         """Keys and slots of one non-empty bucket: ``gather_slots([bucket])``'s, in one compiled call
         (a single event's flush: the general path's numpy calls cost ~20 us)."""
         n = int(self._size[bucket])

@@ -85,7 +85,7 @@ def test_the_store_agrees_with_a_dict_after_any_adds_and_removes(steps, n_bucket
             assert X[:, 0].tolist() == [expected[i][2] for _, _, i in want]
         for b in live:  # one bucket in one compiled call, as a single event's flush lists its leaf
             want_keys, want_slots, _ = store.gather_slots([b])
-            got_keys, got_slots = store.bucket_slots(b)
+            got_keys, got_slots = store.bucket_in_order(b)
             assert np.array_equal(got_keys, want_keys) and np.array_equal(got_slots, want_slots)
 
 
@@ -103,7 +103,7 @@ def test_one_bucket_listed_in_key_order_matches_the_general_gather(n, seed, tie)
     for i in ids[: n // 3]:
         store.remove(i)
     want_keys, want_slots, _ = store.gather_slots([0])
-    got_keys, got_slots = store.bucket_slots(0)
+    got_keys, got_slots = store.bucket_in_order(0)
     assert np.array_equal(got_keys, want_keys) and np.array_equal(got_slots, want_slots)
     assert np.all(want_keys[1:] >= want_keys[:-1])
 
