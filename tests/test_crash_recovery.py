@@ -29,6 +29,7 @@ from worker_support import (
     fresh_fit,
     make_config,
     partition_snapshots,
+    unit_snapshots,
     running_worker,
     snapshot_position,
     spawn_worker,
@@ -46,12 +47,15 @@ def _restart_until_caught_up_then_stop(config, log: Path, snaps: Path, total: in
         stop_cleanly(proc, log)
 
 
-def test_kill_9_at_random_moments_changes_nothing(broker, unique_topic, tmp_path, consume):
+@pytest.mark.parametrize("algorithm", ["dc", "q"])
+def test_kill_9_at_random_moments_changes_nothing(broker, unique_topic, tmp_path, consume, algorithm):
+    """DC snapshots each partition's subtree; Q, one global model, snapshots it whole."""
     topics = Topics.fresh(unique_topic)
     snaps = tmp_path / "crashing"
     # One worker reading every partition (no group): a restarted group member would wait for the
     # killed one's session to expire each round (tests/test_scale_out.py kills group members).
-    config = make_config(broker, topics, snaps, snapshot_interval=0.1, max_batch=10, group=False)
+    config = make_config(broker, topics, snaps, snapshot_interval=0.1, max_batch=10, group=False,
+                         algorithm=algorithm)
     create_topics(config)
     steps, survivors, n_deletes = make_stream(1500, seed=11)
     rounds = chunks(steps, 6)
@@ -78,7 +82,7 @@ def test_kill_9_at_random_moments_changes_nothing(broker, unique_topic, tmp_path
     crashed, _, warnings = load_model_for_reading(snaps)
 
     # The same topics consumed once, without crashes.
-    clean_config = make_config(broker, topics, tmp_path / "clean")
+    clean_config = make_config(broker, topics, tmp_path / "clean", algorithm=algorithm, group=algorithm == "dc")
     with running_worker(clean_config) as worker:
         wait_consumed(worker, total)
     uncrashed = worker.model.centroids_
@@ -203,17 +207,19 @@ def _pending_ids(snap) -> list[str]:
 
 
 def _durable(snaps: Path) -> dict:
-    """The newest valid snapshot of each partition store, {} if none yet."""
+    """The newest valid snapshot of each unit (dc: partition store; q: the one store), {} if none yet."""
     from stream_unlearn.inspect_cmd import NoSnapshot
 
     try:
-        return partition_snapshots(snaps)
+        return unit_snapshots(snaps)
     except NoSnapshot:
         return {}
 
 
+@pytest.mark.parametrize("algorithm", ["dc", "q"])
 @pytest.mark.parametrize("phase", WRITER_PHASES)
-def test_kill_9_while_a_snapshot_is_in_flight_changes_nothing(broker, unique_topic, tmp_path, consume, phase):
+def test_kill_9_while_a_snapshot_is_in_flight_changes_nothing(broker, unique_topic, tmp_path, consume, phase,
+                                                               algorithm):
     """The writer thread is held inside a snapshot job while the loop applies more; kill -9 there.
 
     While held: receipts are out only once the snapshot listing them is durable and every older
@@ -226,7 +232,7 @@ def test_kill_9_while_a_snapshot_is_in_flight_changes_nothing(broker, unique_top
     snaps = tmp_path / "snaps"
     port = free_port()
     config = make_config(broker, topics, snaps, snapshot_interval=0.1, max_batch=20, group=False,
-                         metrics_port=port)
+                         metrics_port=port, algorithm=algorithm)
     create_topics(config)
     steps, survivors, n_deletes = make_stream(900, seed=21)
     first, second, third = chunks(steps, 3)
@@ -267,5 +273,5 @@ def test_kill_9_while_a_snapshot_is_in_flight_changes_nothing(broker, unique_top
     assert np.array_equal(recovered.centroids_, fresh_fit(config, survivors))
     assert_holds_exactly(recovered, survivors)
     assert_one_receipt_per_delete(broker, config, consume, n_deletes)
-    assert all(_pending_ids(s) == [] for s in partition_snapshots(snaps).values())
-    assert not list(snaps.glob("*/.tmp-*"))  # the half-written one was cleaned up
+    assert all(_pending_ids(s) == [] for s in unit_snapshots(snaps).values())
+    assert not list(snaps.glob("*/.tmp-*")) and not list(snaps.glob(".tmp-*"))  # the half-written one was cleaned up

@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from stream_unlearn import DCKMeans
+from stream_unlearn import MODELS
 from stream_unlearn.broker import ensure_topics
 from stream_unlearn.config import WorkerConfig
 from stream_unlearn.inspect_cmd import NoSnapshot, is_partitioned, load_for_reading, load_partitioned
@@ -144,6 +144,14 @@ def partition_snapshots(snapshot_dir: Path) -> dict[int, Any]:
     return load_partitioned(snapshot_dir, retries=1)[0]
 
 
+def unit_snapshots(snapshot_dir: Path) -> dict[int | str, Any]:
+    """The newest valid snapshot of each unit: a dc root's partition stores, or a q worker's one store
+    (as ``"global"``). Raises NoSnapshot if there is none."""
+    if is_partitioned(snapshot_dir):
+        return partition_snapshots(snapshot_dir)
+    return {"global": load_for_reading(snapshot_dir, retries=1)[0]}
+
+
 def spawn_worker(config: WorkerConfig, log_path: Path, hold_writer_at: str | None = None,
                  marker: Path | None = None) -> subprocess.Popen[bytes]:
     """``stream-unlearn worker`` as a real process (for kill -9 and SIGTERM).
@@ -241,8 +249,12 @@ def records_handled(metrics_port: int) -> float:
 
 
 def fresh_fit(config: WorkerConfig, survivors: dict[str, np.ndarray]) -> np.ndarray:
-    """Centroids of a fresh DC model on the survivors, partitioned as Kafka's default partitioner does."""
-    model = DCKMeans(**config.model_params(), n_partitions=config.partitions)
+    """Centroids of a fresh model of the worker's algorithm on the survivors (a DC one partitioned as
+    Kafka's default partitioner does)."""
+    params = config.model_params()
+    if config.algorithm == "dc":
+        params["n_partitions"] = config.partitions
+    model = MODELS[config.algorithm](**params)
     names = sorted(survivors)
     model.insert(names, np.array([survivors[i] for i in names]))
     return model.centroids_
