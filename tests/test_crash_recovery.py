@@ -28,12 +28,11 @@ from worker_support import (
     create_topics,
     fresh_fit,
     make_config,
-    partition_snapshots,
-    unit_snapshots,
     running_worker,
     snapshot_position,
     spawn_worker,
     stop_cleanly,
+    unit_snapshots,
     wait_consumed,
     wait_until,
     worker_process,
@@ -93,29 +92,36 @@ def test_kill_9_at_random_moments_changes_nothing(broker, unique_topic, tmp_path
     assert_one_receipt_per_delete(broker, config, consume, n_deletes)
 
 
-def test_sigterm_finishes_the_batch_and_snapshots(broker, unique_topic, tmp_path):
+@pytest.mark.parametrize("algorithm", ["dc", "q"])
+def test_sigterm_finishes_the_batch_and_snapshots(broker, unique_topic, tmp_path, algorithm):
+    from stream_unlearn.broker import free_port
+
     topics = Topics.fresh(unique_topic)
     snaps = tmp_path / "snaps"
-    config = make_config(broker, topics, snaps, snapshot_interval=30.0, max_batch=50, log_level="INFO")
+    port = free_port()
+    config = make_config(broker, topics, snaps, snapshot_interval=30.0, max_batch=50, log_level="INFO",
+                         algorithm=algorithm, group=algorithm == "dc", metrics_port=port)
     create_topics(config)
     steps, survivors, _ = make_stream(600, seed=3)
     total = send_steps(config, steps)
     log = tmp_path / "worker.log"
     with worker_process(config, log) as proc:
-        # The only snapshot the worker writes with a 30 s interval is the one on SIGTERM.
-        # Started and owning its partitions (a consumer group join takes a few seconds).
-        wait_until(lambda: b"own partition(s) [0, 1, 2]" in log.read_bytes(), 30, "start")
+        # The only snapshot the worker writes with a 30 s interval is the one on SIGTERM. Sent once it
+        # owns its partitions (a consumer group join takes a few seconds) and has applied a batch: a
+        # SIGTERM during start-up stops a worker that has nothing to snapshot.
+        wait_until(lambda: b"own partition(s) [0, 1, 2]" in log.read_bytes() and records_handled(port) > 0, 30,
+                   "start")
         stop_cleanly(proc, log)
     assert b"stopped cleanly" in log.read_bytes()
-    snaps_by_partition = partition_snapshots(snaps)
-    assert snaps_by_partition  # partitions with nothing applied yet have no snapshot
-    for snap in snaps_by_partition.values():
+    snaps_by_unit = unit_snapshots(snaps)
+    assert snaps_by_unit  # partitions with nothing applied yet have no snapshot
+    for snap in snaps_by_unit.values():
         assert snap.meta["pending_receipts"] == []  # receipts went out, then their ids left the disk
     # A restart continues from there to exactly the right model.
     with running_worker(config) as worker:
         wait_until(lambda: worker.assigned.is_set(), 30, "the assignment")
-        assert worker.restored_seqs == {p: snaps_by_partition[p].seq if p in snaps_by_partition else None
-                                        for p in range(3)}
+        units = range(3) if algorithm == "dc" else [None]
+        assert worker.restored_seqs == {u: snaps_by_unit[u].seq if u in snaps_by_unit else None for u in units}
         wait_consumed(worker, total)
     assert np.array_equal(worker.model.centroids_, fresh_fit(config, survivors))
 
@@ -141,18 +147,20 @@ def _remove_manifest(snap: Path) -> None:
     (snap / MANIFEST_NAME).unlink()
 
 
+@pytest.mark.parametrize("algorithm", ["dc", "q"])
 @pytest.mark.parametrize("damage", [_flip_part, _truncate_part, _truncate_manifest, _remove_manifest])
-def test_corrupt_or_truncated_snapshot_is_never_loaded(broker, unique_topic, tmp_path, damage):
+def test_corrupt_or_truncated_snapshot_is_never_loaded(broker, unique_topic, tmp_path, damage, algorithm):
     topics = Topics.fresh(unique_topic)
     snaps = tmp_path / "snaps"
-    config = make_config(broker, topics, snaps)
+    config = make_config(broker, topics, snaps, algorithm=algorithm, group=algorithm == "dc")
     create_topics(config)
     steps, survivors, _ = make_stream(400, seed=7)
     first, second = chunks(steps, 2)
     total = send_steps(config, first)
     with running_worker(config) as worker:
         wait_consumed(worker, total)
-    store_dir = snaps / "partition-0"  # one partition's store is damaged; the others are intact
+    # dc: one partition's store is damaged, the others are intact; q: the one store of the whole model
+    store_dir, unit = (snaps / "partition-0", 0) if algorithm == "dc" else (snaps, None)
     older, _ = load_for_reading(store_dir)
     backup = tmp_path / older.path.name
     shutil.copytree(older.path, backup)
@@ -168,7 +176,7 @@ def test_corrupt_or_truncated_snapshot_is_never_loaded(broker, unique_topic, tmp
     assert store.load_latest().seq == older.seq and [s.path for s in store.skipped] == [newest.path]
     with running_worker(config) as worker:
         wait_until(lambda: worker.assigned.is_set(), 30, "the assignment")
-        assert worker.restored_seqs[0] == older.seq  # the damaged newer one was skipped
+        assert worker.restored_seqs[unit] == older.seq  # the damaged newer one was skipped
         wait_consumed(worker, total)
     assert np.array_equal(worker.model.centroids_, fresh_fit(config, survivors))
     assert not newest.path.exists() and not older.path.exists()  # both gone once a new one is durable
@@ -177,28 +185,29 @@ def test_corrupt_or_truncated_snapshot_is_never_loaded(broker, unique_topic, tmp
     assert os.stat(snaps).st_mode & 0o077 == 0 and os.stat(store_dir).st_mode & 0o077 == 0
 
 
-def test_receipts_pending_in_a_snapshot_are_sent_after_a_restart(broker, unique_topic, tmp_path, consume):
+@pytest.mark.parametrize("algorithm", ["dc", "q"])
+def test_receipts_pending_in_a_snapshot_are_sent_after_a_restart(broker, unique_topic, tmp_path, consume, algorithm):
     """A crash between a durable snapshot and its receipts: the restart sends them, then forgets their ids."""
     from stream_unlearn.receipts import PendingReceipt, decode_receipt, pending_to_meta
 
     topics = Topics.fresh(unique_topic)
     snaps = tmp_path / "snaps"
-    config = make_config(broker, topics, snaps, group=False)
+    config = make_config(broker, topics, snaps, group=False, algorithm=algorithm)
     create_topics(config)
     steps, survivors, n_deletes = make_stream(300, seed=5)
     total = send_steps(config, steps)
     with running_worker(config) as worker:
         wait_consumed(worker, total)
     assert_one_receipt_per_delete(broker, config, consume, n_deletes)
-    # Rewrite one partition's newest snapshot as a crash would have left it: receipts still pending.
-    partition, snap = next(iter(partition_snapshots(snaps).items()))
+    # Rewrite one unit's newest snapshot as a crash would have left it: receipts still pending.
+    unit, snap = next(iter(unit_snapshots(snaps).items()))
     lost = PendingReceipt("crashed-before-receipt", 123.0, 124.0)
     SnapshotStore(snap.path.parent).write(snap.parts, {**snap.meta, "pending_receipts": pending_to_meta([lost])})
     with running_worker(config) as worker:
         wait_until(lambda: worker.assigned.is_set(), 30, "the assignment")
         receipts = consume(broker, config.receipts_topic, n_deletes + 1)
         assert decode_receipt(receipts[-1].value).id == lost.id
-    assert partition_snapshots(snaps)[partition].meta["pending_receipts"] == []
+    assert unit_snapshots(snaps)[unit].meta["pending_receipts"] == []
     assert np.array_equal(worker.model.centroids_, fresh_fit(config, survivors))
 
 

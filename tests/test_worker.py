@@ -187,9 +187,11 @@ def test_records_off_their_ids_partition_go_to_dead_letter_and_get_no_receipt(br
         (b"wrong_partition", names[0].encode()), (b"wrong_partition", stray.encode())]
 
 
-def test_after_a_receipt_no_file_holds_the_id_or_its_vector(broker, unique_topic, tmp_path, consume):
+@pytest.mark.parametrize("algorithm", ["dc", "q"])
+def test_after_a_receipt_no_file_holds_the_id_or_its_vector(broker, unique_topic, tmp_path, consume, algorithm):
+    """DC: partition stores of subtrees; Q: one store of the whole model (its refits included)."""
     snaps = tmp_path / "snaps"
-    config = make_config(broker, Topics.fresh(unique_topic), snaps)
+    config = make_config(broker, Topics.fresh(unique_topic), snaps, algorithm=algorithm, group=algorithm == "dc")
     names = [f"{i}.secret" for i in ids("person", 60)]  # no id is a prefix of another
     X = np.random.default_rng(5).normal(size=(60, 4))
     with producer(config) as p:

@@ -144,12 +144,12 @@ def partition_snapshots(snapshot_dir: Path) -> dict[int, Any]:
     return load_partitioned(snapshot_dir, retries=1)[0]
 
 
-def unit_snapshots(snapshot_dir: Path) -> dict[int | str, Any]:
-    """The newest valid snapshot of each unit: a dc root's partition stores, or a q worker's one store
-    (as ``"global"``). Raises NoSnapshot if there is none."""
+def unit_snapshots(snapshot_dir: Path) -> dict[int | None, Any]:
+    """The newest valid snapshot of each unit, by the worker's unit key: a dc root's partition stores,
+    or a q worker's one store (key None). Raises NoSnapshot if there is none."""
     if is_partitioned(snapshot_dir):
-        return partition_snapshots(snapshot_dir)
-    return {"global": load_for_reading(snapshot_dir, retries=1)[0]}
+        return partition_snapshots(snapshot_dir)  # type: ignore[return-value]
+    return {None: load_for_reading(snapshot_dir, retries=1)[0]}
 
 
 def spawn_worker(config: WorkerConfig, log_path: Path, hold_writer_at: str | None = None,
