@@ -42,8 +42,11 @@ def producer(config: WorkerConfig) -> EventProducer:
                          delete_topic=config.delete_topic, binary=False)
 
 
-def test_out_of_order_deletes_reinserts_and_redelivery(broker, unique_topic, tmp_path, consume):
-    config = make_config(broker, Topics.fresh(unique_topic), tmp_path / "snaps")
+@pytest.mark.parametrize("algorithm", ["dc", "q"])
+def test_out_of_order_deletes_reinserts_and_redelivery(broker, unique_topic, tmp_path, consume, algorithm):
+    """DC keeps the per-id semantics per partition; Q, one global unit, for all partitions at once."""
+    config = make_config(broker, Topics.fresh(unique_topic), tmp_path / "snaps", algorithm=algorithm,
+                         group=algorithm == "dc")
     rng = np.random.default_rng(3)
     names = ids("p", 300)
     X = rng.normal(size=(300, 4))
