@@ -126,7 +126,7 @@ def test_receipts_go_out_only_after_their_snapshot_is_durable_and_older_ones_pru
         for chunk in chunks(steps, 4):
             total += send_steps(config, chunk)
             wait_consumed(worker, total)
-            # a snapshot per chunk: several rounds of receipts (Q's one unit would else send them all at once)
+            # a snapshot per chunk: several rounds of receipts (Q's one unit would otherwise send them all at once)
             wait_until(lambda: snapshot_position(snaps) == total, 30, "the chunk's snapshot")
     assert problems == []
     assert sum(checked) >= n_deletes and len(checked) > 1
