@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
 from stream_unlearn.cli import main
 from stream_unlearn.demo import gaussian_mixture, histogram_quantile, plan_stream
 
 
-def test_demo_runs_and_every_check_passes(capsys, tmp_path):
-    assert main(["demo", "--n", "3000", "--snapshot-interval", "0.5", "--snapshot-dir", str(tmp_path / "s")]) == 0
+@pytest.mark.parametrize("algorithm", ["dc", "q"])
+def test_demo_runs_and_every_check_passes(capsys, tmp_path, algorithm):
+    assert main(["demo", "--algorithm", algorithm, "--n", "3000", "--snapshot-interval", "0.5",
+                 "--snapshot-dir", str(tmp_path / "s")]) == 0
     out = capsys.readouterr().out
     for line in ("throughput", "event-to-model", "receipts", "dead letters      12", "verify            OK"):
         assert line in out
