@@ -94,6 +94,35 @@ def test_verify_fails_when_centroids_do_not_match_the_points(worker_snapshots, t
     assert "partition 0" in out and "FAILED: subtree differs" in out
 
 
+def test_inspect_and_verify_a_q_workers_one_store(broker, unique_topic, tmp_path, capsys):
+    """A q worker keeps one store of the whole model at the root: inspect reads it, verify refits it, and a
+    tampered copy fails."""
+    root = tmp_path / "snaps"
+    config = make_config(broker, Topics.fresh(unique_topic), root, algorithm="q", group=False)
+    create_topics(config)
+    with EventProducer(broker, insert_topic=config.insert_topic, delete_topic=config.delete_topic) as p:
+        p.insert(ids("q", 120), np.random.default_rng(1).normal(size=(120, 3)), ts=1.0)
+        p.delete(ids("q", 20), ts=2.0)
+    with running_worker(config) as worker:
+        wait_consumed(worker, 140)
+    assert main(["inspect", str(root), "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert np.array_equal(np.array(out["centroids"]), worker.model.centroids_)
+    assert out["n_points"] == 100 and out["algorithm"] == "q" and out["k"] == 3 and out["seed"] == 0
+    assert sum(out["offsets"][config.insert_topic].values()) == 120
+    assert sum(out["offsets"][config.delete_topic].values()) == 20
+    assert out["created_at"] > 1e9 and out["tombstones"] == 20 and out["pending_receipts"] == 0
+    assert main(["verify", str(root)]) == 0
+    assert "OK" in capsys.readouterr().out
+    snap = SnapshotStore(root, readonly=True).load_latest()
+    body = loads(snap.parts[MODEL_PART])
+    body["centroids"] = pack_array(unpack_array(body["centroids"]) + 1e-12)
+    body = {k: v for k, v in body.items() if k not in ("format", "version")}
+    SnapshotStore(tmp_path / "tampered").write({**snap.parts, MODEL_PART: dumps(body)}, snap.meta)
+    assert main(["verify", str(tmp_path / "tampered")]) == 1
+    assert "FAILED" in capsys.readouterr().out
+
+
 def test_no_valid_snapshot_exits_2(tmp_path, capsys):
     empty = tmp_path / "empty"
     empty.mkdir(mode=0o700)
