@@ -10,12 +10,25 @@ import pytest
 
 from stream_unlearn import load_model
 from stream_unlearn.cli import main
+from stream_unlearn.config import WorkerConfig
 from stream_unlearn.producer import EventProducer
 from stream_unlearn.snapshot import SnapshotStore
 from stream_unlearn.state import dumps, loads, pack_array, unpack_array
 from stream_unlearn.worker import MODEL_PART
 
 from worker_support import Topics, create_topics, ids, make_config, running_worker, wait_consumed
+
+
+def _run_worker(config: WorkerConfig, prefix: str, seed: int) -> np.ndarray:
+    """120 inserts then 20 deletes through a worker that snapshots them; its centroids."""
+    create_topics(config)
+    with EventProducer(config.bootstrap_servers, insert_topic=config.insert_topic,
+                       delete_topic=config.delete_topic) as p:
+        p.insert(ids(prefix, 120), np.random.default_rng(seed).normal(size=(120, 3)), ts=1.0)
+        p.delete(ids(prefix, 20), ts=2.0)
+    with running_worker(config) as worker:
+        wait_consumed(worker, 140)
+    return worker.model.centroids_
 
 
 @pytest.fixture(scope="module")
@@ -25,14 +38,9 @@ def worker_snapshots(broker, tmp_path_factory) -> tuple[Path, np.ndarray, dict]:
 
     root = tmp_path_factory.mktemp("inspect") / "snaps"
     config = make_config(broker, Topics.fresh(new_topic_name), root)
-    create_topics(config)
-    with EventProducer(broker, insert_topic=config.insert_topic, delete_topic=config.delete_topic) as p:
-        p.insert(ids("i", 120), np.random.default_rng(0).normal(size=(120, 3)), ts=1.0)
-        p.delete(ids("i", 20), ts=2.0)
-    with running_worker(config) as worker:
-        wait_consumed(worker, 140)
+    centroids = _run_worker(config, "i", 0)
     before = sorted(p.name for p in root.iterdir())
-    return root, worker.model.centroids_, {"before": before, "config": config}
+    return root, centroids, {"before": before, "config": config}
 
 
 def test_inspect_json_shows_the_snapshot(worker_snapshots, capsys):
@@ -99,15 +107,10 @@ def test_inspect_and_verify_a_q_workers_one_store(broker, unique_topic, tmp_path
     tampered copy fails."""
     root = tmp_path / "snaps"
     config = make_config(broker, Topics.fresh(unique_topic), root, algorithm="q", group=False)
-    create_topics(config)
-    with EventProducer(broker, insert_topic=config.insert_topic, delete_topic=config.delete_topic) as p:
-        p.insert(ids("q", 120), np.random.default_rng(1).normal(size=(120, 3)), ts=1.0)
-        p.delete(ids("q", 20), ts=2.0)
-    with running_worker(config) as worker:
-        wait_consumed(worker, 140)
+    centroids = _run_worker(config, "q", 1)
     assert main(["inspect", str(root), "--json"]) == 0
     out = json.loads(capsys.readouterr().out)
-    assert np.array_equal(np.array(out["centroids"]), worker.model.centroids_)
+    assert np.array_equal(np.array(out["centroids"]), centroids)
     assert out["n_points"] == 100 and out["algorithm"] == "q" and out["k"] == 3 and out["seed"] == 0
     assert sum(out["offsets"][config.insert_topic].values()) == 120
     assert sum(out["offsets"][config.delete_topic].values()) == 20
