@@ -15,7 +15,8 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
-_INSERTION_SORT_MAX = 64
+#: Segments of up to this many keys are sorted by insertion (DC leaves); longer ones by merge sort.
+INSERTION_SORT_MAX = 64
 _OPTS = {"cache": True, "boundscheck": False, "nogil": True}
 
 #: Skipping a point's reassignment needs ``upper + _SLACK * scale < lower``: the
@@ -795,7 +796,7 @@ def segment_order(keys, offsets, order):
     for b in range(len(offsets) - 1):
         lo = offsets[b]
         hi = offsets[b + 1]
-        if hi - lo > _INSERTION_SORT_MAX:
+        if hi - lo > INSERTION_SORT_MAX:
             local = np.argsort(keys[lo:hi], kind="mergesort")
             for p in range(hi - lo):
                 order[lo + p] = lo + local[p]

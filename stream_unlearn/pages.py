@@ -65,6 +65,7 @@ def bucket_in_key_order(b, rows, first, size, next_page, all_keys, keys, slots):
 
     Returns True if two keys are equal: the caller then orders by (key, id)
     instead. A single event's flush lists its leaf this way, in one call.
+    Quadratic: for buckets of tens of points (the store sends bigger ones elsewhere).
     """
     page = first[b]
     left = size[b]

@@ -242,8 +242,11 @@ class PointStore:
 
     def bucket_in_order(self, bucket: int) -> tuple[np.ndarray, np.ndarray]:
         """Keys and slots of one non-empty bucket: ``gather_slots([bucket])``'s, in one compiled call
-        (a single event's flush: the general path's numpy calls cost ~20 us)."""
+        (a single event's flush: the general path's numpy calls cost ~20 us). The call sorts by
+        insertion, so a bucket too big for that (few leaves, many points) takes the general path."""
         n = int(self._size[bucket])
+        if n > kernels.INSERTION_SORT_MAX:
+            return self.gather_slots([bucket])[:2]
         keys, slots = np.empty(n, dtype=np.uint64), np.empty(n, dtype=np.int64)
         if pages.bucket_in_key_order(bucket, ROWS_PER_PAGE, self._first, self._size, self._next, self._keys,
                                      keys, slots):
