@@ -135,7 +135,7 @@ class PointStore:
         self._free = pages.place(buckets, ROWS_PER_PAGE, self._first, self._last, self._size, self._next, self._prev,
                                  self._page_bucket, self._free, slots)
         self._n_free -= need
-        pages.write_rows(self._vectors, slots, np.ascontiguousarray(X, dtype=np.float64))
+        kernels.write_rows(self._vectors, slots, np.ascontiguousarray(X, dtype=np.float64))
         self._keys[slots] = keys
         self._ids[slots] = ids if isinstance(ids, np.ndarray) else _object_array(ids)
         self._where.update(zip(ids, slots.tolist()))
