@@ -81,7 +81,7 @@ def test_kill_9_at_random_moments_changes_nothing(broker, unique_topic, tmp_path
     crashed, _, warnings = load_model_for_reading(snaps)
 
     # The same topics consumed once, without crashes.
-    clean_config = make_config(broker, topics, tmp_path / "clean", algorithm=algorithm, group=algorithm == "dc")
+    clean_config = make_config(broker, topics, tmp_path / "clean", algorithm=algorithm)
     with running_worker(clean_config) as worker:
         wait_consumed(worker, total)
     uncrashed = worker.model.centroids_
@@ -100,7 +100,7 @@ def test_sigterm_finishes_the_batch_and_snapshots(broker, unique_topic, tmp_path
     snaps = tmp_path / "snaps"
     port = free_port()
     config = make_config(broker, topics, snaps, snapshot_interval=30.0, max_batch=50, log_level="INFO",
-                         algorithm=algorithm, group=algorithm == "dc", metrics_port=port)
+                         algorithm=algorithm, metrics_port=port)
     create_topics(config)
     steps, survivors, _ = make_stream(600, seed=3)
     total = send_steps(config, steps)
@@ -152,7 +152,7 @@ def _remove_manifest(snap: Path) -> None:
 def test_corrupt_or_truncated_snapshot_is_never_loaded(broker, unique_topic, tmp_path, damage, algorithm):
     topics = Topics.fresh(unique_topic)
     snaps = tmp_path / "snaps"
-    config = make_config(broker, topics, snaps, algorithm=algorithm, group=algorithm == "dc")
+    config = make_config(broker, topics, snaps, algorithm=algorithm)
     create_topics(config)
     steps, survivors, _ = make_stream(400, seed=7)
     first, second = chunks(steps, 2)

@@ -106,7 +106,7 @@ def test_inspect_and_verify_a_q_workers_one_store(broker, unique_topic, tmp_path
     """A q worker keeps one store of the whole model at the root: inspect reads it, verify refits it, and a
     tampered copy fails."""
     root = tmp_path / "snaps"
-    config = make_config(broker, Topics.fresh(unique_topic), root, algorithm="q", group=False)
+    config = make_config(broker, Topics.fresh(unique_topic), root, algorithm="q")
     centroids = _run_worker(config, "q", 1)
     assert main(["inspect", str(root), "--json"]) == 0
     out = json.loads(capsys.readouterr().out)

@@ -45,8 +45,7 @@ def producer(config: WorkerConfig) -> EventProducer:
 @pytest.mark.parametrize("algorithm", ["dc", "q"])
 def test_out_of_order_deletes_reinserts_and_redelivery(broker, unique_topic, tmp_path, consume, algorithm):
     """DC keeps the per-id semantics per partition; Q, one global unit, for all partitions at once."""
-    config = make_config(broker, Topics.fresh(unique_topic), tmp_path / "snaps", algorithm=algorithm,
-                         group=algorithm == "dc")
+    config = make_config(broker, Topics.fresh(unique_topic), tmp_path / "snaps", algorithm=algorithm)
     rng = np.random.default_rng(3)
     names = ids("p", 300)
     X = rng.normal(size=(300, 4))
@@ -194,7 +193,7 @@ def test_records_off_their_ids_partition_go_to_dead_letter_and_get_no_receipt(br
 def test_after_a_receipt_no_file_holds_the_id_or_its_vector(broker, unique_topic, tmp_path, consume, algorithm):
     """DC: partition stores of subtrees; Q: one store of the whole model (its refits included)."""
     snaps = tmp_path / "snaps"
-    config = make_config(broker, Topics.fresh(unique_topic), snaps, algorithm=algorithm, group=algorithm == "dc")
+    config = make_config(broker, Topics.fresh(unique_topic), snaps, algorithm=algorithm)
     names = [f"{i}.secret" for i in ids("person", 60)]  # no id is a prefix of another
     X = np.random.default_rng(5).normal(size=(60, 4))
     with producer(config) as p:

@@ -54,6 +54,8 @@ def make_config(bootstrap: str, topics: Topics, snapshot_dir: Path, **overrides:
         session_timeout_ms=6000, heartbeat_interval_ms=1000,
         snapshot_dir=str(snapshot_dir), snapshot_interval=0.3, model_publish_interval=0.0,
         metrics_port=0, tombstone_horizon=float("inf"), log_level="WARNING", **SMALL,
+        # A q worker is one global model: it reads every partition, outside any consumer group.
+        group=overrides.get("algorithm", "dc") != "q",
     )
     values.update(overrides)
     return WorkerConfig(**values)
