@@ -31,6 +31,13 @@ def _run_worker(config: WorkerConfig, prefix: str, seed: int) -> np.ndarray:
     return worker.model.centroids_
 
 
+def _tampered(model_part: bytes) -> bytes:
+    """A model state whose stored centroids are off by 1e-12: a well-formed state that verify must refuse."""
+    body = loads(model_part)
+    body["centroids"] = pack_array(unpack_array(body["centroids"]) + 1e-12)
+    return dumps({k: v for k, v in body.items() if k not in ("format", "version")})
+
+
 @pytest.fixture(scope="module")
 def worker_snapshots(broker, tmp_path_factory) -> tuple[Path, np.ndarray, dict]:
     """A snapshot root written by a worker: 120 inserts, 20 deletes."""
@@ -87,10 +94,7 @@ def test_verify_fails_when_centroids_do_not_match_the_points(worker_snapshots, t
         snap = SnapshotStore(root / f"partition-{p}", readonly=True).load_latest()
         parts = dict(snap.parts)
         if p == 0:
-            body = loads(snap.parts[MODEL_PART])
-            body["centroids"] = pack_array(unpack_array(body["centroids"]) + 1e-12)
-            body = {k: v for k, v in body.items() if k not in ("format", "version")}
-            parts[MODEL_PART] = dumps(body)
+            parts[MODEL_PART] = _tampered(snap.parts[MODEL_PART])
         n_points += load_model(parts[MODEL_PART]).n_points_
         SnapshotStore(tampered / f"partition-{p}").write(parts, snap.meta)
     assert n_points == 100
@@ -118,10 +122,8 @@ def test_inspect_and_verify_a_q_workers_one_store(broker, unique_topic, tmp_path
     assert main(["verify", str(root)]) == 0
     assert "OK" in capsys.readouterr().out
     snap = SnapshotStore(root, readonly=True).load_latest()
-    body = loads(snap.parts[MODEL_PART])
-    body["centroids"] = pack_array(unpack_array(body["centroids"]) + 1e-12)
-    body = {k: v for k, v in body.items() if k not in ("format", "version")}
-    SnapshotStore(tmp_path / "tampered").write({**snap.parts, MODEL_PART: dumps(body)}, snap.meta)
+    SnapshotStore(tmp_path / "tampered").write({**snap.parts, MODEL_PART: _tampered(snap.parts[MODEL_PART])},
+                                               snap.meta)
     assert main(["verify", str(tmp_path / "tampered")]) == 1
     assert "FAILED" in capsys.readouterr().out
 
