@@ -68,7 +68,7 @@ EVENT_TYPES: tuple[str, ...] = ("insert", "delete")
 OUTCOMES: tuple[str, ...] = ("applied", "replaced", "duplicate", "stale", "tombstoned", "ignored", "dead_letter")
 CERTIFICATE_RESULTS: tuple[str, ...] = ("passed", "failed")
 #: Pre-initialised snapshot failure reasons; other short fixed strings are accepted too.
-SNAPSHOT_FAILURE_REASONS: tuple[str, ...] = ("os_error", "serialize_error", "other")
+SNAPSHOT_FAILURE_REASONS: tuple[str, ...] = ("os_error", "kafka_timeout", "serialize_error", "other")
 
 #: Seconds, from 50 microseconds (sub-millisecond model updates) to 2 minutes
 #: (snapshot waits, delete-to-persisted with a long snapshot interval). Finer

@@ -3,6 +3,13 @@
 A thin layer over kafka-python's producer whose send failures surface on
 ``flush`` (called before a snapshot makes offsets durable), so a record the
 broker never acknowledged is replayed after a restart rather than lost.
+
+A broker that does not answer (down, restarting, cut off) is not a failure:
+records wait in the producer, retried until it is back, and a flush that
+times out raises :class:`PublishTimeout`, after which the caller may simply
+flush again later. Only a record the broker refused, or one still
+unacknowledged after :data:`DELIVERY_TIMEOUT_MS`, raises the plain
+:class:`PublishError`: it is gone from the producer.
 """
 
 from __future__ import annotations
@@ -24,6 +31,10 @@ from .producer import send_keyed
 _DETAIL_MAX = 1000
 #: :meth:`Publisher.send_acked` sends this many records between two pauses.
 _SEND_STEP = 256
+#: How long the producer retries a record before it gives up on it: a day, not kafka-python's 2
+#: minutes, so that a broker outage of minutes (a rolling restart, a network cut) only delays the
+#: records and the snapshots that wait for them; a dropped dead letter would stop the worker.
+DELIVERY_TIMEOUT_MS = 24 * 3600 * 1000
 
 
 
@@ -61,6 +72,10 @@ class PublishError(RuntimeError):
     """Records sent to Kafka were not acknowledged."""
 
 
+class PublishTimeout(PublishError):
+    """Records are not acknowledged yet: the producer still holds them and retries (flush again later)."""
+
+
 class Publisher:
     """A KafkaProducer whose send failures surface on :meth:`flush`; thread-safe (so is the producer)."""
 
@@ -73,6 +88,7 @@ class Publisher:
             linger_ms=5,
             max_request_size=max(1 << 20, config.max_value_bytes + (64 << 10)),
             client_id="stream-unlearn-worker",
+            delivery_timeout_ms=DELIVERY_TIMEOUT_MS,
         )
         self._lock = threading.Lock()
         self._errors: list[tuple[str, BaseException]] = []  # (topic, error)
@@ -103,19 +119,30 @@ class Publisher:
             pause()
             step = records[start : start + _SEND_STEP]
             futures += send_keyed(self._producer, topic, [key for key, _ in step], [value for _, value in step])
-        self._producer.flush(timeout=timeout)
+        self._flush_producer(timeout)
         failed = [f.exception for f in futures if not f.succeeded()]
         if failed:
             raise PublishError(f"{len(failed)} of {len(futures)} record(s) to {topic} not acknowledged, "
                                f"first: {failed[0]!r}")
 
     def flush(self, timeout: float = 30.0) -> None:
-        self._producer.flush(timeout=timeout)
+        """Wait until every record sent so far is acknowledged; raise :class:`PublishError` for those
+        that failed, :class:`PublishTimeout` if some are still unacknowledged after ``timeout`` seconds."""
+        self._flush_producer(timeout)
         with self._lock:
             errors, self._errors = self._errors, []
         if errors:
             per_topic = ", ".join(f"{topic}: {n}" for topic, n in collections.Counter(t for t, _ in errors).items())
             raise PublishError(f"{len(errors)} record(s) not acknowledged ({per_topic}), first: {errors[0][1]!r}")
+
+    def _flush_producer(self, timeout: float) -> None:
+        from kafka.errors import KafkaTimeoutError
+
+        try:
+            self._producer.flush(timeout=timeout)
+        except KafkaTimeoutError as exc:
+            raise PublishTimeout(f"Kafka acknowledged not every record within {timeout:g}s "
+                                 f"(broker down or unreachable?): {exc}") from exc
 
     def close(self) -> None:
         self._producer.close(timeout=10)

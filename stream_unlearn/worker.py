@@ -90,7 +90,7 @@ from .model_accounting import ModelAccounting
 from .model_publishing import ModelPublishing
 from .ownership import OwnerLock, OwnershipError, RebalanceLog, partitions_of
 from .partitioned import GlobalView, global_params, new_partition_model, partition_dir, partition_dirs
-from .publisher import PublishError, Publisher, dead_letter_headers, encode_global_message
+from .publisher import PublishError, Publisher, PublishTimeout, dead_letter_headers, encode_global_message
 from .receipts import PendingReceipt, pending_to_meta
 from .semantics import EventTimeState
 from .snapshot import SnapshotError, SnapshotInfo, SnapshotStore
@@ -152,6 +152,8 @@ class Worker:
         self.n_partitions = 0
         self.metrics_port: int | None = None
         self.last_snapshot_seq: int | None = None
+        #: the last snapshot job found Kafka not acknowledging the records before its cut (an outage)
+        self._kafka_away = False
         #: seq of the snapshot restored, per unit (partition, or None for the q unit)
         self.restored_seqs: dict[int | None, int | None] = {}
         #: records handled since start (dead letters included)
@@ -736,8 +738,8 @@ class Worker:
                   for tp in tps if (tp.topic, tp.partition) in offsets}
         if commit:
             try:
-                if final:
-                    self._consumer.commit(commit)
+                if final:  # bounded: with the broker away it would hold the stop for ~45 s
+                    self._consumer.commit(commit, timeout_ms=5000)
                 else:
                     self._consumer.commit_async(commit, callback=_log_failed_commit)
             except Exception as exc:  # lag tools only; never worth stopping for
@@ -796,6 +798,8 @@ class Worker:
         units = [u for u in self._unique_units() if u.changed or u.unsent]
         seq = None
         for unit in units:
+            if self._kafka_away:
+                break  # each unit would wait as long for the dead letters and receipts: next interval
             self._capture(unit)
             for done in self._drain(wait=True, names=[unit.name]):
                 if done.last is not None and done.error is None:
@@ -871,13 +875,16 @@ class Worker:
             unit.unsent = [*job.unsent, *unit.unsent]
             unit.new_pending = [*job.new_pending, *unit.new_pending]
             unit.changed = True
-            if not isinstance(done.error, OSError):
+            reason = _retried_snapshot_failure(done.error)
+            if reason is None:
                 assert done.error is not None
-                raise done.error  # a failed dead-letter flush or a bug: fatal, replayed after a restart
-            self.metrics.snapshot_failed("os_error")
+                raise done.error  # a dead letter Kafka refused, or a bug: fatal, replayed after a restart
+            self.metrics.snapshot_failed(reason)
+            self._kafka_away = reason == "kafka_timeout"
             log.error("%s: snapshot failed, retrying in %.1fs: %s", unit.name, self.config.snapshot_interval,
                       done.error)
             return
+        self._kafka_away = isinstance(done.receipts_error, PublishTimeout)
         if job.durable is None:
             info = done.written
             taken = job.captured_seconds + done.seconds.get("encode", 0.0) + done.seconds.get("write", 0.0)
@@ -906,6 +913,9 @@ class Worker:
     def _shutdown(self) -> None:
         """Clean stop: final snapshots, receipts, summaries, global model, committed offsets."""
         self.snapshot()
+        if self._kafka_away:  # publishing and committing would wait on it too: stop now, replay at restart
+            raise PublishTimeout("Kafka is not acknowledging records, and a snapshot waits for those before it: "
+                                 "stopped without the final snapshots")
         if self._reader is not None:
             self._reader.poll(0)
         self._publish()
@@ -943,6 +953,21 @@ class Worker:
             self.metrics.close()
 
 
+def _retried_snapshot_failure(error: BaseException | None) -> str | None:
+    """The metric reason of a snapshot failure worth retrying at the next interval; None if fatal.
+
+    A disk error may pass (space freed, a mount back); so may a broker that
+    has not acknowledged the dead letters before the cut yet (an outage: the
+    producer still holds them and retries). Nothing was written either way,
+    so the offsets never pass an unacknowledged dead letter.
+    """
+    if isinstance(error, OSError):
+        return "os_error"
+    if isinstance(error, PublishTimeout):
+        return "kafka_timeout"
+    return None
+
+
 def _log_failed_commit(offsets: Any, response: Any) -> None:
     if isinstance(response, Exception):
         log.debug("offset commit failed: %r", response)
@@ -967,7 +992,8 @@ class _TPs(list):
 
 
 def main_worker(args: argparse.Namespace) -> int:
-    """Run the ``worker`` command: 0 after SIGTERM/SIGINT, 2 bad config, 1 failure."""
+    """Run the ``worker`` command: 0 after SIGTERM/SIGINT, 2 bad config, 1 failure (records Kafka would not
+    take, a bug)."""
     try:
         config = config_from_args(args)
     except ConfigError as exc:
@@ -989,6 +1015,9 @@ def main_worker(args: argparse.Namespace) -> int:
     except (WorkerError, SnapshotError) as exc:
         log.error("%s", exc)
         return 2
+    except PublishError as exc:  # nothing lost: the records after the last snapshot are replayed at a restart
+        log.error("stopped: %s; a restart replays from the last snapshot (%s)", exc, worker.last_snapshot_seq)
+        return 1
     except Exception:
         log.exception("worker failed")
         return 1

@@ -1,0 +1,127 @@
+"""Kafka away: a worker lives through a broker outage with work pending, losing nothing.
+
+Each test runs its own embedded broker (it pauses it), so they do not run
+against an external Kafka.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+
+import numpy as np
+from kafka import KafkaProducer
+
+from stream_unlearn.broker import EmbeddedBroker, free_port
+from stream_unlearn.demo import scrape, total
+from stream_unlearn.inspect_cmd import load_model_for_reading
+
+from conftest import consume_all, new_topic_name
+from worker_support import (
+    Topics,
+    assert_holds_exactly,
+    assert_one_receipt_per_delete,
+    chunks,
+    create_topics,
+    fresh_fit,
+    make_config,
+    make_stream,
+    records_handled,
+    send_steps,
+    snapshot_position,
+    stop_cleanly,
+    wait_until,
+    worker_process,
+)
+
+#: Seconds the broker stays frozen. Before snapshots were deferred, such an outage stopped the worker
+#: 77 s in: a snapshot's receipts waited 30 s for Kafka, then the next snapshot waited 30 s for them
+#: to be acknowledged, and that timeout was fatal.
+OUTAGE = 95.0
+
+
+def _metric(port: int, name: str, **labels: str) -> float:
+    """A worker process's metric (summed over matching series); 0 while its endpoint is not up."""
+    try:
+        return total(scrape(port), name, **labels)
+    except OSError:
+        return 0.0
+
+
+def test_a_broker_outage_with_work_pending_delays_snapshots_and_loses_nothing(tmp_path):
+    """The broker freezes (SIGSTOP) right after the worker applied deletes, before their snapshot: the
+    receipts wait, the next snapshots wait for Kafka and are retried, and the worker lives on."""
+    metrics_port = free_port()
+    with EmbeddedBroker(port=0) as broker:
+        config = make_config(broker.bootstrap, Topics.fresh(new_topic_name), tmp_path / "snaps", group=False,
+                             snapshot_interval=1.0, metrics_port=metrics_port)
+        create_topics(config)
+        steps, survivors, n_deletes = make_stream(600, seed=9)
+        first, before, after = chunks(steps, 3)
+        log = tmp_path / "worker.log"
+        with worker_process(config, log) as proc:
+            # Receipts out once before the outage: the producer knows their topic, and waits for no metadata.
+            sent = send_steps(config, first)
+            wait_until(lambda: _metric(metrics_port, "stream_unlearn_receipts_total") > 0
+                       or proc.poll() is not None, 60, "the first receipts")
+            sent += send_steps(config, before)
+            raw = KafkaProducer(bootstrap_servers=broker.bootstrap)
+            for i in range(3):  # dead letters to acknowledge before a snapshot passes their offsets
+                raw.send(config.insert_topic, key=b"bad%d" % i, value=b"\x00garbage", partition=0)
+            raw.flush()
+            raw.close()
+            sent += 3
+            wait_until(lambda: records_handled(metrics_port) >= sent or proc.poll() is not None, 60, "part two")
+            os.kill(broker.pid, signal.SIGSTOP)
+            try:
+                time.sleep(OUTAGE)
+                assert proc.poll() is None, log.read_text()[-3000:]
+            finally:
+                os.kill(broker.pid, signal.SIGCONT)
+            deferred = _metric(metrics_port, "stream_unlearn_snapshot_failures_total", reason="kafka_timeout")
+            assert deferred >= 1  # a snapshot waited for Kafka in the outage: the case under test
+            sent += send_steps(config, after)
+            wait_until(lambda: snapshot_position(tmp_path / "snaps") == sent or proc.poll() is not None, 120,
+                       "the worker to catch up")
+            stop_cleanly(proc, log)
+        model, _, _ = load_model_for_reading(tmp_path / "snaps")
+        assert np.array_equal(model.centroids_, fresh_fit(config, survivors))
+        assert_holds_exactly(model, survivors)
+        assert_one_receipt_per_delete(broker.bootstrap, config, consume_all, n_deletes)
+        dead = consume_all(broker.bootstrap, config.dead_letter_topic, 3)
+        assert {dict(r.headers)["reason"] for r in dead} == {b"not_msgpack"} and len(dead) >= 3
+
+
+def test_sigterm_in_an_outage_exits_1_and_a_restart_replays_exactly(tmp_path):
+    """A stop while the broker is frozen cannot make its final snapshot durable (Kafka has not
+    acknowledged what came before): it says so and exits 1, and a restart replays from the last one."""
+    metrics_port = free_port()
+    with EmbeddedBroker(port=0) as broker:
+        config = make_config(broker.bootstrap, Topics.fresh(new_topic_name), tmp_path / "snaps", group=False,
+                             snapshot_interval=1.0, metrics_port=metrics_port)
+        create_topics(config)
+        steps, survivors, n_deletes = make_stream(400, seed=4)
+        before, after = chunks(steps, 2)
+        log = tmp_path / "worker.log"
+        with worker_process(config, log) as proc:
+            sent = send_steps(config, before)
+            wait_until(lambda: snapshot_position(tmp_path / "snaps") == sent or proc.poll() is not None, 60,
+                       "part one's snapshot")
+            sent += send_steps(config, after)
+            wait_until(lambda: records_handled(metrics_port) >= sent or proc.poll() is not None, 60, "part two")
+            os.kill(broker.pid, signal.SIGSTOP)
+            try:
+                proc.send_signal(signal.SIGTERM)
+                assert proc.wait(120) == 1, log.read_text()[-3000:]
+            finally:
+                os.kill(broker.pid, signal.SIGCONT)
+        assert "a restart replays from the last snapshot" in log.read_text()
+        with worker_process(config, log) as proc:
+            wait_until(lambda: snapshot_position(tmp_path / "snaps") == sent or proc.poll() is not None, 90,
+                       "the restarted worker to catch up")
+            stop_cleanly(proc, log)
+        model, _, _ = load_model_for_reading(tmp_path / "snaps")
+        assert np.array_equal(model.centroids_, fresh_fit(config, survivors))
+        assert_holds_exactly(model, survivors)
+        assert_one_receipt_per_delete(broker.bootstrap, config, consume_all, n_deletes)
