@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import logging
 import os
 import signal
 import socket
@@ -34,12 +35,16 @@ from typing import IO
 __all__ = [
     "BrokerError",
     "EmbeddedBroker",
+    "KafkaUnreachable",
     "ensure_topics",
+    "wait_for_kafka",
     "free_port",
     "add_broker_arguments",
     "main_broker",
     "run_broker",
 ]
+
+log = logging.getLogger(__name__)
 
 #: Kafka error code for "topic already exists".
 _TOPIC_ALREADY_EXISTS = 36
@@ -50,6 +55,10 @@ _SCRUBBED_ENV = ("SCHEMA_REGISTRY", "OTEL_EXPORTER_OTLP_ENDPOINT")
 
 class BrokerError(RuntimeError):
     """The embedded broker could not be started or died."""
+
+
+class KafkaUnreachable(ConnectionError):
+    """No broker of a bootstrap list answered in time."""
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -305,6 +314,42 @@ def _metadata_probe(bootstrap: str) -> None:
         admin.list_topics()
     finally:
         admin.close()
+
+
+def wait_for_kafka(bootstrap: str, timeout: float, stopped: Callable[[], bool] = lambda: False) -> bool:
+    """Wait until a broker of ``bootstrap`` answers a metadata request; False if ``stopped()`` first.
+
+    Containers and hosts start in any order: a worker up before its Kafka
+    retries (backing off from 0.5 to 5 s) for up to ``timeout`` seconds (0:
+    one attempt) instead of failing at once. Raises :class:`KafkaUnreachable`
+    after that, naming the address and the last error.
+    """
+    from kafka.errors import KafkaError
+
+    deadline = time.monotonic() + timeout
+    delay = 0.5
+    attempts = 0
+    while True:
+        attempts += 1
+        try:
+            _metadata_probe(bootstrap)
+        except (KafkaError, OSError) as exc:  # down, refusing, unresolvable: the same to us
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise KafkaUnreachable(f"no Kafka broker at {bootstrap} answered within {timeout:g}s "
+                                       f"({attempts} attempts; last: {exc})") from exc
+            if attempts == 1:
+                log.warning("Kafka at %s not reachable yet (%s); retrying for up to %gs", bootstrap, exc, timeout)
+            pause_until = time.monotonic() + min(delay, left)
+            while time.monotonic() < pause_until:
+                if stopped():
+                    return False
+                time.sleep(min(0.1, max(0.0, pause_until - time.monotonic())))
+            delay = min(2 * delay, 5.0)
+            continue
+        if attempts > 1:
+            log.info("Kafka at %s reachable after %d attempts", bootstrap, attempts)
+        return True
 
 
 def ensure_topics(

@@ -71,6 +71,7 @@ class WorkerConfig:
     """Everything the worker needs to know; validated on construction."""
 
     bootstrap_servers: str = "127.0.0.1:9092"
+    connect_timeout: float = 120.0
     insert_topic: str = TOPIC_INSERTS
     delete_topic: str = TOPIC_DELETES
     dead_letter_topic: str = TOPIC_DEAD_LETTER
@@ -162,6 +163,8 @@ def _validate(c: WorkerConfig) -> None:
          f"--session-timeout-ms must lie in [1000, 3600000], got {c.session_timeout_ms}")
     need(100 <= c.heartbeat_interval_ms < c.session_timeout_ms,
          f"--heartbeat-interval-ms must lie in [100, --session-timeout-ms), got {c.heartbeat_interval_ms}")
+    need(math.isfinite(c.connect_timeout) and c.connect_timeout >= 0,
+         f"--connect-timeout must be a finite number of seconds >= 0, got {c.connect_timeout}")
     need(math.isfinite(c.handover_timeout) and c.handover_timeout > 0,
          f"--handover-timeout must be a positive number of seconds, got {c.handover_timeout}")
     need(c.algorithm in ALGORITHMS, f"--algorithm must be one of {ALGORITHMS}, got {c.algorithm!r}")
@@ -246,6 +249,8 @@ _PARSERS: dict[type, Callable[[str], Any]] = {int: _int, float: _float, str: _st
 
 _HELP: dict[str, str] = {
     "bootstrap_servers": "Kafka bootstrap address(es), comma-separated",
+    "connect_timeout": "seconds to wait at start for Kafka to answer (it may start after the worker; "
+                       "0 = one attempt); then exit 1",
     "insert_topic": "topic of insert events",
     "delete_topic": "topic of delete events (same partition count as the insert topic)",
     "dead_letter_topic": "topic for records that fail validation",

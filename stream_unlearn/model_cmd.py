@@ -203,11 +203,14 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def main_model(args: argparse.Namespace) -> int:
-    """Print the global model: 0, or 2 if the topic holds no summary (or cannot be read)."""
+    """Print the global model: 0, or 2 if the topic holds no summary (or cannot be read, Kafka unreachable)."""
+    from .broker import KafkaUnreachable, wait_for_kafka
+
     logging.getLogger("kafka").setLevel(logging.ERROR)
     try:
+        wait_for_kafka(args.bootstrap_servers, args.timeout)
         model = read_global_model(args.bootstrap_servers, args.summaries_topic, args.timeout)
-    except (SummaryError, TimeoutError) as exc:
+    except (SummaryError, TimeoutError, KafkaUnreachable) as exc:
         print(f"stream-unlearn model: {exc}", file=sys.stderr)
         return 2
     if model is None:

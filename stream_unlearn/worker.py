@@ -81,7 +81,7 @@ import numpy as np
 
 from . import QKMeans, __version__
 from .base import UnlearningModel
-from .broker import ensure_topics
+from .broker import KafkaUnreachable, ensure_topics, wait_for_kafka
 from .config import ConfigError, WorkerConfig, config_from_args
 from .continuity import Continuity
 from .hashing import murmur2_partitions
@@ -244,7 +244,9 @@ class Worker:
         """
         stop = stop_event if stop_event is not None else self._stop
         try:
-            self._start()
+            if not self._start(stop):
+                log.info("stopped while waiting for Kafka")
+                return
             while not (stop.is_set() or self._stop.is_set()):
                 self.step()
             self._shutdown()
@@ -252,12 +254,15 @@ class Worker:
             self._close()
 
     # -- start -------------------------------------------------------------------
-    def _start(self) -> None:
+    def _start(self, stop: threading.Event) -> bool:
+        """Connect, restore and join; False if ``stop`` was set while Kafka was not reachable yet."""
         from kafka import KafkaConsumer
         from kafka.coordinator.assignors.range import RangePartitionAssignor
 
         c = self.config
         self._check_layout()
+        if not wait_for_kafka(c.bootstrap_servers, c.connect_timeout, lambda: stop.is_set() or self._stop.is_set()):
+            return False
         if c.create_topics:
             ensure_topics(c.bootstrap_servers, {c.insert_topic: c.partitions, c.delete_topic: c.partitions,
                                                 c.dead_letter_topic: 1, c.receipts_topic: 1, c.model_topic: 1})
@@ -313,6 +318,7 @@ class Worker:
         log.info("worker started: %s k=%d seed=%d, %d partition(s) of %s/%s, %s", c.algorithm, c.k, c.seed,
                  self.n_partitions, c.insert_topic, c.delete_topic,
                  f"consumer group {c.group_id!r}" if c.group else "every partition (no group)")
+        return True
 
     def _settle(self) -> None:
         """Pay start-up costs before ready, not in the first batches.
@@ -992,8 +998,8 @@ class _TPs(list):
 
 
 def main_worker(args: argparse.Namespace) -> int:
-    """Run the ``worker`` command: 0 after SIGTERM/SIGINT, 2 bad config, 1 failure (records Kafka would not
-    take, a bug)."""
+    """Run the ``worker`` command: 0 after SIGTERM/SIGINT, 2 bad config, 1 failure (Kafka unreachable
+    at start, records it would not take, a bug)."""
     try:
         config = config_from_args(args)
     except ConfigError as exc:
@@ -1015,6 +1021,9 @@ def main_worker(args: argparse.Namespace) -> int:
     except (WorkerError, SnapshotError) as exc:
         log.error("%s", exc)
         return 2
+    except KafkaUnreachable as exc:
+        log.error("%s", exc)
+        return 1
     except PublishError as exc:  # nothing lost: the records after the last snapshot are replayed at a restart
         log.error("stopped: %s; a restart replays from the last snapshot (%s)", exc, worker.last_snapshot_seq)
         return 1

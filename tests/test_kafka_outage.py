@@ -1,7 +1,8 @@
-"""Kafka away: a worker lives through a broker outage with work pending, losing nothing.
+"""Kafka away: a worker started before its broker waits for it, gives up with one clear line, and lives
+through a broker outage with work pending, losing nothing.
 
-Each test runs its own embedded broker (it pauses it), so they do not run
-against an external Kafka.
+Each test runs its own embedded broker (it stops, pauses or starts it), so
+they do not run against an external Kafka.
 """
 
 from __future__ import annotations
@@ -9,8 +10,10 @@ from __future__ import annotations
 import os
 import signal
 import time
+from pathlib import Path
 
 import numpy as np
+import pytest
 from kafka import KafkaProducer
 
 from stream_unlearn.broker import EmbeddedBroker, free_port
@@ -47,6 +50,55 @@ def _metric(port: int, name: str, **labels: str) -> float:
         return total(scrape(port), name, **labels)
     except OSError:
         return 0.0
+
+
+def _log_has(log: Path, text: str) -> bool:
+    return log.exists() and text.encode() in log.read_bytes()
+
+
+def test_a_worker_started_before_its_broker_waits_for_it(tmp_path):
+    port = free_port()
+    config = make_config(f"127.0.0.1:{port}", Topics.fresh(new_topic_name), tmp_path / "snaps", group=False,
+                         connect_timeout=60.0, log_level="INFO")
+    log = tmp_path / "worker.log"
+    with worker_process(config, log) as proc:
+        wait_until(lambda: _log_has(log, "not reachable yet") or proc.poll() is not None, 30, "the worker to wait")
+        assert proc.poll() is None, log.read_text()[-2000:]
+        with EmbeddedBroker(port=port):
+            steps, survivors, _ = make_stream(300, seed=5)
+            wait_until(lambda: _log_has(log, "reachable after"), 30, "the worker to connect")
+            create_topics(config)  # the worker creates them too: whichever comes first
+            total_sent = send_steps(config, steps)
+            wait_until(lambda: snapshot_position(tmp_path / "snaps") == total_sent, 60, "the worker to catch up")
+            stop_cleanly(proc, log)
+    model, _, _ = load_model_for_reading(tmp_path / "snaps")
+    assert np.array_equal(model.centroids_, fresh_fit(config, survivors))
+    assert_holds_exactly(model, survivors)
+
+
+def test_a_worker_gives_up_on_an_unreachable_broker_with_one_clear_line(tmp_path):
+    port = free_port()  # nothing listens there
+    config = make_config(f"127.0.0.1:{port}", Topics.fresh(new_topic_name), tmp_path / "snaps", group=False,
+                         connect_timeout=1.0, log_level="INFO")
+    log = tmp_path / "worker.log"
+    with worker_process(config, log) as proc:
+        assert proc.wait(60) == 1
+    text = log.read_text()
+    assert f"no Kafka broker at 127.0.0.1:{port} answered within 1s" in text
+    assert "Traceback" not in text
+
+
+def test_sigterm_while_waiting_for_kafka_stops_at_once(tmp_path):
+    config = make_config(f"127.0.0.1:{free_port()}", Topics.fresh(new_topic_name), tmp_path / "snaps",
+                         group=False, connect_timeout=300.0, log_level="INFO")
+    log = tmp_path / "worker.log"
+    with worker_process(config, log) as proc:
+        wait_until(lambda: _log_has(log, "not reachable yet") or proc.poll() is not None, 30, "the worker to wait")
+        asked = time.monotonic()
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(30) == 0, log.read_text()[-2000:]
+    assert time.monotonic() - asked < 10
+    assert "stopped while waiting for Kafka" in log.read_text()
 
 
 def test_a_broker_outage_with_work_pending_delays_snapshots_and_loses_nothing(tmp_path):
@@ -125,3 +177,21 @@ def test_sigterm_in_an_outage_exits_1_and_a_restart_replays_exactly(tmp_path):
         assert np.array_equal(model.centroids_, fresh_fit(config, survivors))
         assert_holds_exactly(model, survivors)
         assert_one_receipt_per_delete(broker.bootstrap, config, consume_all, n_deletes)
+
+
+def test_the_model_command_names_an_unreachable_broker_in_one_line(capsys):
+    from stream_unlearn.cli import main
+
+    port = free_port()
+    assert main(["model", "--bootstrap-servers", f"127.0.0.1:{port}", "--timeout", "1"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"stream-unlearn model: no Kafka broker at 127.0.0.1:{port} answered within 1s")
+    assert err.count("\n") == 1
+
+
+@pytest.mark.parametrize("seconds", [-1.0, float("inf"), float("nan")])
+def test_connect_timeout_must_be_finite_and_not_negative(tmp_path, seconds):
+    from stream_unlearn.config import ConfigError
+
+    with pytest.raises(ConfigError, match="--connect-timeout"):
+        make_config("127.0.0.1:1", Topics.fresh(new_topic_name), tmp_path, connect_timeout=seconds)
