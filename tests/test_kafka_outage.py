@@ -7,9 +7,11 @@ they do not run against an external Kafka.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -17,6 +19,7 @@ import pytest
 from kafka import KafkaProducer
 
 from stream_unlearn.broker import EmbeddedBroker, free_port
+from stream_unlearn.config import WorkerConfig
 from stream_unlearn.demo import scrape, total
 from stream_unlearn.inspect_cmd import load_model_for_reading
 
@@ -52,6 +55,25 @@ def _metric(port: int, name: str, **labels: str) -> float:
         return 0.0
 
 
+def _assert_exactly_forgotten(config, snaps: Path, survivors: dict, n_deletes: int) -> None:
+    """The snapshots hold exactly the survivors, bit-identical to a fresh fit, and every delete has its
+    receipt (read from ``config``'s broker, still running)."""
+    model, _, _ = load_model_for_reading(snaps)
+    assert np.array_equal(model.centroids_, fresh_fit(config, survivors))
+    assert_holds_exactly(model, survivors)
+    assert_one_receipt_per_delete(config.bootstrap_servers, config, consume_all, n_deletes)
+
+
+@contextlib.contextmanager
+def _broker_of_our_own(tmp_path: Path) -> Iterator[tuple[EmbeddedBroker, WorkerConfig]]:
+    """A broker for this test alone (it gets frozen), its topics, and a one-worker config with metrics."""
+    with EmbeddedBroker(port=0) as broker:
+        config = make_config(broker.bootstrap, Topics.fresh(new_topic_name), tmp_path / "snaps", group=False,
+                             snapshot_interval=1.0, metrics_port=free_port())
+        create_topics(config)
+        yield broker, config
+
+
 def _log_has(log: Path, text: str) -> bool:
     return log.exists() and text.encode() in log.read_bytes()
 
@@ -65,15 +87,13 @@ def test_a_worker_started_before_its_broker_waits_for_it(tmp_path):
         wait_until(lambda: _log_has(log, "not reachable yet") or proc.poll() is not None, 30, "the worker to wait")
         assert proc.poll() is None, log.read_text()[-2000:]
         with EmbeddedBroker(port=port):
-            steps, survivors, _ = make_stream(300, seed=5)
+            steps, survivors, n_deletes = make_stream(300, seed=5)
             wait_until(lambda: _log_has(log, "reachable after"), 30, "the worker to connect")
             create_topics(config)  # the worker creates them too: whichever comes first
             total_sent = send_steps(config, steps)
             wait_until(lambda: snapshot_position(tmp_path / "snaps") == total_sent, 60, "the worker to catch up")
             stop_cleanly(proc, log)
-    model, _, _ = load_model_for_reading(tmp_path / "snaps")
-    assert np.array_equal(model.centroids_, fresh_fit(config, survivors))
-    assert_holds_exactly(model, survivors)
+            _assert_exactly_forgotten(config, tmp_path / "snaps", survivors, n_deletes)
 
 
 def test_a_worker_gives_up_on_an_unreachable_broker_with_one_clear_line(tmp_path):
@@ -104,11 +124,8 @@ def test_sigterm_while_waiting_for_kafka_stops_at_once(tmp_path):
 def test_a_broker_outage_with_work_pending_delays_snapshots_and_loses_nothing(tmp_path):
     """The broker freezes (SIGSTOP) right after the worker applied deletes, before their snapshot: the
     receipts wait, the next snapshots wait for Kafka and are retried, and the worker lives on."""
-    metrics_port = free_port()
-    with EmbeddedBroker(port=0) as broker:
-        config = make_config(broker.bootstrap, Topics.fresh(new_topic_name), tmp_path / "snaps", group=False,
-                             snapshot_interval=1.0, metrics_port=metrics_port)
-        create_topics(config)
+    with _broker_of_our_own(tmp_path) as (broker, config):
+        metrics_port = config.metrics_port
         steps, survivors, n_deletes = make_stream(600, seed=9)
         first, before, after = chunks(steps, 3)
         log = tmp_path / "worker.log"
@@ -137,10 +154,7 @@ def test_a_broker_outage_with_work_pending_delays_snapshots_and_loses_nothing(tm
             wait_until(lambda: snapshot_position(tmp_path / "snaps") == sent or proc.poll() is not None, 120,
                        "the worker to catch up")
             stop_cleanly(proc, log)
-        model, _, _ = load_model_for_reading(tmp_path / "snaps")
-        assert np.array_equal(model.centroids_, fresh_fit(config, survivors))
-        assert_holds_exactly(model, survivors)
-        assert_one_receipt_per_delete(broker.bootstrap, config, consume_all, n_deletes)
+        _assert_exactly_forgotten(config, tmp_path / "snaps", survivors, n_deletes)
         dead = consume_all(broker.bootstrap, config.dead_letter_topic, 3)
         assert {dict(r.headers)["reason"] for r in dead} == {b"not_msgpack"} and len(dead) >= 3
 
@@ -148,11 +162,8 @@ def test_a_broker_outage_with_work_pending_delays_snapshots_and_loses_nothing(tm
 def test_sigterm_in_an_outage_exits_1_and_a_restart_replays_exactly(tmp_path):
     """A stop while the broker is frozen cannot make its final snapshot durable (Kafka has not
     acknowledged what came before): it says so and exits 1, and a restart replays from the last one."""
-    metrics_port = free_port()
-    with EmbeddedBroker(port=0) as broker:
-        config = make_config(broker.bootstrap, Topics.fresh(new_topic_name), tmp_path / "snaps", group=False,
-                             snapshot_interval=1.0, metrics_port=metrics_port)
-        create_topics(config)
+    with _broker_of_our_own(tmp_path) as (broker, config):
+        metrics_port = config.metrics_port
         steps, survivors, n_deletes = make_stream(400, seed=4)
         before, after = chunks(steps, 2)
         log = tmp_path / "worker.log"
@@ -173,10 +184,7 @@ def test_sigterm_in_an_outage_exits_1_and_a_restart_replays_exactly(tmp_path):
             wait_until(lambda: snapshot_position(tmp_path / "snaps") == sent or proc.poll() is not None, 90,
                        "the restarted worker to catch up")
             stop_cleanly(proc, log)
-        model, _, _ = load_model_for_reading(tmp_path / "snaps")
-        assert np.array_equal(model.centroids_, fresh_fit(config, survivors))
-        assert_holds_exactly(model, survivors)
-        assert_one_receipt_per_delete(broker.bootstrap, config, consume_all, n_deletes)
+        _assert_exactly_forgotten(config, tmp_path / "snaps", survivors, n_deletes)
 
 
 def test_the_model_command_names_an_unreachable_broker_in_one_line(capsys):
