@@ -804,12 +804,12 @@ class Worker:
         units = [u for u in self._unique_units() if u.changed or u.unsent]
         seq = None
         for unit in units:
-            if self._kafka_away:
-                break  # each unit would wait as long for the dead letters and receipts: next interval
             self._capture(unit)
             for done in self._drain(wait=True, names=[unit.name]):
                 if done.last is not None and done.error is None:
                     seq = done.last.seq
+            if self._kafka_away:
+                break  # this unit's job found Kafka away: the others would wait as long (next interval)
         self._publish_summaries(units)
         return seq
 

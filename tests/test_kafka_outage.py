@@ -20,7 +20,6 @@ from kafka import KafkaProducer
 
 from stream_unlearn.broker import EmbeddedBroker, free_port
 from stream_unlearn.config import WorkerConfig
-from stream_unlearn.demo import scrape, total
 from stream_unlearn.inspect_cmd import load_model_for_reading
 
 from conftest import consume_all, new_topic_name
@@ -38,6 +37,7 @@ from worker_support import (
     snapshot_position,
     stop_cleanly,
     wait_until,
+    worker_metric,
     worker_process,
 )
 
@@ -45,14 +45,6 @@ from worker_support import (
 #: 77 s in: a snapshot's receipts waited 30 s for Kafka, then the next snapshot waited 30 s for them
 #: to be acknowledged, and that timeout was fatal.
 OUTAGE = 95.0
-
-
-def _metric(port: int, name: str, **labels: str) -> float:
-    """A worker process's metric (summed over matching series); 0 while its endpoint is not up."""
-    try:
-        return total(scrape(port), name, **labels)
-    except OSError:
-        return 0.0
 
 
 def _assert_exactly_forgotten(config, snaps: Path, survivors: dict, n_deletes: int) -> None:
@@ -132,7 +124,7 @@ def test_a_broker_outage_with_work_pending_delays_snapshots_and_loses_nothing(tm
         with worker_process(config, log) as proc:
             # Receipts out once before the outage: the producer knows their topic, and waits for no metadata.
             sent = send_steps(config, first)
-            wait_until(lambda: _metric(metrics_port, "stream_unlearn_receipts_total") > 0
+            wait_until(lambda: worker_metric(metrics_port, "stream_unlearn_receipts_total") > 0
                        or proc.poll() is not None, 60, "the first receipts")
             sent += send_steps(config, before)
             raw = KafkaProducer(bootstrap_servers=broker.bootstrap)
@@ -148,7 +140,7 @@ def test_a_broker_outage_with_work_pending_delays_snapshots_and_loses_nothing(tm
                 assert proc.poll() is None, log.read_text()[-3000:]
             finally:
                 os.kill(broker.pid, signal.SIGCONT)
-            deferred = _metric(metrics_port, "stream_unlearn_snapshot_failures_total", reason="kafka_timeout")
+            deferred = worker_metric(metrics_port, "stream_unlearn_snapshot_failures_total", reason="kafka_timeout")
             assert deferred >= 1  # a snapshot waited for Kafka in the outage: the case under test
             sent += send_steps(config, after)
             wait_until(lambda: snapshot_position(tmp_path / "snaps") == sent or proc.poll() is not None, 120,

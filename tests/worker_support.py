@@ -240,14 +240,19 @@ def run_worker_holding_writer(phase: str, marker: str, argv: list[str]) -> int:
     return cli.main(["worker", *argv])
 
 
-def records_handled(metrics_port: int) -> float:
-    """Records a worker process has handled so far, from its /metrics (0 while it starts)."""
+def worker_metric(metrics_port: int, name: str, **labels: str) -> float:
+    """A worker process's metric from its /metrics, summed over the series with ``labels`` (0 while it starts)."""
     from stream_unlearn.demo import scrape, total
 
     try:
-        return total(scrape(metrics_port), "stream_unlearn_events_total")
+        return total(scrape(metrics_port), name, **labels)
     except OSError:
         return 0.0
+
+
+def records_handled(metrics_port: int) -> float:
+    """Records a worker process has handled so far (0 while it starts)."""
+    return worker_metric(metrics_port, "stream_unlearn_events_total")
 
 
 def fresh_fit(config: WorkerConfig, survivors: dict[str, np.ndarray]) -> np.ndarray:
