@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import collections
 import functools
+import logging
 import threading
 import time
 from collections.abc import Mapping, Sequence
@@ -26,6 +27,8 @@ import numpy as np
 from .config import WorkerConfig
 from .pieces import Pause, no_pause
 from .producer import send_keyed
+
+log = logging.getLogger(__name__)
 
 #: Longest ``detail`` header of a dead letter, in characters.
 _DETAIL_MAX = 1000
@@ -144,5 +147,28 @@ class Publisher:
             raise PublishTimeout(f"Kafka acknowledged not every record within {timeout:g}s "
                                  f"(broker down or unreachable?): {exc}") from exc
 
-    def close(self) -> None:
-        self._producer.close(timeout=10)
+    def close(self, timeout: float = 10.0) -> None:
+        """Close the producer; records still unacknowledged after ``timeout`` seconds are dropped.
+
+        Dropping them loses nothing: no snapshot's offsets passed a record
+        Kafka had not acknowledged (:meth:`flush`), so a restart replays and
+        sends them again.
+        """
+        from kafka.errors import KafkaTimeoutError
+
+        try:
+            self._producer.close(timeout=timeout)
+        except KafkaTimeoutError:
+            # kafka-python's close() flushes first and raises before its own force-close; its
+            # __del__ would then close again at exit and print that error with a traceback.
+            log.warning("closed the Kafka producer with records Kafka has not acknowledged (broker away?); "
+                        "a restart sends them again")
+            self._force_close()
+
+    def _force_close(self) -> None:
+        """What kafka-python's ``close()`` does after a flush that timed out (private parts, guarded)."""
+        sender = getattr(self._producer, "_sender", None)
+        if sender is not None and hasattr(sender, "force_close"):
+            sender.force_close()
+        if hasattr(self._producer, "_closed"):
+            self._producer._closed = True

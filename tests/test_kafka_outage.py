@@ -171,7 +171,9 @@ def test_sigterm_in_an_outage_exits_1_and_a_restart_replays_exactly(tmp_path):
                 assert proc.wait(120) == 1, log.read_text()[-3000:]
             finally:
                 os.kill(broker.pid, signal.SIGCONT)
-        assert "a restart replays from the last snapshot" in log.read_text()
+        text = log.read_text()
+        assert "a restart replays from the last snapshot" in text
+        assert "Traceback" not in text and "Exception ignored" not in text, text[-3000:]
         with worker_process(config, log) as proc:
             wait_until(lambda: snapshot_position(tmp_path / "snaps") == sent or proc.poll() is not None, 90,
                        "the restarted worker to catch up")
