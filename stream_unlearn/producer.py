@@ -308,12 +308,23 @@ def add_produce_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--deletes", metavar="FILE", help="ids to delete, one per line (sent after the inserts)")
     parser.add_argument("--max-id-bytes", type=int, default=DEFAULT_MAX_ID_BYTES,
                         help="refuse ids longer than this in UTF-8: the worker's --max-id-bytes (default %(default)s)")
+    parser.add_argument("--connect-timeout", type=_seconds, default=30.0,
+                        help="seconds to wait for Kafka to answer before giving up (0: one attempt; "
+                             "default %(default)s)")
     parser.add_argument(
         "--binary",
         action=argparse.BooleanOptionalAction,
         default=True,
         help="send vectors as float32 bin (default) or as float64 arrays (--no-binary)",
     )
+
+
+def _seconds(text: str) -> float:
+    """An argparse type: a finite number of seconds >= 0."""
+    value = float(text)
+    if not (math.isfinite(value) and value >= 0):
+        raise argparse.ArgumentTypeError(f"must be a finite number of seconds >= 0, got {text}")
+    return value
 
 
 def main_produce(args: argparse.Namespace) -> int:
@@ -334,14 +345,22 @@ def main_produce(args: argparse.Namespace) -> int:
     except (OSError, ValueError) as exc:
         print(f"stream-unlearn produce: {exc}", file=sys.stderr)
         return 2
+    from .broker import KafkaUnreachable, wait_for_kafka
+
     servers = [s.strip() for s in args.bootstrap_servers.split(",") if s.strip()]
     try:
+        wait_for_kafka(args.bootstrap_servers, args.connect_timeout)
         _produce(args, servers, inserts, deletes)
+    except KafkaUnreachable as exc:
+        print(f"stream-unlearn produce: {exc}", file=sys.stderr)
+        return 1
     except (ValueError, TypeError) as exc:  # e.g. NaN in the data, empty id
         print(f"stream-unlearn produce: bad input: {exc}", file=sys.stderr)
         return 2
     except Exception as exc:  # Kafka unreachable, send failures
-        print(f"stream-unlearn produce: {type(exc).__name__}: {exc}", file=sys.stderr)
+        text = str(exc)  # kafka-python's errors already start with their class name
+        named = text if text.startswith(type(exc).__name__) else f"{type(exc).__name__}: {text}"
+        print(f"stream-unlearn produce: {named}", file=sys.stderr)
         return 1
     return 0
 

@@ -197,3 +197,25 @@ def test_connect_timeout_must_be_finite_and_not_negative(tmp_path, seconds):
 
     with pytest.raises(ConfigError, match="--connect-timeout"):
         make_config("127.0.0.1:1", Topics.fresh(new_topic_name), tmp_path, connect_timeout=seconds)
+
+
+def test_the_produce_command_names_an_unreachable_broker_in_one_line(tmp_path, capsys):
+    from stream_unlearn.cli import main
+
+    port = free_port()
+    (tmp_path / "deletes.txt").write_text("a\n")
+    args = ["produce", "--bootstrap-servers", f"127.0.0.1:{port}", "--deletes", str(tmp_path / "deletes.txt")]
+    assert main([*args, "--connect-timeout", "0"]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith(f"stream-unlearn produce: no Kafka broker at 127.0.0.1:{port} answered within 0s")
+    assert err.count("\n") == 1 and "Traceback" not in err
+
+
+@pytest.mark.parametrize("seconds", ["-1", "inf", "nan"])
+def test_the_produce_commands_connect_timeout_must_be_finite_and_not_negative(tmp_path, capsys, seconds):
+    from stream_unlearn.cli import main
+
+    with pytest.raises(SystemExit) as exit_:
+        main(["produce", "--deletes", str(tmp_path / "deletes.txt"), "--connect-timeout", seconds])
+    assert exit_.value.code == 2
+    assert "--connect-timeout: must be a finite number of seconds >= 0" in capsys.readouterr().err
