@@ -69,7 +69,7 @@ def add_demo_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--rate", type=float, default=DEFAULT_RATE,
                         help="events/s the demo producer offers, 0 = as fast as it can (default %(default)s)")
     parser.add_argument("--metrics-port", type=int, default=0, help="worker metrics port (default: a free one)")
-    parser.add_argument("--snapshot-dir", help="keep snapshots here (default: a temporary directory, removed)")
+    parser.add_argument("--snapshot-dir", help="keep snapshots here (default: a temporary directory, removed if the demo passes)")
 
 
 # --------------------------------------------------------------------------
@@ -329,6 +329,7 @@ def main_demo(args: argparse.Namespace) -> int:
     tmp = Path(tempfile.mkdtemp(prefix="stream-unlearn-demo-"))
     snap_dir = Path(args.snapshot_dir) if args.snapshot_dir else tmp / "snapshots"
     worker: subprocess.Popen[bytes] | None = None
+    passed = False
     try:
         with EmbeddedBroker(port=0) as broker:
             bootstrap = broker.bootstrap
@@ -359,13 +360,17 @@ def main_demo(args: argparse.Namespace) -> int:
                 return _fail(worker, log_path, f"the worker exited with status {code}")
             receipts = read_topic(bootstrap, RECEIPTS, stream.n_valid_deletes, timeout=30)
             dead = read_topic(bootstrap, DEAD_LETTER, stream.n_malformed, timeout=10)
-            return _report(args, stream, sender, samples, done_at, receipts, dead, snap_dir, started)
+            result = _report(args, stream, sender, samples, done_at, receipts, dead, snap_dir, started)
+            passed = result == 0
+            return result
     finally:
         if worker is not None and worker.poll() is None:
             worker.kill()
             worker.wait()
-        if not args.snapshot_dir:
+        if passed:  # the worker log (and the default snapshot dir) go; a failed run keeps them to look at
             shutil.rmtree(tmp, ignore_errors=True)
+        else:
+            print(f"stream-unlearn demo: kept the worker log (and any default snapshots) in {tmp}", file=sys.stderr)
 
 
 def _start_worker(args: argparse.Namespace, bootstrap: str, snap_dir: Path, port: int,

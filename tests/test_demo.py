@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import tempfile
+
 import numpy as np
 import pytest
 
@@ -10,9 +12,13 @@ from stream_unlearn.demo import gaussian_mixture, histogram_quantile, plan_strea
 
 
 @pytest.mark.parametrize("algorithm", ["dc", "q"])
-def test_demo_runs_and_every_check_passes(capsys, tmp_path, algorithm):
+def test_demo_runs_and_every_check_passes(capsys, tmp_path, monkeypatch, algorithm):
+    scratch = tmp_path / "tmp"
+    scratch.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(scratch))  # where the demo keeps its worker log
     assert main(["demo", "--algorithm", algorithm, "--n", "3000", "--snapshot-interval", "0.5",
                  "--snapshot-dir", str(tmp_path / "s")]) == 0
+    assert list(scratch.iterdir()) == []  # a passing demo leaves nothing behind but the snapshots asked for
     out = capsys.readouterr().out
     for line in ("throughput", "event-to-model", "receipts", "dead letters      12", "verify            OK"):
         assert line in out
