@@ -19,7 +19,7 @@ import functools
 import logging
 import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 
 import msgpack
 import numpy as np
@@ -38,6 +38,8 @@ _SEND_STEP = 256
 #: minutes, so that a broker outage of minutes (a rolling restart, a network cut) only delays the
 #: records and the snapshots that wait for them; a dropped dead letter would stop the worker.
 DELIVERY_TIMEOUT_MS = 24 * 3600 * 1000
+#: How long a send waits for a topic's metadata (kafka-python's default); see :meth:`Publisher.learn_topics`.
+MAX_BLOCK_MS = 60_000
 
 
 
@@ -79,6 +81,10 @@ class PublishTimeout(PublishError):
     """Records are not acknowledged yet: the producer still holds them and retries (flush again later)."""
 
 
+class UnknownTopic(RuntimeError):
+    """A topic the worker writes to has no metadata: it does not exist (or Kafka stopped answering)."""
+
+
 class Publisher:
     """A KafkaProducer whose send failures surface on :meth:`flush`; thread-safe (so is the producer)."""
 
@@ -92,9 +98,30 @@ class Publisher:
             max_request_size=max(1 << 20, config.max_value_bytes + (64 << 10)),
             client_id="stream-unlearn-worker",
             delivery_timeout_ms=DELIVERY_TIMEOUT_MS,
+            max_block_ms=MAX_BLOCK_MS,
         )
         self._lock = threading.Lock()
         self._errors: list[tuple[str, BaseException]] = []  # (topic, error)
+
+    def learn_topics(self, topics: Iterable[str]) -> None:
+        """Fetch the partitions of ``topics`` now, while Kafka answers.
+
+        A producer's first send to a topic waits for its metadata, up to 60 s,
+        and then raises: in an outage the worker's first dead letter would
+        stall its loop and then stop it. With the metadata known, a send only
+        queues the record. Raises :class:`UnknownTopic` for a topic with no
+        metadata after :data:`MAX_BLOCK_MS` (missing, and the broker does not
+        create topics).
+        """
+        from kafka.errors import KafkaTimeoutError
+
+        for topic in topics:
+            try:
+                self._producer.partitions_for(topic)
+            except KafkaTimeoutError as exc:
+                raise UnknownTopic(f"Kafka gave no partitions for topic {topic!r} within {MAX_BLOCK_MS / 1000:g}s: "
+                                   f"it is missing and the broker does not create topics (create it, or let "
+                                   f"the worker: --create-topics), or Kafka stopped answering") from exc
 
     def send(self, topic: str, key: bytes | None, value: bytes | None,
              headers: list[tuple[str, bytes]] | None = None) -> None:

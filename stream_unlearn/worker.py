@@ -90,7 +90,7 @@ from .model_accounting import ModelAccounting
 from .model_publishing import ModelPublishing
 from .ownership import OwnerLock, OwnershipError, RebalanceLog, partitions_of
 from .partitioned import GlobalView, global_params, new_partition_model, partition_dir, partition_dirs
-from .publisher import PublishError, Publisher, PublishTimeout, dead_letter_headers, encode_global_message
+from .publisher import PublishError, Publisher, PublishTimeout, UnknownTopic, dead_letter_headers, encode_global_message
 from .receipts import PendingReceipt, pending_to_meta
 from .semantics import EventTimeState
 from .snapshot import SnapshotError, SnapshotInfo, SnapshotStore
@@ -288,6 +288,11 @@ class Worker:
         self._continuity = Continuity(self._consumer, POLL_TIMEOUT_MS)
         self.n_partitions = self._partition_count()
         self._publisher = Publisher(c)
+        try:
+            self._publisher.learn_topics([c.dead_letter_topic, c.receipts_topic, c.model_topic,
+                                          *([c.summaries_topic] if self.dc else [])])
+        except UnknownTopic as exc:
+            raise WorkerError(str(exc)) from exc
         self._writer = SnapshotWriter(self._publisher, c.receipts_topic, self._priority)
         if self.dc:
             from .model_cmd import SummaryReader

@@ -8,6 +8,8 @@ they do not run against an external Kafka.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
+import threading
 import os
 import signal
 import time
@@ -33,6 +35,7 @@ from worker_support import (
     make_config,
     make_stream,
     records_handled,
+    running_worker,
     send_steps,
     snapshot_position,
     stop_cleanly,
@@ -219,3 +222,46 @@ def test_the_produce_commands_connect_timeout_must_be_finite_and_not_negative(tm
         main(["produce", "--deletes", str(tmp_path / "deletes.txt"), "--connect-timeout", seconds])
     assert exit_.value.code == 2
     assert "--connect-timeout: must be a finite number of seconds >= 0" in capsys.readouterr().err
+
+
+def test_a_first_dead_letter_in_an_outage_queues_instead_of_stalling_the_loop(tmp_path):
+    """The worker learns its output topics' partitions at start. Before, its first send to a topic
+    waited for that metadata (60 s, then raised): in an outage the first dead letter stalled the loop
+    and then stopped the worker."""
+    with _broker_of_our_own(tmp_path) as (broker, config):
+        # Output topics that do not exist yet (the broker creates a topic when it is first asked for):
+        # the producer's first metadata, at its bootstrap, does not know them.
+        config = dataclasses.replace(config, create_topics=False, dead_letter_topic=new_topic_name("dead"),
+                                     receipts_topic=new_topic_name("receipts"), model_topic=new_topic_name("model"))
+        with running_worker(config) as worker:
+            wait_until(lambda: bool(worker.owned), 60, "the worker to own its partitions")
+            os.kill(broker.pid, signal.SIGSTOP)
+            try:
+                sender = threading.Thread(target=worker._publisher.send, args=(config.dead_letter_topic, b"k", b"v"))
+                sender.start()
+                sender.join(20)  # the send only queues the record; it would wait 60 s for metadata
+                assert not sender.is_alive(), "a send in an outage waited for the topic's metadata"
+            finally:
+                os.kill(broker.pid, signal.SIGCONT)
+            worker._publisher.flush()
+            assert [(r.key, r.value) for r in consume_all(broker.bootstrap, config.dead_letter_topic, 1)] == [(b"k", b"v")]
+
+
+def test_learning_a_topic_kafka_gives_no_partitions_for_is_a_clear_error(tmp_path, monkeypatch):
+    """The worker learns its output topics at start; one Kafka gives no partitions for (missing and
+    not created, or Kafka gone meanwhile) is a clear error, not receipts that silently never go out."""
+    from stream_unlearn import publisher
+
+    monkeypatch.setattr(publisher, "MAX_BLOCK_MS", 2000)
+    with _broker_of_our_own(tmp_path) as (broker, config):
+        sender = publisher.Publisher(config)
+        try:
+            sender.learn_topics([config.receipts_topic])  # known: no error
+            os.kill(broker.pid, signal.SIGSTOP)
+            try:
+                with pytest.raises(publisher.UnknownTopic, match="no partitions for topic 'never.made' within 2s"):
+                    sender.learn_topics(["never.made"])
+            finally:
+                os.kill(broker.pid, signal.SIGCONT)
+        finally:
+            sender.close()
