@@ -121,6 +121,12 @@ class WorkerConfig:
         """The two co-partitioned input topics: (inserts, deletes)."""
         return (self.insert_topic, self.delete_topic)
 
+    @property
+    def output_topics(self) -> tuple[str, ...]:
+        """The topics the worker writes to: dead letters, receipts, the model, and (dc) partition summaries."""
+        summaries = (self.summaries_topic,) if self.algorithm == "dc" else ()
+        return (self.dead_letter_topic, self.receipts_topic, self.model_topic, *summaries)
+
     def to_argv(self) -> list[str]:
         """Flags reproducing this configuration (to start a worker process)."""
         argv: list[str] = []

@@ -289,8 +289,7 @@ class Worker:
         self.n_partitions = self._partition_count()
         self._publisher = Publisher(c)
         try:
-            self._publisher.learn_topics([c.dead_letter_topic, c.receipts_topic, c.model_topic,
-                                          *([c.summaries_topic] if self.dc else [])])
+            self._publisher.learn_topics(c.output_topics)
         except UnknownTopic as exc:
             raise WorkerError(str(exc)) from exc
         self._writer = SnapshotWriter(self._publisher, c.receipts_topic, self._priority)

@@ -69,6 +69,16 @@ def _broker_of_our_own(tmp_path: Path) -> Iterator[tuple[EmbeddedBroker, WorkerC
         yield broker, config
 
 
+@contextlib.contextmanager
+def _frozen(broker: EmbeddedBroker) -> Iterator[None]:
+    """The broker process stopped (SIGSTOP) for the block: alive, but answering nothing; then thawed."""
+    os.kill(broker.pid, signal.SIGSTOP)
+    try:
+        yield
+    finally:
+        os.kill(broker.pid, signal.SIGCONT)
+
+
 def _log_has(log: Path, text: str) -> bool:
     return log.exists() and text.encode() in log.read_bytes()
 
@@ -137,12 +147,9 @@ def test_a_broker_outage_with_work_pending_delays_snapshots_and_loses_nothing(tm
             raw.close()
             sent += 3
             wait_until(lambda: records_handled(metrics_port) >= sent or proc.poll() is not None, 60, "part two")
-            os.kill(broker.pid, signal.SIGSTOP)
-            try:
+            with _frozen(broker):
                 time.sleep(OUTAGE)
                 assert proc.poll() is None, log.read_text()[-3000:]
-            finally:
-                os.kill(broker.pid, signal.SIGCONT)
             deferred = worker_metric(metrics_port, "stream_unlearn_snapshot_failures_total", reason="kafka_timeout")
             assert deferred >= 1  # a snapshot waited for Kafka in the outage: the case under test
             sent += send_steps(config, after)
@@ -168,12 +175,9 @@ def test_sigterm_in_an_outage_exits_1_and_a_restart_replays_exactly(tmp_path):
                        "part one's snapshot")
             sent += send_steps(config, after)
             wait_until(lambda: records_handled(metrics_port) >= sent or proc.poll() is not None, 60, "part two")
-            os.kill(broker.pid, signal.SIGSTOP)
-            try:
+            with _frozen(broker):
                 proc.send_signal(signal.SIGTERM)
                 assert proc.wait(120) == 1, log.read_text()[-3000:]
-            finally:
-                os.kill(broker.pid, signal.SIGCONT)
         text = log.read_text()
         assert "a restart replays from the last snapshot" in text
         assert "Traceback" not in text and "Exception ignored" not in text, text[-3000:]
@@ -235,14 +239,11 @@ def test_a_first_dead_letter_in_an_outage_queues_instead_of_stalling_the_loop(tm
                                      receipts_topic=new_topic_name("receipts"), model_topic=new_topic_name("model"))
         with running_worker(config) as worker:
             wait_until(lambda: bool(worker.owned), 60, "the worker to own its partitions")
-            os.kill(broker.pid, signal.SIGSTOP)
-            try:
+            with _frozen(broker):
                 sender = threading.Thread(target=worker._publisher.send, args=(config.dead_letter_topic, b"k", b"v"))
                 sender.start()
                 sender.join(20)  # the send only queues the record; it would wait 60 s for metadata
                 assert not sender.is_alive(), "a send in an outage waited for the topic's metadata"
-            finally:
-                os.kill(broker.pid, signal.SIGCONT)
             worker._publisher.flush()
             assert [(r.key, r.value) for r in consume_all(broker.bootstrap, config.dead_letter_topic, 1)] == [(b"k", b"v")]
 
@@ -257,11 +258,8 @@ def test_learning_a_topic_kafka_gives_no_partitions_for_is_a_clear_error(tmp_pat
         sender = publisher.Publisher(config)
         try:
             sender.learn_topics([config.receipts_topic])  # known: no error
-            os.kill(broker.pid, signal.SIGSTOP)
-            try:
+            with _frozen(broker):
                 with pytest.raises(publisher.UnknownTopic, match="no partitions for topic 'never.made' within 2s"):
                     sender.learn_topics(["never.made"])
-            finally:
-                os.kill(broker.pid, signal.SIGCONT)
         finally:
             sender.close()
