@@ -26,7 +26,6 @@ import time
 import tracemalloc
 
 import numpy as np
-
 from _common import environment, now, pct, table, verdict
 
 from stream_unlearn import DCKMeans, QKMeans

@@ -36,7 +36,6 @@ import urllib.request
 from pathlib import Path
 
 import numpy as np
-
 from _common import environment, table, verdict
 from stream import Topics, prefill, run_worker_thread, worker_config
 

@@ -40,7 +40,6 @@ import sys
 from collections.abc import Callable
 
 import numpy as np
-
 from _common import environment, mean_sq_loss, now, pct, table, verdict
 from datasets import LOADERS, DatasetMissing, load
 
@@ -260,8 +259,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--sk-refits", type=int, default=5,
                         help="sklearn refits timed at least (default %(default)s); more while they are cheap")
     parser.add_argument("--refit-budget", type=float, default=REFIT_BUDGET,
-                        help="time more refits (up to %d) while their total is under this many seconds: the "
-                             "baselines' medians decide the speedups (default %%(default)s)" % MAX_TIMED_REFITS)
+                        help=f"time more refits (up to {MAX_TIMED_REFITS}) while their total is under this many "
+                             "seconds: the baselines' medians decide the speedups (default %(default)s)")
     parser.add_argument("--budget", type=float, default=120.0,
                         help="seconds of deletions per model and dataset; past it the rest are extrapolated "
                              "from the mean so far and the output says so (default %(default)s)")

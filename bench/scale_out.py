@@ -49,11 +49,10 @@ from typing import Any
 
 import numpy as np
 from _common import environment, table, verdict
-from stream_unlearn.demo import scrape, total
 
 from stream_unlearn.broker import EmbeddedBroker, ensure_topics, free_port
 from stream_unlearn.config import WorkerConfig
-from stream_unlearn.demo import gaussian_mixture
+from stream_unlearn.demo import gaussian_mixture, scrape, total
 from stream_unlearn.hashing import murmur2_partitions
 from stream_unlearn.model_cmd import ensure_summaries_topic
 from stream_unlearn.producer import EventProducer

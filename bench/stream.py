@@ -48,7 +48,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-
 from _common import CpuShare, environment, pct, table, verdict
 from load_client import CLIENTS, default_client, event_producer
 
@@ -187,12 +186,12 @@ def handled(worker: Any) -> int:
 
 
 def worker_config(bootstrap: str, topics: Topics, snapshot_dir: str, **overrides: Any) -> WorkerConfig:
-    values: dict[str, Any] = dict(
-        bootstrap_servers=bootstrap, insert_topic=topics.inserts, delete_topic=topics.deletes,
-        dead_letter_topic=topics.dead_letter, receipts_topic=topics.receipts, model_topic=topics.model,
-        group_id=f"bench-{_RUN_TAG}-{next(_run_ids)}", snapshot_dir=snapshot_dir, partitions=PARTITIONS,
-        create_topics=False, log_level="WARNING", metrics_port=0,
-    )
+    values: dict[str, Any] = {
+        "bootstrap_servers": bootstrap, "insert_topic": topics.inserts, "delete_topic": topics.deletes,
+        "dead_letter_topic": topics.dead_letter, "receipts_topic": topics.receipts, "model_topic": topics.model,
+        "group_id": f"bench-{_RUN_TAG}-{next(_run_ids)}", "snapshot_dir": snapshot_dir, "partitions": PARTITIONS,
+        "create_topics": False, "log_level": "WARNING", "metrics_port": 0,
+    }
     names = {f.name for f in fields(WorkerConfig)}
     if "group" in names:  # one worker reads every partition by assign() (Tansu group joins are slow)
         values["group"] = False

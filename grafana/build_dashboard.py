@@ -62,7 +62,7 @@ class Layout:
             "options": {},
             "targets": [
                 {"datasource": DS, "refId": chr(65 + i), "expr": expr, "legendFormat": legend,
-                 "range": True, "instant": False}  # fmt: skip
+                 "range": True, "instant": False}
                 for i, (expr, legend) in enumerate(targets)
             ],
         }
@@ -100,8 +100,8 @@ def build() -> dict:
             [(f"sum by (reason) (rate(stream_unlearn_dead_letters_total[{RI}]))", "{{reason}}")],
             "ops", 12, w=6, stack=True, desc="Records that failed validation and went to the dead-letter topic.")  # fmt: skip
     L.panel("Dead-letter ratio",
-            [(f'sum(rate(stream_unlearn_events_total{{outcome="dead_letter"}}[{RI}])) '
-              f"/ clamp_min(sum(rate(stream_unlearn_events_total[{RI}])), 1e-9)", "dead letters / events")],
+            [((f'sum(rate(stream_unlearn_events_total{{outcome="dead_letter"}}[{RI}])) '
+              f"/ clamp_min(sum(rate(stream_unlearn_events_total[{RI}])), 1e-9)"), "dead letters / events")],
             "percentunit", 18, w=6, kind="stat", desc="Share of handled records sent to the dead-letter topic.")  # fmt: skip
     L.newline()
 
@@ -136,8 +136,8 @@ def build() -> dict:
     L.panel("Model loss", [("stream_unlearn_model_loss", "{{instance}}")], "short", 6, w=6,
             desc="k-means loss (sum of squared distances to the nearest centroid).")  # fmt: skip
     L.panel("Certificate pass rate",
-            [(f'sum(rate(stream_unlearn_certificates_total{{result="passed"}}[{RI}])) '
-              f"/ sum(rate(stream_unlearn_certificates_total[{RI}]))", "passed / (passed + failed)")],
+            [((f'sum(rate(stream_unlearn_certificates_total{{result="passed"}}[{RI}])) '
+              f"/ sum(rate(stream_unlearn_certificates_total[{RI}]))"), "passed / (passed + failed)")],
             "percentunit", 12, w=6,
             desc="Q-k-means deletion certificates that passed (no refit needed). Empty for DC-k-means.")  # fmt: skip
     L.panel("Refits / s", [(f"sum(rate(stream_unlearn_refits_total[{RI}]))", "refits/s")], "ops", 18, w=6)
@@ -186,7 +186,7 @@ def build() -> dict:
         "templating": {"list": [{
             "name": "datasource", "label": "Data source", "type": "datasource", "query": "prometheus",
             "current": {}, "hide": 0, "refresh": 1, "regex": "", "includeAll": False, "multi": False, "options": [],
-        }]},  # fmt: skip
+        }]},
         "panels": L.panels,
     }
 

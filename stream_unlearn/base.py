@@ -16,9 +16,9 @@ from typing import Any, ClassVar, Self
 import numpy as np
 
 from . import state as state_format
-from .pieces import Encoder, Pause, Pieces, joined, no_pause
 from .hashing import id_keys, int_id_keys
 from .lloyd import assign
+from .pieces import Encoder, Pause, Pieces, joined, no_pause
 from .store import PointStore
 from .validation import MAX_ID_BYTES, as_partitions, as_points, check_int, normalize_ids
 

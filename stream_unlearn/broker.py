@@ -30,18 +30,18 @@ import threading
 import time
 from collections.abc import Callable, Mapping
 from types import TracebackType
-from typing import IO
+from typing import IO, Self
 
 __all__ = [
     "BrokerError",
     "EmbeddedBroker",
     "KafkaUnreachable",
-    "ensure_topics",
-    "wait_for_kafka",
-    "free_port",
     "add_broker_arguments",
+    "ensure_topics",
+    "free_port",
     "main_broker",
     "run_broker",
+    "wait_for_kafka",
 ]
 
 log = logging.getLogger(__name__)
@@ -199,7 +199,7 @@ class EmbeddedBroker:
             self._log.close()
             self._log = None
 
-    def __enter__(self) -> EmbeddedBroker:
+    def __enter__(self) -> Self:
         return self.start()
 
     def __exit__(
@@ -239,7 +239,7 @@ class EmbeddedBroker:
             "--storage-engine", "memory://tansu/",
         ]  # fmt: skip
         env = {k: v for k, v in os.environ.items() if k not in _SCRUBBED_ENV}
-        self._log = tempfile.TemporaryFile(prefix="tansu-", suffix=".log")
+        self._log = tempfile.TemporaryFile(prefix="tansu-", suffix=".log")  # noqa: SIM115 - lives until stop()
         self._proc = subprocess.Popen(
             cmd,
             stdin=subprocess.DEVNULL,
@@ -247,7 +247,7 @@ class EmbeddedBroker:
             stderr=subprocess.STDOUT,
             env=env,
             start_new_session=True,  # our Ctrl-C handling decides when it stops
-            preexec_fn=_parent_death_hook(),
+            preexec_fn=_parent_death_hook(),  # noqa: PLW1509 - one prctl(2) call, no Python locks taken
         )
 
     def _wait_ready(self) -> None:
@@ -267,7 +267,7 @@ class EmbeddedBroker:
                 return
             except BrokerError:
                 raise
-            except Exception as exc:  # not ready yet: retry until the deadline
+            except Exception as exc:  # noqa: BLE001 - not ready yet: retry until the deadline
                 last_error = exc
                 time.sleep(0.1)
         self._fail(f"no Kafka metadata after {self._startup_timeout:.0f}s ({last_error!r})")

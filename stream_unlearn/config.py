@@ -45,8 +45,8 @@ TOPIC_SUMMARIES = "unlearn.summaries"
 
 __all__ = [
     "ALGORITHMS",
-    "ConfigError",
     "ENV_PREFIX",
+    "ConfigError",
     "WorkerConfig",
     "add_worker_arguments",
     "config_from_args",

@@ -105,7 +105,7 @@ class Continuity:
         every re-fetch of it): say why, once the worker goes on without them."""
         try:
             start = self._consumer.beginning_offsets([tp]).get(tp)
-        except Exception as exc:  # only the log message depends on it
+        except Exception as exc:  # noqa: BLE001 - only the log message depends on it
             log.warning("%s/%d: offsets %d..%d passed over; the log start is unknown (%r)", tp.topic,
                         tp.partition, first, next_record - 1, exc)
             return

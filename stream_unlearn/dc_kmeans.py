@@ -27,7 +27,7 @@ from . import kernels
 from . import state as state_format
 from .base import UnlearningModel
 from .hashing import combine, murmur2_partitions, seed_key
-from .lloyd import default_candidates, fit_one, fit_range_into, fit_ragged, fit_ranges, race_log_uniforms
+from .lloyd import default_candidates, fit_one, fit_ragged, fit_range_into, fit_ranges, race_log_uniforms
 from .validation import MAX_ID_BYTES, check_int
 
 #: Items an internal node of the default tree holds at most (fanout * k), unless that takes a fanout

@@ -91,7 +91,7 @@ class Stream:
 
 def malformed_records(d: int) -> list[tuple[str, bytes | None, bytes | None]]:
     """(topic, key, value) of records the worker must dead-letter, one per kind of fault."""
-    pack = lambda obj: msgpack.packb(obj, use_bin_type=True)  # noqa: E731
+    pack = lambda obj: msgpack.packb(obj, use_bin_type=True)
     good = [0.5] * d
     return [
         (INSERTS, b"bad-1", b"\xc1\xff not msgpack"),
@@ -218,7 +218,7 @@ class Sender(threading.Thread):
                     self.sent += 1
                     self._raw.flush()
             self._events.flush()
-        except BaseException as exc:  # reported by the main thread
+        except BaseException as exc:  # noqa: BLE001 - reported by the main thread
             self.error = exc
         finally:
             self.finished_at = time.time()
@@ -461,7 +461,7 @@ def _report(args: argparse.Namespace, stream: Stream, sender: Sender, samples: d
     for labels, value in samples.get("stream_unlearn_events_total", []):
         if value:
             outcomes[f"{labels['type']}/{labels['outcome']}"] = int(value)
-    unique_receipts = {(r.id, r.deleted_ts) for r in map(lambda rec: decode_receipt(rec.value), receipts)}
+    unique_receipts = {(r.id, r.deleted_ts) for r in (decode_receipt(rec.value) for rec in receipts)}
     reasons = Counter(dict(rec.headers).get("reason", b"?").decode() for rec in dead)
     try:
         model, snap_name, _ = load_model_for_reading(snap_dir)
@@ -485,7 +485,7 @@ def _report(args: argparse.Namespace, stream: Stream, sender: Sender, samples: d
         "held (id, vector) set = expected": same_set,
         "verify: bit-identical refit": verified,
     }
-    q = lambda name, p, **lab: histogram_quantile(samples, name, p, **lab) * 1e3  # noqa: E731
+    q = lambda name, p, **lab: histogram_quantile(samples, name, p, **lab) * 1e3
     print()
     print("report")
     print(f"  throughput        {stream.n_records / elapsed:,.0f} events/s end to end "

@@ -167,7 +167,7 @@ def describe(snap: Snapshot) -> dict[str, Any]:
 
 
 def _text(info: dict[str, Any], warnings: list[str]) -> str:
-    created = dt.datetime.fromtimestamp(info["created_at"], tz=dt.timezone.utc).isoformat(timespec="seconds")
+    created = dt.datetime.fromtimestamp(info["created_at"], tz=dt.UTC).isoformat(timespec="seconds")
     lines = [
         f"snapshot     {info['path']} (seq {info['seq']}, {info['size_bytes']:,} bytes)",
         f"created_at   {created} ({info['created_at']:.3f})",

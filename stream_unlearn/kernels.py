@@ -1004,7 +1004,7 @@ def q_certify_inserts(X, logu, cand, chosen, last_scores, scores, theta, eps, ga
     race: the caller takes that one the slow way. A certificate costs ~5 us
     here against ~30 us of Python per point.
     """
-    k, L, d = cand.shape
+    k, _, d = cand.shape
     new_potentials = np.empty_like(potentials)
     new_peaks = np.empty(k)
     entry_rank = np.empty(k, np.int64)

@@ -10,6 +10,7 @@ the exact-unlearning contract rests on it.
 
 from __future__ import annotations
 
+import itertools
 import os
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -184,7 +185,7 @@ def fit_ranges(
     else:  # contiguous runs of nodes with about equal work (items plus a fixed cost per node), one per thread
         work = np.cumsum(stops - starts + 16)
         cuts = [0, *np.searchsorted(work, work[-1] * np.arange(1, threads) / threads).tolist(), B]
-        for job in [_node_pool().submit(solve, a, b) for a, b in zip(cuts[:-1], cuts[1:]) if b > a]:
+        for job in [_node_pool().submit(solve, a, b) for a, b in itertools.pairwise(cuts) if b > a]:
             job.result()
     return BatchResult(centroids, weights, n_iter)
 

@@ -35,6 +35,7 @@ from __future__ import annotations
 import math
 import threading
 from collections.abc import Sequence
+from typing import Self
 
 from prometheus_client import (
     CollectorRegistry,
@@ -326,7 +327,7 @@ class WorkerMetrics:
                 raise RuntimeError("metrics server already started")
             started = start_http_server(port, addr=addr, registry=self.registry)
             if not isinstance(started, tuple):  # prometheus_client < 0.17
-                raise RuntimeError("prometheus_client >= 0.17 is required")
+                raise RuntimeError("prometheus_client >= 0.17 is required")  # noqa: TRY004 - a version, not an argument
             self._server, self._thread = started
             return int(self._server.server_address[1])
 
@@ -341,7 +342,7 @@ class WorkerMetrics:
             if thread is not None:
                 thread.join(timeout=5)
 
-    def __enter__(self) -> WorkerMetrics:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -413,7 +414,7 @@ class NullMetrics:
     def close(self) -> None:
         pass
 
-    def __enter__(self) -> NullMetrics:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc: object) -> None:

@@ -29,8 +29,8 @@ from .dc_kmeans import DCKMeans
 from .summaries import GlobalModel, PartitionSummary, merge
 
 __all__ = [
-    "GlobalView",
     "PARTITION_DIR_RE",
+    "GlobalView",
     "global_params",
     "merge_latest",
     "new_partition_model",

@@ -16,14 +16,14 @@ first (:mod:`.loop_priority`).
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Sequence
-from typing import Any, Protocol, Union
+from typing import Any, Protocol
 
 import msgpack
 import numpy as np
 
 __all__ = ["Buffer", "Encoder", "Pause", "Pieces", "as_pieces", "joined", "n_bytes", "no_pause", "pack_pieces", "steps"]
 
-Buffer = Union[bytes, bytearray, memoryview]
+Buffer = bytes | bytearray | memoryview
 #: The bytes of one encoded value, in order.
 Pieces = list[Buffer]
 #: Called between two steps of an encoding or a write: where other work may go first.

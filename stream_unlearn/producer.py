@@ -15,13 +15,14 @@ from __future__ import annotations
 
 import argparse
 import csv
+import logging
 import math
 import sys
 import threading
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from types import TracebackType
-from typing import Any
+from typing import Any, Self
 
 import numpy as np
 
@@ -30,16 +31,18 @@ from .wire import DEFAULT_MAX_ID_BYTES, TOPIC_DELETES, TOPIC_INSERTS, encode_del
 
 __all__ = [
     "EventProducer",
-    "default_partitions",
-    "send_keyed",
     "ProduceError",
     "add_produce_arguments",
+    "default_partitions",
     "load_csv_inserts",
     "load_ids",
     "load_inserts",
     "load_npy_inserts",
     "main_produce",
+    "send_keyed",
 ]
+
+log = logging.getLogger(__name__)
 
 
 class ProduceError(RuntimeError):
@@ -139,7 +142,7 @@ class EventProducer:
         finally:
             self._producer.close(timeout=timeout)
 
-    def __enter__(self) -> EventProducer:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(
@@ -153,15 +156,16 @@ class EventProducer:
         else:  # don't mask the original error with a flush failure
             try:
                 self.close()
-            except Exception:
-                pass
+            except Exception as close_error:  # noqa: BLE001 - the error being raised matters more
+                log.warning("closing the producer after an error failed too: %r", close_error)
 
     def _keys(self, ids: list[str]) -> list[bytes]:
         """The Kafka keys of ``ids`` (UTF-8); ValueError naming the first id over ``max_id_bytes``."""
         keys = [pid.encode("utf-8") for pid in ids]
         if keys and max(map(len, keys)) > self.max_id_bytes:
             i = next(i for i, key in enumerate(keys) if len(key) > self.max_id_bytes)
-            raise ValueError(f"{'row %d: ' % i if len(keys) > 1 else ''}id is {len(keys[i])} bytes, over "
+            row = f"row {i}: " if len(keys) > 1 else ""
+            raise ValueError(f"{row}id is {len(keys[i])} bytes, over "
                              f"max_id_bytes={self.max_id_bytes} (the worker would dead-letter it)")
         return keys
 
@@ -357,7 +361,7 @@ def main_produce(args: argparse.Namespace) -> int:
     except (ValueError, TypeError) as exc:  # e.g. NaN in the data, empty id
         print(f"stream-unlearn produce: bad input: {exc}", file=sys.stderr)
         return 2
-    except Exception as exc:  # Kafka unreachable, send failures
+    except Exception as exc:  # noqa: BLE001 - Kafka unreachable, send failures
         text = str(exc)  # kafka-python's errors already start with their class name
         named = text if text.startswith(type(exc).__name__) else f"{type(exc).__name__}: {text}"
         print(f"stream-unlearn produce: {named}", file=sys.stderr)

@@ -10,6 +10,7 @@ import numpy as np
 
 from .hashing import seed_key, uniforms
 
+
 def phase(seed: int, n_features: int) -> np.ndarray:
     """The grid offset theta (d,) in [0, 1): a function of (seed, feature)."""
     return uniforms(seed_key(seed, 400), np.arange(n_features, dtype=np.uint64))

@@ -60,7 +60,7 @@ def decode_receipt(value: bytes) -> Receipt:
     try:
         obj = msgpack.unpackb(value, raw=False)
         receipt = Receipt(str(obj["id"]), float(obj["deleted_ts"]), float(obj["forgotten_ts"]), int(obj["snapshot"]))
-    except Exception as exc:
+    except Exception as exc:  # noqa: BLE001 - msgpack raises many types on garbage
         raise ValueError(f"not a receipt: {type(exc).__name__}: {exc}") from None
     if not (math.isfinite(receipt.deleted_ts) and math.isfinite(receipt.forgotten_ts)):
         raise ValueError("not a receipt: non-finite time")

@@ -32,7 +32,7 @@ class FeatureScaler:
         object.__setattr__(self, "scale", scale)
 
     @classmethod
-    def from_sample(cls, X: np.ndarray) -> "FeatureScaler":
+    def from_sample(cls, X: np.ndarray) -> FeatureScaler:
         """z-scores from a representative sample; constant features keep scale 1."""
         X = np.asarray(X, dtype=np.float64)
         if X.ndim != 2 or len(X) == 0 or not np.all(np.isfinite(X)):
@@ -56,7 +56,7 @@ class FeatureScaler:
         np.savez(path, center=self.center, scale=self.scale)
 
     @classmethod
-    def load(cls, path: str | Path) -> "FeatureScaler":
+    def load(cls, path: str | Path) -> FeatureScaler:
         """Read what ``save`` wrote."""
         with np.load(path, allow_pickle=False) as data:
             return cls(data["center"], data["scale"])

@@ -169,8 +169,7 @@ class EventTimeState:
             pid = event.id
             if pid not in before:
                 before[pid] = self._held.get(pid)
-            if event.ts > self.watermark:
-                self.watermark = event.ts
+            self.watermark = max(self.watermark, event.ts)
             if isinstance(event, InsertEvent):
                 part = 0 if partitions is None else int(partitions[i])
                 outcome = self._insert(event, part, latest)

@@ -48,9 +48,10 @@ import re
 import stat
 import time
 import uuid
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any
 
 import msgpack
 
@@ -60,11 +61,11 @@ __all__ = [
     "FORMAT",
     "FORMAT_VERSION",
     "MANIFEST_NAME",
+    "SkippedSnapshot",
     "Snapshot",
     "SnapshotError",
     "SnapshotInfo",
     "SnapshotStore",
-    "SkippedSnapshot",
     "load_snapshot",
     "snapshot_seq",
     "validate_part_name",
@@ -137,7 +138,7 @@ def validate_part_name(name: object) -> str:
     no ``.``/``..``, no hidden files, no NUL.
     """
     if not isinstance(name, str):
-        raise ValueError(f"part name must be str, got {type(name).__name__}")
+        raise ValueError(f"part name must be str, got {type(name).__name__}")  # noqa: TRY004 - ValueError: the API's bad-input error
     if not _PART_RE.match(name) or name.endswith("\n"):
         raise ValueError(
             f"invalid part name {name!r}: use 1-128 chars of [A-Za-z0-9_.-], "
@@ -336,7 +337,7 @@ def _parse_manifest(path: Path, raw: bytes) -> tuple[dict[str, Any], int]:
 
     try:
         outer = _unpack(raw)
-    except Exception as e:  # msgpack raises many types on garbage
+    except Exception as e:  # noqa: BLE001 - msgpack raises many types on garbage
         raise bad(f"not msgpack ({type(e).__name__}: {e})") from None
     if not isinstance(outer, dict) or outer.get("format") != FORMAT:
         raise bad("not a stream-unlearn snapshot manifest")
@@ -352,7 +353,7 @@ def _parse_manifest(path: Path, raw: bytes) -> tuple[dict[str, Any], int]:
         raise bad("manifest checksum mismatch")
     try:
         body = _unpack(body_raw)
-    except Exception as e:
+    except Exception as e:  # noqa: BLE001 - msgpack raises many types on garbage
         raise bad(f"body not msgpack ({type(e).__name__})") from None
     if not isinstance(body, dict):
         raise bad("body is not a map")

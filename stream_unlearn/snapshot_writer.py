@@ -127,7 +127,7 @@ def run_job(job: SnapshotJob, publisher: Publisher, receipts_topic: str,
             lap("prune")
         else:
             done.written = job.durable
-    except BaseException as exc:  # handed to the loop, which decides (OSError: retry later)
+    except BaseException as exc:  # noqa: BLE001 - handed to the loop, which decides (OSError: retry later)
         done.error = exc
         return done
     if not job.pending:
@@ -136,7 +136,7 @@ def run_job(job: SnapshotJob, publisher: Publisher, receipts_topic: str,
         publisher.send_acked(receipts_topic, [encode_receipt(p, done.written.seq) for p in job.pending],
                              pause=pause)
         done.receipts_acked = True
-    except Exception as exc:  # not acknowledged: they stay listed on disk and are re-sent
+    except Exception as exc:  # noqa: BLE001 - not acknowledged: they stay listed on disk and are re-sent
         done.receipts_error = exc
         return done
     finally:
@@ -144,7 +144,7 @@ def run_job(job: SnapshotJob, publisher: Publisher, receipts_topic: str,
     try:
         done.replaced = job.store.relabel(done.written.path, {**job.meta, "pending_receipts": []})
         job.store.prune(done.replaced.seq, verify=False)
-    except BaseException as exc:  # the receipts are out; the loop decides (OSError: retry later)
+    except BaseException as exc:  # noqa: BLE001 - the receipts are out; the loop decides (OSError: retry later)
         done.replace_error = exc
     lap("replace")
     return done
@@ -210,7 +210,7 @@ class SnapshotWriter:
         while (job := self._jobs.get()) is not None:
             try:
                 done = run_job(job, self._publisher, self._topic, self._priority)
-            except BaseException as exc:  # run_job does not raise; never leave the loop waiting anyway
+            except BaseException as exc:  # noqa: BLE001 - run_job does not raise; never leave the loop waiting anyway
                 done = Completion(job, error=exc)
             self._done.put(done)
 

@@ -237,7 +237,7 @@ class PointStore:
             for j in range(len(buckets)):
                 lo, hi = offsets[j], offsets[j + 1]
                 if np.any(np.diff(keys[order[lo:hi]]) == 0):
-                    order[lo:hi] = lo + canonical_order(keys[lo:hi], lambda: self._ids[slots[lo:hi]])
+                    order[lo:hi] = lo + canonical_order(keys[lo:hi], lambda lo=lo, hi=hi: self._ids[slots[lo:hi]])
         return keys[order], slots[order], sizes
 
     def bucket_in_order(self, bucket: int) -> tuple[np.ndarray, np.ndarray]:

@@ -36,7 +36,7 @@ def check_int(name: str, value: object, low: int, high: int | None = None) -> in
 def check_real(name: str, value: object, low: float, high: float, low_open: bool = False) -> float:
     """``value`` as a float in ``[low, high]`` (``(low, high]`` if ``low_open``); bools are a ValueError."""
     if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
-        raise ValueError(f"{name} must be a number, got {value!r}")
+        raise ValueError(f"{name} must be a number, got {value!r}")  # noqa: TRY004 - ValueError: the API's bad-input error
     number = float(value)
     if not (low < number if low_open else low <= number) or not number <= high:
         raise ValueError(f"{name} must lie in {'(' if low_open else '['}{low:g}, {high:g}], got {value!r}")
@@ -46,7 +46,7 @@ def check_real(name: str, value: object, low: float, high: float, low_open: bool
 def normalize_id(raw: object, max_id_bytes: int = MAX_ID_BYTES) -> str:
     """An id as its canonical string: str as is, int as its decimal form."""
     if isinstance(raw, bool) or not isinstance(raw, (str, int, np.integer)):
-        raise ValueError(f"an id must be a str or an int, not {type(raw).__name__}")
+        raise ValueError(f"an id must be a str or an int, not {type(raw).__name__}")  # noqa: TRY004 - ValueError: the API's bad-input error
     text = raw if isinstance(raw, str) else str(int(raw))
     if not text:
         raise ValueError("an id must not be empty")
@@ -62,7 +62,7 @@ def normalize_id(raw: object, max_id_bytes: int = MAX_ID_BYTES) -> str:
 def normalize_ids(ids: Iterable[object], max_id_bytes: int = MAX_ID_BYTES) -> list[str]:
     """A list of distinct canonical ids; a lone str is refused as ambiguous."""
     if isinstance(ids, (str, bytes)):
-        raise ValueError("ids must be a sequence of ids, not a single string; wrap it in a list")
+        raise ValueError("ids must be a sequence of ids, not a single string; wrap it in a list")  # noqa: TRY004 - ValueError: the API's bad-input error
     fast = _distinct_ints_as_text(ids, max_id_bytes)
     if fast is not None:
         return fast

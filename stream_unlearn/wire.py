@@ -33,16 +33,16 @@ from .validation import MAX_ABS_VALUE, within_range
 
 __all__ = [
     "BAD_RECORD_REASONS",
-    "BadRecord",
     "DEFAULT_MAX_ID_BYTES",
     "DEFAULT_MAX_VALUE_BYTES",
-    "DeleteEvent",
-    "InsertEvent",
     "TOPIC_DEAD_LETTER",
     "TOPIC_DELETES",
     "TOPIC_INSERTS",
     "TOPIC_MODEL",
     "TOPIC_RECEIPTS",
+    "BadRecord",
+    "DeleteEvent",
+    "InsertEvent",
     "decode_delete",
     "decode_insert",
     "decode_inserts",
@@ -369,7 +369,7 @@ def _unpack_map(value: bytes | None, max_id_bytes: int, max_value_bytes: int) ->
         raise BadRecord("not_msgpack", "trailing bytes after the msgpack object") from None
     except UnicodeDecodeError:
         raise BadRecord("not_msgpack", "string is not valid UTF-8") from None
-    except Exception as exc:  # limits, ext types, map keys, truncation, depth
+    except Exception as exc:  # noqa: BLE001 - limits, ext types, map keys, truncation, depth
         msg = f"{type(exc).__name__}: {str(exc)[:200]}"
         oversized = "exceeds max_" in msg and "max_ext_len" not in msg
         raise BadRecord("oversized" if oversized else "not_msgpack", msg) from None

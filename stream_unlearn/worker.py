@@ -90,7 +90,7 @@ from .model_accounting import ModelAccounting
 from .model_publishing import ModelPublishing
 from .ownership import OwnerLock, OwnershipError, RebalanceLog, partitions_of
 from .partitioned import GlobalView, global_params, new_partition_model, partition_dir, partition_dirs
-from .publisher import PublishError, Publisher, PublishTimeout, UnknownTopic, dead_letter_headers, encode_global_message
+from .publisher import Publisher, PublishError, PublishTimeout, UnknownTopic, dead_letter_headers, encode_global_message
 from .receipts import PendingReceipt, pending_to_meta
 from .semantics import EventTimeState
 from .snapshot import SnapshotError, SnapshotInfo, SnapshotStore
@@ -752,7 +752,7 @@ class Worker:
                     self._consumer.commit(commit, timeout_ms=5000)
                 else:
                     self._consumer.commit_async(commit, callback=_log_failed_commit)
-            except Exception as exc:  # lag tools only; never worth stopping for
+            except Exception as exc:  # noqa: BLE001 - lag tools only; never worth stopping for
                 log.debug("offset commit failed: %r", exc)
 
     # -- publishing: summaries and the global model ---------------------------------------
@@ -957,7 +957,7 @@ class Worker:
             if closer is not None:
                 try:
                     closer()
-                except Exception as exc:  # closing must not mask the real error
+                except Exception as exc:  # noqa: BLE001 - closing must not mask the real error
                     log.debug("close failed: %r", exc)
         if self._own_metrics and self.metrics is not None:
             self.metrics.close()

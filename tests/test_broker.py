@@ -112,9 +112,8 @@ def test_producer_validates_shapes(broker: str) -> None:
 
 
 def test_illegal_topic_is_refused_at_send(broker: str) -> None:
-    with EventProducer(broker, delete_topic="bad topic name!") as p:
-        with pytest.raises(ValueError):
-            p.delete(["a"])
+    with EventProducer(broker, delete_topic="bad topic name!") as p, pytest.raises(ValueError):
+        p.delete(["a"])
 
 
 @embedded_only

@@ -11,13 +11,12 @@ import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from models import CONFIGS
 
 from stream_unlearn import QKMeans
 from stream_unlearn.pieces import joined
 from stream_unlearn.semantics import EventTimeState
 from stream_unlearn.wire import DeleteEvent, InsertEvent
-
-from models import CONFIGS
 
 # One step: insert a batch of ids (True) or delete some (False), then maybe read the model.
 STEPS = st.lists(st.tuples(st.booleans(), st.lists(st.integers(0, 40), min_size=1, max_size=8, unique=True),

@@ -11,24 +11,19 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
-from stream_unlearn.inspect_cmd import load_for_reading, load_model_for_reading
-from stream_unlearn.snapshot import MANIFEST_NAME, SnapshotStore
-from stream_unlearn.worker import MODEL_PART
-
 from worker_support import (
     WRITER_PHASES,
-    chunks,
-    make_stream,
-    records_handled,
-    send_steps,
+    Topics,
     assert_holds_exactly,
     assert_one_receipt_per_delete,
-    Topics,
+    chunks,
     create_topics,
     fresh_fit,
     make_config,
+    make_stream,
+    records_handled,
     running_worker,
+    send_steps,
     snapshot_position,
     spawn_worker,
     stop_cleanly,
@@ -37,6 +32,10 @@ from worker_support import (
     wait_until,
     worker_process,
 )
+
+from stream_unlearn.inspect_cmd import load_for_reading, load_model_for_reading
+from stream_unlearn.snapshot import MANIFEST_NAME, SnapshotStore
+from stream_unlearn.worker import MODEL_PART
 
 
 def _restart_until_caught_up_then_stop(config, log: Path, snaps: Path, total: int) -> None:
@@ -66,7 +65,7 @@ def test_kill_9_at_random_moments_changes_nothing(broker, unique_topic, tmp_path
         total += send_steps(config, chunk)
         proc = spawn_worker(config, log)
         try:
-            wait_until(lambda: snapshot_position(snaps) > before or proc.poll() is not None, 60, "progress")
+            wait_until(lambda: snapshot_position(snaps) > before or proc.poll() is not None, 60, "progress")  # noqa: B023 - called here, before the loop goes on
             assert proc.poll() is None, log.read_text()[-2000:]
             # Kill somewhere in the middle of consuming, snapshotting or sending receipts.
             time.sleep(rng.uniform(0.0, 0.3))
@@ -78,7 +77,7 @@ def test_kill_9_at_random_moments_changes_nothing(broker, unique_topic, tmp_path
         assert proc.returncode == -signal.SIGKILL
     total += send_steps(config, rounds[-1])
     _restart_until_caught_up_then_stop(config, log, snaps, total)
-    crashed, _, warnings = load_model_for_reading(snaps)
+    crashed, _, _ = load_model_for_reading(snaps)
 
     # The same topics consumed once, without crashes.
     clean_config = make_config(broker, topics, tmp_path / "clean", algorithm=algorithm)

@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-
 from models import CONFIGS
+
 from stream_unlearn import QKMeans
 
 POOL = 40

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from worker_support import Topics, create_topics, ids, make_config, running_worker, wait_consumed
 
 from stream_unlearn import load_model
 from stream_unlearn.cli import main
@@ -15,8 +16,6 @@ from stream_unlearn.producer import EventProducer
 from stream_unlearn.snapshot import SnapshotStore
 from stream_unlearn.state import dumps, loads, pack_array, unpack_array
 from stream_unlearn.worker import MODEL_PART
-
-from worker_support import Topics, create_topics, ids, make_config, running_worker, wait_consumed
 
 
 def _run_worker(config: WorkerConfig, prefix: str, seed: int) -> np.ndarray:

@@ -9,22 +9,17 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import threading
 import os
 import signal
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import pytest
-from kafka import KafkaProducer
-
-from stream_unlearn.broker import EmbeddedBroker, free_port
-from stream_unlearn.config import WorkerConfig
-from stream_unlearn.inspect_cmd import load_model_for_reading
-
 from conftest import consume_all, new_topic_name
+from kafka import KafkaProducer
 from worker_support import (
     Topics,
     assert_holds_exactly,
@@ -43,6 +38,10 @@ from worker_support import (
     worker_metric,
     worker_process,
 )
+
+from stream_unlearn.broker import EmbeddedBroker, free_port
+from stream_unlearn.config import WorkerConfig
+from stream_unlearn.inspect_cmd import load_model_for_reading
 
 #: Seconds the broker stays frozen. Before snapshots were deferred, such an outage stopped the worker
 #: 77 s in: a snapshot's receipts waited 30 s for Kafka, then the next snapshot waited 30 s for them
@@ -258,8 +257,8 @@ def test_learning_a_topic_kafka_gives_no_partitions_for_is_a_clear_error(tmp_pat
         sender = publisher.Publisher(config)
         try:
             sender.learn_topics([config.receipts_topic])  # known: no error
-            with _frozen(broker):
-                with pytest.raises(publisher.UnknownTopic, match="no partitions for topic 'never.made' within 2s"):
-                    sender.learn_topics(["never.made"])
+            with _frozen(broker), pytest.raises(publisher.UnknownTopic,
+                                                match="no partitions for topic 'never.made' within 2s"):
+                sender.learn_topics(["never.made"])
         finally:
             sender.close()

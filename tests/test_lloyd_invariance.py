@@ -10,13 +10,25 @@ import numpy as np
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from stream_unlearn import QKMeans
+from stream_unlearn import QKMeans, kernels
 from stream_unlearn.hashing import (
-    combine, decimal_strings, id_keys, int_id_keys, seed_key, uniforms, uniforms_per_salt,
+    combine,
+    decimal_strings,
+    id_keys,
+    int_id_keys,
+    seed_key,
+    uniforms,
+    uniforms_per_salt,
 )
-from stream_unlearn import kernels
 from stream_unlearn.lloyd import (
-    assign, assign_cluster_sums, cluster_sums, fit_batch, fit_one, fit_ragged, fit_ranges, race_log_uniforms,
+    assign,
+    assign_cluster_sums,
+    cluster_sums,
+    fit_batch,
+    fit_one,
+    fit_ragged,
+    fit_ranges,
+    race_log_uniforms,
 )
 
 

@@ -20,7 +20,7 @@ from stream_unlearn.metrics import (
 )
 from stream_unlearn.wire import BAD_RECORD_REASONS
 
-CONFIG = dict(algorithm="dc", k=5, seed=7, version="0.1.0", partitions=3)
+CONFIG = {"algorithm": "dc", "k": 5, "seed": 7, "version": "0.1.0", "partitions": 3}
 
 # name -> (type, label names, excluding "le")
 EXPECTED = {
@@ -226,7 +226,7 @@ def test_two_instances_do_not_clash():
         assert value(scrape(pa), "stream_unlearn_events_total", type="insert", outcome="applied") == 5
         assert value(scrape(pb), "stream_unlearn_events_total", type="insert", outcome="applied") == 0
         assert ("stream_unlearn_build_info", frozenset(
-            dict(version="0.1.0", algorithm="q", k="5", seed="7", partitions="3").items()
+            {"version": "0.1.0", "algorithm": "q", "k": "5", "seed": "7", "partitions": "3"}.items()
         )) in samples(scrape(pb))  # fmt: skip
     finally:
         a.close()

@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-
 from models import CONFIGS
+
 from stream_unlearn import DCKMeans, KMeans, QKMeans, StateError, load_model
 from stream_unlearn.pieces import joined
 from stream_unlearn.validation import normalize_id, normalize_ids

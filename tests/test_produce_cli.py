@@ -83,6 +83,7 @@ def test_module_entry_point_runs_as_a_process(broker, topics, consume, tmp_path:
         capture_output=True,
         text=True,
         timeout=60,
+        check=False,
     )
     assert proc.returncode == 0, proc.stderr
     assert f"produced 3 deletes to {topics[1]}" in proc.stdout

@@ -10,10 +10,10 @@ from kafka.errors import KafkaTimeoutError
 from kafka.partitioner import Partitioner
 from kafka.partitioner.default import murmur2
 
+from stream_unlearn import publisher as publisher_module
 from stream_unlearn.broker import ensure_topics
 from stream_unlearn.config import WorkerConfig
 from stream_unlearn.producer import EventProducer
-from stream_unlearn import publisher as publisher_module
 from stream_unlearn.publisher import Publisher, PublishError
 from stream_unlearn.wire import decode_delete, decode_insert, encode_insert
 

@@ -9,10 +9,10 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from test_exact_contract import fresh_fit, make_vectors, point_id
 
 from stream_unlearn import QKMeans, kernels
 from stream_unlearn import state as state_format
-from test_exact_contract import fresh_fit, make_vectors, point_id
 
 # Two seeding steps, two candidates each, on a line; candidate 0 won both steps.
 CAND = np.array([[[0.0], [10.0]], [[5.0], [20.0]]])
@@ -329,7 +329,7 @@ def test_the_compiled_run_of_insert_certificates_keeps_what_one_at_a_time_keeps(
 
         def counted(X, logu):
             nonlocal in_runs
-            passed = run(X, logu)
+            passed = run(X, logu)  # noqa: B023 - called here, before the loop goes on
             in_runs += passed
             return passed
 

@@ -19,6 +19,20 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from worker_support import (
+    Topics,
+    assert_holds_exactly,
+    assert_one_receipt_per_delete,
+    chunks,
+    create_topics,
+    fresh_fit,
+    ids,
+    make_config,
+    send_steps,
+    snapshot_position,
+    spawn_worker,
+    wait_until,
+)
 
 from stream_unlearn import DCKMeans
 from stream_unlearn.config import ConfigError
@@ -28,21 +42,6 @@ from stream_unlearn.model_cmd import read_global_model
 from stream_unlearn.ownership import OwnershipError, partitions_of
 from stream_unlearn.partitioned import GlobalView, new_partition_model, partition_summary
 from stream_unlearn.summaries import merge
-
-from worker_support import (
-    chunks,
-    send_steps,
-    assert_holds_exactly,
-    assert_one_receipt_per_delete,
-    Topics,
-    create_topics,
-    fresh_fit,
-    ids,
-    make_config,
-    snapshot_position,
-    spawn_worker,
-    wait_until,
-)
 
 N = 1200
 
@@ -182,7 +181,7 @@ def stream(broker):
     topics = Topics.fresh(new_topic_name)
     config = make_config(broker, topics, Path("/nonexistent"))
     create_topics(config)
-    steps, survivors, n_deletes = make_stream(N, seed=5)
+    steps, survivors, _ = make_stream(N, seed=5)
     total = send_steps(config, steps)
     return topics, survivors, total, fresh_fit(config, survivors)
 
@@ -251,8 +250,11 @@ def test_one_two_and_three_workers_give_the_same_exact_model(broker, stream, uni
                 fleet.start()
             model = wait_global(fleet, total)
             # The group split the partitions: every worker owns some, none twice.
-            owned = wait_until(lambda: [fleet.owned(i) for i in range(n_workers)] if all(
-                fleet.owned(i) for i in range(n_workers)) else None, 30, "assignments")
+            def assignments(fleet: Fleet = fleet, n_workers: int = n_workers) -> list | None:
+                owned = [fleet.owned(i) for i in range(n_workers)]
+                return owned if all(owned) else None
+
+            owned = wait_until(assignments, 30, "assignments")
             fleet.stop()
         finally:
             fleet.kill_all()
@@ -333,8 +335,12 @@ def test_a_worker_joining_mid_stream_takes_over_without_changing_the_model(broke
         after = wait_global(fleet, total)
         assert np.array_equal(after.centroids, before.centroids) and after.n_points == before.n_points
         # Each worker's merged model at this position (the newcomer's too) is the one from before.
-        at_total = wait_until(lambda: (lambda m: m if len(m) >= 2 else None)(
-            [m for m in model_messages(config) if m["version"] == total]), 30, "both workers' model messages")
+
+        def both_at_total() -> list[dict] | None:
+            messages = [m for m in model_messages(config) if m["version"] == total]
+            return messages if len(messages) >= 2 else None
+
+        at_total = wait_until(both_at_total, 30, "both workers' model messages")
         for message in at_total:
             C = np.frombuffer(message["centroids"], dtype="<f8").reshape(message["shape"])
             assert np.array_equal(C, before.centroids) and message["complete"]

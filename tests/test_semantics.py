@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import math
 
 import numpy as np
@@ -32,7 +33,7 @@ def run(events, state: EventTimeState | None = None, cuts=(), model=None):
     model = {} if model is None else model
     outcomes: list[str] = []
     bounds = [0, *sorted(c for c in cuts if 0 < c < len(events)), len(events)]
-    for lo, hi in zip(bounds, bounds[1:]):
+    for lo, hi in itertools.pairwise(bounds):
         plan = state.apply(events[lo:hi], partitions=[0] * (hi - lo))
         outcomes += plan.outcomes
         assert len(set(plan.delete_ids)) == len(plan.delete_ids)

@@ -456,6 +456,7 @@ def test_crash_between_files_and_rename(tmp_path: Path) -> None:
     r = subprocess.run(
         [sys.executable, "-c", CRASH_SCRIPT.format(repo=str(REPO), root=str(root))],
         capture_output=True,
+        check=False,
     )
     assert r.returncode == 137, r.stderr.decode()
     tmps = [p for p in root.iterdir() if p.name.startswith(".tmp-")]

@@ -24,7 +24,7 @@ def test_gather_orders_each_bucket_by_key_then_id_whatever_the_insertion_order()
     forward = _store(ids, keys, buckets)
     backward = _store(ids[::-1], keys[::-1], buckets[::-1])
     for store in (forward, backward):
-        k, X, sizes = store.gather([0, 2])
+        k, _, sizes = store.gather([0, 2])
         assert k.tolist() == [9, 9, 9, 1, 4] and sizes.tolist() == [3, 2]
     # Same key in bucket 0: ties go by id (a, b, c), so both stores give the same rows.
     assert np.array_equal(forward.gather([0, 2])[1], _reorder(forward, ["a", "b", "c", "y", "z"]))
@@ -201,7 +201,7 @@ def test_the_slots_noted_for_new_points_stay_bounded_without_reads():
         held.append(ids[i])
     order = store._canonical
     assert order._noted <= 2 * canonical.COMPACT_MIN + 1  # not one note per change: 59,900 adds, as many moves
-    keys, slots = store.canonical_slots()
+    _, slots = store.canonical_slots()
     assert store.ids_at(slots).tolist() == sorted(held, key=lambda i: int(i[1:]))
 
 
@@ -264,7 +264,7 @@ def test_captures_reuse_their_buffers_and_each_gathers_its_own_moment(monkeypatc
         for point_id in list(store._where)[:drop]:  # after the cut: must not show in it
             store.remove(point_id)
         pauses = []
-        got = gather(lambda: pauses.append(1))
+        got = gather(lambda: pauses.append(1))  # noqa: B023 - called here, before the loop goes on
         for a, b in zip(got, expected):
             assert np.array_equal(a, b)
         assert len(pauses) >= len(expected[0]) // 256  # the gather's steps (and the buffer's clearing)

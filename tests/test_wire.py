@@ -349,7 +349,7 @@ _BATCH_POOL = [
 def _id_in(value: bytes) -> object:
     try:
         obj = msgpack.unpackb(value, raw=False)
-    except Exception:
+    except Exception:  # noqa: BLE001 - any undecodable value
         return "x"
     return obj.get("id", "x") if isinstance(obj, dict) else "x"
 

@@ -12,27 +12,26 @@ import msgpack
 import numpy as np
 import pytest
 from kafka import KafkaProducer
-
-from stream_unlearn import DCKMeans
-from stream_unlearn.cli import build_parser, main
-from stream_unlearn.hashing import murmur2_partition
-from stream_unlearn.config import ConfigError, WorkerConfig, config_from_args
-from stream_unlearn.producer import EventProducer
-from stream_unlearn.receipts import decode_receipt
-from stream_unlearn.worker import Worker, WorkerError
-from stream_unlearn.wire import BAD_RECORD_REASONS, encode_delete, encode_insert
-
 from worker_support import (
     Topics,
     create_topics,
-    fresh_fit,
     files_containing,
+    fresh_fit,
     ids,
     make_config,
     running_worker,
     wait_consumed,
     wait_until,
 )
+
+from stream_unlearn import DCKMeans
+from stream_unlearn.cli import build_parser, main
+from stream_unlearn.config import ConfigError, WorkerConfig, config_from_args
+from stream_unlearn.hashing import murmur2_partition
+from stream_unlearn.producer import EventProducer
+from stream_unlearn.receipts import decode_receipt
+from stream_unlearn.wire import BAD_RECORD_REASONS, encode_delete, encode_insert
+from stream_unlearn.worker import Worker, WorkerError
 
 
 def producer(config: WorkerConfig) -> EventProducer:
@@ -92,7 +91,7 @@ NO_TIMESTAMP = -1
 
 def malformed_corpus(dim: int) -> list[tuple[bytes | None, bytes | None, str, int | None]]:
     """(key, value, expected reason, record timestamp in ms or None for the producer's) for the insert topic."""
-    pack = lambda obj: msgpack.packb(obj, use_bin_type=True)  # noqa: E731
+    pack = lambda obj: msgpack.packb(obj, use_bin_type=True)
     good = [0.0] * dim
     return [
         (b"g1", b"\x00\x01garbage\xff", "not_msgpack", None),
@@ -301,7 +300,7 @@ def test_transaction_markers_are_passed_without_alarm_or_loss(broker, unique_top
                 txn.commit_transaction()
                 # Applied before the next one: the next poll then starts just past a marker.
                 held = sum(1 for n in names[: lo + 20] if n in survivors)
-                wait_until(lambda: worker.model.n_points_ == held, 30, "the transactions applied")
+                wait_until(lambda: worker.model.n_points_ == held, 30, "the transactions applied")  # noqa: B023 - called here, before the loop goes on
     finally:
         txn.close()
     assert np.array_equal(worker.model.centroids_, fresh_fit(config, survivors))

@@ -11,12 +11,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
-from stream_unlearn import publisher
-from stream_unlearn.receipts import decode_receipt
-from stream_unlearn.snapshot import SnapshotStore, load_snapshot
-from stream_unlearn.snapshot_writer import THREAD_NAME, SnapshotWriter
-
 from worker_support import (
     Topics,
     WorkerThread,
@@ -34,6 +28,11 @@ from worker_support import (
     wait_consumed,
     wait_until,
 )
+
+from stream_unlearn import publisher
+from stream_unlearn.receipts import decode_receipt
+from stream_unlearn.snapshot import SnapshotStore, load_snapshot
+from stream_unlearn.snapshot_writer import THREAD_NAME, SnapshotWriter
 
 
 def in_writer() -> bool:
@@ -127,7 +126,7 @@ def test_receipts_go_out_only_after_their_snapshot_is_durable_and_older_ones_pru
             total += send_steps(config, chunk)
             wait_consumed(worker, total)
             # a snapshot per chunk: several rounds of receipts (Q's one unit would otherwise send them all at once)
-            wait_until(lambda: snapshot_position(snaps) == total, 30, "the chunk's snapshot")
+            wait_until(lambda: snapshot_position(snaps) == total, 30, "the chunk's snapshot")  # noqa: B023 - called here, before the loop goes on
     assert problems == []
     assert sum(checked) >= n_deletes and len(checked) > 1
     assert_clean_and_exact(config, snaps, survivors, worker)

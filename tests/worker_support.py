@@ -23,7 +23,7 @@ from stream_unlearn.inspect_cmd import NoSnapshot, is_partitioned, load_for_read
 from stream_unlearn.worker import Worker
 
 # Small trees, so that tests with a few hundred points exercise every level.
-SMALL = dict(k=3, n_leaves=4, fanout=2, partitions=3)
+SMALL = {"k": 3, "n_leaves": 4, "fanout": 2, "partitions": 3}
 
 
 def ids(prefix: str, n: int) -> list[str]:
@@ -91,7 +91,7 @@ class WorkerThread:
     def _run(self) -> None:
         try:
             self.worker.run(self._stop)
-        except BaseException as exc:
+        except BaseException as exc:  # noqa: BLE001 - the test reads it
             self.error = exc
 
     def start(self) -> WorkerThread:
