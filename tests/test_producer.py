@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 
 import numpy as np
@@ -13,7 +14,7 @@ from kafka.partitioner.default import murmur2
 from stream_unlearn import publisher as publisher_module
 from stream_unlearn.broker import ensure_topics
 from stream_unlearn.config import WorkerConfig
-from stream_unlearn.producer import EventProducer
+from stream_unlearn.producer import EventProducer, ProduceError
 from stream_unlearn.publisher import Publisher, PublishError
 from stream_unlearn.wire import decode_delete, decode_insert, encode_insert
 
@@ -94,6 +95,27 @@ def test_the_workers_acked_sends_land_where_the_default_partitioner_puts_them(br
     assert sorted(r.key for r in records) == sorted(str(pid).encode() for pid in IDS)
     for record in records:
         assert record.partition == (murmur2(record.key) & 0x7FFFFFFF) % 3, record.key
+
+
+def test_an_error_in_the_block_is_raised_and_a_failed_close_after_it_is_logged(
+        broker, topics, consume, monkeypatch, caplog) -> None:
+    """Leaving the block with an error still flushes and closes; a flush that fails then must not
+    replace the caller's error, nor vanish: it is logged."""
+    producer = EventProducer(broker, insert_topic=topics[0], delete_topic=topics[1])
+    real_flush = producer.flush
+
+    def flush_then_fail(timeout: float | None = None) -> None:
+        real_flush(timeout)
+        raise ProduceError("2 record(s) failed, first error: refused")
+
+    monkeypatch.setattr(producer, "flush", flush_then_fail)
+    with caplog.at_level(logging.WARNING, logger="stream_unlearn.producer"), \
+            pytest.raises(KeyError, match="the caller's error"), producer:
+        producer.delete(["gone"], 1.0)
+        raise KeyError("the caller's error")
+    assert "closing the producer after an error failed too" in caplog.text
+    assert "2 record(s) failed, first error: refused" in caplog.text
+    assert [r.key for r in consume(broker, topics[1], 1)] == [b"gone"]  # flushed and closed all the same
 
 
 def test_an_id_longer_than_the_workers_limit_is_refused_before_anything_is_sent(broker, topics, consume) -> None:
