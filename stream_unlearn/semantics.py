@@ -169,7 +169,8 @@ class EventTimeState:
             pid = event.id
             if pid not in before:
                 before[pid] = self._held.get(pid)
-            self.watermark = max(self.watermark, event.ts)
+            if event.ts > self.watermark:  # noqa: PLR1730 - per event: ~20 ns against max()'s ~135
+                self.watermark = event.ts
             if isinstance(event, InsertEvent):
                 part = 0 if partitions is None else int(partitions[i])
                 outcome = self._insert(event, part, latest)
