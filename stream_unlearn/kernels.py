@@ -398,9 +398,9 @@ def cluster_sums(X, w, labels, k, sums, counts):
 
 
 @njit(**_OPTS)
-def assign_cluster_sums(X, C, sums, counts, labels, margins):
+def assign_cluster_sums(X, C, sums, counts, labels, margins, lowers):
     """:func:`cluster_sums` of unit-weight items under :func:`nearest` labels (written to ``labels``),
-    in one pass over X; each item's :func:`nearest_margin` into ``margins``.
+    in one pass over X; each item's :func:`nearest_margin` into ``margins`` and ``lowers``.
 
     Same additions in the same order (items left to right; ``1.0 * x`` is
     ``x``), so the same bits as the two passes; a big X is read once.
@@ -409,7 +409,7 @@ def assign_cluster_sums(X, C, sums, counts, labels, margins):
     counts[:] = 0.0
     d = X.shape[1]
     for i in range(X.shape[0]):
-        lab, margins[i] = nearest_margin(X, i, C)
+        lab, margins[i], lowers[i] = nearest_margin(X, i, C)
         labels[i] = lab
         counts[lab] += 1.0
         for f in range(d):
@@ -446,21 +446,23 @@ def match_sorted_keys(old_keys, new_keys, changed, out):
 
 @njit(inline="always", **_OPTS)
 def nearest_margin(X: np.ndarray, i: int, C: np.ndarray):
-    """:func:`nearest` of ``X[i]`` (same comparisons, same label) and its margin: how far the centres may
-    move, its own centre's move plus the largest other one, before the label could change.
+    """:func:`nearest` of ``X[i]`` (same comparisons, same label), its margin and its lower bound.
 
-    The margin is a Hamerly bound, ``lower - upper - _SLACK * (upper + lower)``
-    with ``upper`` the distance to the nearest centre and ``lower`` the one
-    to the second nearest. The slack is the one :func:`_lloyd` skips with;
-    -inf where the analysis does not hold, inf with a single centre.
+    The margin is how far the centres may move, its own centre's move plus
+    the largest other one, before the label could change: a Hamerly bound,
+    ``lower - upper - _SLACK * (upper + lower)`` with ``upper`` the distance
+    to the nearest centre and ``lower`` the one to the second nearest, which
+    is returned too (:func:`labels_from` tightens with it). The slack is the
+    one :func:`_lloyd` skips with. Margin and lower are -inf where the
+    analysis does not hold, inf with a single centre.
     """
     best, upper, lower = nearest_two(X, i, C)
     if C.shape[0] < 2:
-        return best, np.inf
+        return best, np.inf, np.inf
     scale = _bound_scale(upper, lower)
     if X.shape[1] > _SKIP_MAX_FEATURES or not scale > _MIN_SCALE or lower == np.inf:
-        return best, -np.inf
-    return best, lower - upper - _SLACK * scale
+        return best, -np.inf, -np.inf
+    return best, lower - upper - _SLACK * scale, lower
 
 
 @njit(inline="always", **_OPTS)
@@ -480,44 +482,112 @@ def _moves(C, before, moved):
 
 
 @njit(**_OPTS)
-def anchor_moves(C, anchors, out):
+def anchor_moves(C, anchors, out, others, moved_centres, n_moved):
     """``out[g, a]``: how far centre a of ``C`` moved from anchor g, plus the farthest any other
-    centre moved, grown by the slack as :func:`_lloyd` grows its bounds (a label's margin must exceed it)."""
+    centre moved, grown by the slack as :func:`_lloyd` grows its bounds (a label's margin must exceed
+    it); ``others[g, a]``: that farthest other move alone (a lower bound shrinks by it). The centres
+    that moved at all from anchor g, ascending: ``moved_centres[g, :n_moved[g]]``."""
     k = C.shape[0]
     moved = np.empty(k)
     for g in range(anchors.shape[0]):
         far, far_at, second_far = _moves(C, anchors[g], moved)
+        n_moved[g] = 0
         for a in range(k):
-            out[g, a] = (moved[a] + (second_far if a == far_at else far)) * (1.0 + _SLACK)
+            others[g, a] = second_far if a == far_at else far
+            out[g, a] = (moved[a] + others[g, a]) * (1.0 + _SLACK)
+            if moved[a] > 0.0:  # 0 only where every coordinate is equal: the distances are the same
+                moved_centres[g, n_moved[g]] = a
+                n_moved[g] += 1
+
+
+@njit(inline="always", **_OPTS)
+def _nearest_among_moved(X, p, C, a, lower, moved_centres):
+    """The label of ``X[p]`` in ``C`` from the distances to its anchor label ``a`` and to the centres
+    that moved since the anchor (ascending), with its margin and lower bound against ``C``; label -1
+    if those do not settle it.
+
+    Every other centre is where it was, so at least ``lower`` away. If the
+    nearest of the ones computed is closer than that by the slack, it is
+    :func:`nearest`'s label (it takes the first of equals, as this does);
+    its new lower bound is the smaller of ``lower`` and the second nearest
+    computed.
+    """
+    best, best_d, second_d = -1, np.inf, np.inf
+    own_pending = True
+    t = 0
+    while t < len(moved_centres) or own_pending:  # the moved centres and a, in index order
+        if own_pending and (t == len(moved_centres) or a <= moved_centres[t]):
+            j = a
+            own_pending = False
+            if t < len(moved_centres) and moved_centres[t] == a:
+                t += 1
+        else:
+            j = moved_centres[t]
+            t += 1
+        dist = sqd(X, p, C, j)
+        if dist < best_d:
+            second_d, best_d, best = best_d, dist, j
+        elif dist < second_d:
+            second_d = dist
+    upper = np.sqrt(best_d)
+    second = min(lower, np.sqrt(second_d))
+    scale = _bound_scale(upper, second)
+    if not scale > _MIN_SCALE or not upper + _SLACK * (upper + lower) < lower:
+        return -1, -np.inf, -np.inf
+    return best, second - upper - _SLACK * scale, second
 
 
 @njit(**_OPTS)
-def labels_from(X, C, same, old_labels, old_margins, old_anchor, positions, moves, new_anchor, labels, margins,
-                anchor):
-    """Each point's :func:`nearest` centre in ``C`` with its margin and anchor, from a fit's labels where
-    they provably hold. Returns how many were computed.
+def labels_from(X, C, same, old_labels, old_margins, old_lowers, old_anchor, positions, moves, others,
+                moved_centres, n_moved, new_anchor, labels, margins, lowers, anchor):
+    """Each point's :func:`nearest` centre in ``C`` with its margin, lower bound and anchor, from a
+    fit's labels where they provably hold. Returns how many were computed in full, and how many
+    settled by the centres that moved.
 
     ``positions[p]``: point p's row in the cached arrays, -1 if it must be
     computed. If ``same`` (C is the cached fit's start, bit for bit) every
     cached label holds. Otherwise a cached label holds while its margin,
     exact against the centres of its anchor, exceeds ``moves[anchor, label]``
-    (:func:`anchor_moves`); it keeps margin and anchor. The rest are computed,
-    against ``C``, anchor ``new_anchor``.
+    (:func:`anchor_moves`), or else, as :func:`_lloyd` tightens, while the
+    distance to its own centre in ``C``, computed, stays below its lower
+    bound less ``others[anchor, label]`` by the slack; either way it keeps
+    margin, lower bound and anchor. Else, when few centres moved from its
+    anchor, the distances to them and to its own centre may settle it
+    (:func:`_nearest_among_moved`). The rest are computed, against ``C``;
+    these and the settled ones take anchor ``new_anchor``.
     """
+    k = C.shape[0]
     computed = 0
+    settled = 0
     for p in range(X.shape[0]):
         q = positions[p]
         if q >= 0:
             a = old_labels[q]
-            if same or old_margins[q] > moves[old_anchor[q], a]:
+            g = old_anchor[q]
+            holds = same or old_margins[q] > moves[g, a]
+            if not holds and old_margins[q] > -np.inf:
+                # _lloyd's slack on the scale grown by the moves; at the anchor upper + lower is at
+                # most 2 lower - margin, and moves[g, a] exceeds the two moves
+                lower = old_lowers[q]
+                slack = _SLACK * (2.0 * lower - old_margins[q] + moves[g, a])
+                holds = np.sqrt(sqd(X, p, C, a)) + slack < lower - others[g, a]
+                if not holds and 2 * (n_moved[g] + 1) <= k:  # fewer distances than a full label's k
+                    label, margin, new_lower = _nearest_among_moved(X, p, C, a, lower, moved_centres[g, : n_moved[g]])
+                    if label >= 0:
+                        labels[p], margins[p], lowers[p] = label, margin, new_lower
+                        anchor[p] = new_anchor
+                        settled += 1
+                        continue
+            if holds:
                 labels[p] = a
                 margins[p] = old_margins[q]
-                anchor[p] = old_anchor[q]
+                lowers[p] = old_lowers[q]
+                anchor[p] = g
                 continue
-        labels[p], margins[p] = nearest_margin(X, p, C)
+        labels[p], margins[p], lowers[p] = nearest_margin(X, p, C)
         anchor[p] = new_anchor
         computed += 1
-    return computed
+    return computed, settled
 
 
 @njit(inline="always", **_OPTS)

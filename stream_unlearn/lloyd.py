@@ -103,15 +103,17 @@ def assign(X: np.ndarray, C: np.ndarray) -> np.ndarray:
     return out
 
 
-def assign_cluster_sums(X: np.ndarray, C: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+def assign_cluster_sums(X: np.ndarray, C: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray,
+                                                                np.ndarray]:
     """``cluster_sums(X, 1, labels, k)`` and ``labels = assign(X, C)``, for unit weights, in one pass over
-    X (C-contiguous float64); and each point's margin (:func:`kernels.nearest_margin`)."""
+    X (C-contiguous float64); and each point's margin and lower bound (:func:`kernels.nearest_margin`)."""
     sums = np.empty(C.shape)
     counts = np.empty(C.shape[0])
     labels = np.empty(len(X), dtype=np.int64)
     margins = np.empty(len(X))
-    kernels.assign_cluster_sums(X, np.ascontiguousarray(C, dtype=np.float64), sums, counts, labels, margins)
-    return sums, counts, labels, margins
+    lowers = np.empty(len(X))
+    kernels.assign_cluster_sums(X, np.ascontiguousarray(C, dtype=np.float64), sums, counts, labels, margins, lowers)
+    return sums, counts, labels, margins, lowers
 
 
 def cluster_sums(X: np.ndarray, w: np.ndarray, labels: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:

@@ -11,12 +11,18 @@ update leaves the seeds, and often every start, unchanged.
 When the update starts elsewhere (the updates after the one that changed),
 the centres have moved by about a grid step. Each label comes with its
 margin, a Hamerly bound of how far the centres may move before the label
-could change (:func:`kernels.nearest_margin`), exact against the centres it
-was computed under: its anchor. A label whose margin exceeds the centres'
-moves from its anchor holds, margin and anchor kept, so centres that move
-back and forth over many refits do not wear the bounds down; only the rest
-are computed. Either way the labels are those a fresh fit computes, so the
-sums and centroids keep their bits.
+could change, and its lower bound on the distance to any other centre
+(:func:`kernels.nearest_margin`), both exact against the centres it was
+computed under: its anchor. A label whose margin exceeds the centres' moves
+from its anchor holds, bounds and anchor kept, so centres that move back and
+forth over many refits do not wear them down. So does one whose distance to
+its own centre, computed, stays below its lower bound less the other
+centres' moves (Hamerly's second test: one distance instead of k). When few
+centres moved from a label's anchor (the common case: a grid step of one or
+two), the distances to them and to its own centre may settle it, since the
+others are still at least its lower bound away; it then takes this start as
+its anchor. Only the rest are computed. Either way the labels are those a
+fresh fit computes, so the sums and centroids keep their bits.
 
 Points are matched by their 64-bit key (the canonical order's sort key); if
 two held points share one, the cache is not used. The cache lives in memory
@@ -41,17 +47,25 @@ _MAX_ANCHORS = 8
 
 @dataclass(frozen=True)
 class LabelBounds:
-    """Why an update's labels may hold under other centres: each point's margin (-inf: only under the
-    same centres), exact against the centres ``anchors[anchor[i]]`` ((G, k, d)) it was computed under."""
+    """Why an update's labels may hold under other centres: each point's margin and lower bound (-inf:
+    only under the same centres), exact against the centres ``anchors[anchor[i]]`` ((G, k, d)) they
+    were computed under."""
 
     margins: np.ndarray
+    lowers: np.ndarray
     anchor: np.ndarray
     anchors: np.ndarray
 
     @classmethod
-    def fresh(cls, margins: np.ndarray, centres: np.ndarray) -> LabelBounds:
-        """Margins all computed under ``centres``."""
-        return cls(margins, np.zeros(len(margins), dtype=np.int16), np.array(centres, dtype=np.float64, order="C")[None])
+    def fresh(cls, margins: np.ndarray, lowers: np.ndarray, centres: np.ndarray) -> LabelBounds:
+        """Bounds all computed under ``centres``."""
+        return cls(margins, lowers, np.zeros(len(margins), dtype=np.int16),
+                   np.array(centres, dtype=np.float64, order="C")[None])
+
+    @classmethod
+    def none(cls, n: int, centres: np.ndarray) -> LabelBounds:
+        """Labels exact under ``centres`` with no bound: they hold only under the same centres."""
+        return cls.fresh(np.full(n, -np.inf), np.full(n, -np.inf), centres)
 
 
 class LloydLabels:
@@ -65,8 +79,10 @@ class LloydLabels:
         self._starts: list[np.ndarray] = []
         self._labels: list[np.ndarray] = []
         self._bounds: list[LabelBounds] = []
-        #: points the last :meth:`labels` computed (the rest came from the cache)
+        #: points the last :meth:`labels` computed in full, and those it settled by the centres that moved
+        #: alone (the rest came from the cache)
         self.last_computed = 0
+        self.last_settled = 0
         self._inserted: list[np.ndarray] = []
         self._n_inserted = 0
 
@@ -107,15 +123,19 @@ class LloydLabels:
             return None
         old = self._bounds[update]
         G = len(old.anchors)
-        moves = np.empty((G, len(start)))
-        kernels.anchor_moves(start, old.anchors, moves)
-        if G >= _MAX_ANCHORS:  # the anchors holding fewest labels retire (computed again): room for this start
+        k = len(start)
+        moves, others = np.empty((G, k)), np.empty((G, k))
+        moved_centres, n_moved = np.empty((G, k), dtype=np.int64), np.empty(G, dtype=np.int64)
+        kernels.anchor_moves(start, old.anchors, moves, others, moved_centres, n_moved)
+        if G >= _MAX_ANCHORS:  # the anchors holding fewest labels retire (settled or computed again): room for this start
             moves[np.argsort(np.bincount(old.anchor, minlength=G), kind="stable")[: G + 1 - _MAX_ANCHORS]] = np.inf
-        labels, margins, anchor = np.empty(len(X), dtype=np.int64), np.empty(len(X)), np.empty(len(X), dtype=np.int16)
-        self.last_computed = kernels.labels_from(
+        labels, anchor = np.empty(len(X), dtype=np.int64), np.empty(len(X), dtype=np.int16)
+        margins, lowers = np.empty(len(X)), np.empty(len(X))
+        self.last_computed, self.last_settled = kernels.labels_from(
             X, start, start.tobytes() == self._starts[update].tobytes(), self._labels[update], old.margins,
-            old.anchor, positions, moves, G, labels, margins, anchor)
+            old.lowers, old.anchor, positions, moves, others, moved_centres, n_moved, G, labels, margins, lowers,
+            anchor)
         used = np.bincount(anchor, minlength=G + 1) > 0  # keep the anchors still in use, renumbered
         if not used[:G].all():  # else the old numbers stand, and this start's is G if it is used
             anchor = (np.cumsum(used) - 1).astype(np.int16)[anchor]
-        return labels, LabelBounds(margins, anchor, np.concatenate([old.anchors, start[None]])[used])
+        return labels, LabelBounds(margins, lowers, anchor, np.concatenate([old.anchors, start[None]])[used])

@@ -351,12 +351,12 @@ class QKMeans(UnlearningModel):
         positions = self._lloyd_labels.positions(keys)
         for update in range(self.max_iter):
             if labels is not None:  # the seeding's: exact, with no margin to move by
-                bounds = LabelBounds.fresh(np.full(n, -np.inf), centres[-1])
+                bounds = LabelBounds.none(n, centres[-1])
             elif (cached := self._lloyd_labels.labels(update, centres[-1], X, positions)) is not None:
                 labels, bounds = cached
             if labels is None:
-                s, c, labels, margins = assign_cluster_sums(X, centres[-1])
-                bounds = LabelBounds.fresh(margins, centres[-1])
+                s, c, labels, margins, lowers = assign_cluster_sums(X, centres[-1])
+                bounds = LabelBounds.fresh(margins, lowers, centres[-1])
             else:
                 s, c = cluster_sums(X, weights, labels, self.k)
             all_labels.append(labels)

@@ -414,7 +414,7 @@ def test_one_pass_assign_and_sums_give_the_bits_of_two(m, d, k, seed, ties):
     if ties:  # points halfway between centres, and centres repeated: first on ties
         X = np.round(X / 10)
     C = X[rng.integers(0, m, size=k)].copy()
-    sums, counts, labels, _ = assign_cluster_sums(X, C)
+    sums, counts, labels, _, _ = assign_cluster_sums(X, C)
     ref_labels = assign(X[None], C[None])[0]
     ref_sums, ref_counts = cluster_sums(X, np.ones(m), ref_labels, k)
     assert np.array_equal(sums, ref_sums) and np.array_equal(counts, ref_counts)

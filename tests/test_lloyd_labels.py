@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -29,9 +30,9 @@ def test_keys_match_by_position_unless_changed_absent_or_repeated(old, new, chan
         assert out.tolist() == expected
 
 
-def fitted_labels(X: np.ndarray, C: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    _, _, labels, margins = assign_cluster_sums(X, C)
-    return labels, margins
+def fitted_labels(X: np.ndarray, C: np.ndarray) -> tuple[np.ndarray, LabelBounds]:
+    _, _, labels, margins, lowers = assign_cluster_sums(X, C)
+    return labels, LabelBounds.fresh(margins, lowers, C)
 
 
 def test_labels_come_from_the_cache_under_the_same_start_and_where_the_margins_hold():
@@ -40,8 +41,8 @@ def test_labels_come_from_the_cache_under_the_same_start_and_where_the_margins_h
     keys = np.arange(50, dtype=np.uint64) * 3
     start = X[:4].copy()
     cache = LloydLabels()
-    labels, margins = fitted_labels(X, start)
-    cache.record(keys, [start], [labels], [LabelBounds.fresh(margins, start)])
+    labels, bounds = fitted_labels(X, start)
+    cache.record(keys, [start], [labels], [bounds])
     cache.inserted(keys[[7]])  # point 7 moved: its label is computed again
     X[7] = start[2] + 1e-9
     positions = cache.positions(keys)
@@ -55,12 +56,14 @@ def test_labels_come_from_the_cache_under_the_same_start_and_where_the_margins_h
     assert cache.labels(1, start, X, positions) is None  # no second update recorded
 
 
-@settings(max_examples=300, deadline=None)
-@given(st.integers(0, 2**32 - 1), st.integers(1, 6), st.integers(1, 5), st.sampled_from([0.0, 1e-12, 1e-3, 0.1, 3.0]),
-       st.booleans())
-def test_cached_labels_are_the_nearest_centres_after_the_centres_move(seed, k, d, step, coarse):
-    """Whatever the moves, over refits in a row (anchors kept, renumbered and retired), the labels a
-    refit takes are :func:`nearest`'s and no margin exceeds the true gap to the second centre."""
+@settings(max_examples=400, deadline=None)
+@given(st.integers(0, 2**32 - 1), st.integers(1, 8), st.integers(1, 5), st.sampled_from([0.0, 1e-12, 1e-3, 0.1, 3.0]),
+       st.booleans(), st.sampled_from([0.0, 0.2, 0.5, 1.0]))
+def test_cached_labels_are_the_nearest_centres_after_the_centres_move(seed, k, d, step, coarse, share):
+    """Whatever the moves, of all centres or of a few (on a grid when coarse, where labels tie), over
+    refits in a row (anchors kept, renumbered and retired), the labels a refit takes are
+    :func:`nearest`'s and no bound exceeds its true value: the lower bound the distance to the second
+    centre, the margin the gap between the two."""
     rng = np.random.default_rng(seed)
     X = rng.normal(size=(40, d))
     if coarse:  # ties: repeated points and centres on points
@@ -68,10 +71,14 @@ def test_cached_labels_are_the_nearest_centres_after_the_centres_move(seed, k, d
     C = X[rng.choice(40, k, replace=False)]
     keys = np.arange(40, dtype=np.uint64)
     cache = LloydLabels()
-    labels, margins = fitted_labels(X, C)
-    cache.record(keys, [C], [labels], [LabelBounds.fresh(margins, C)])
+    labels, bounds = fitted_labels(X, C)
+    cache.record(keys, [C], [labels], [bounds])
     for _ in range(12):  # more refits than anchors are kept
-        C = C + step * rng.normal(size=C.shape) if rng.random() < 0.8 else C  # sometimes the same start
+        if rng.random() < 0.8:  # else the same start
+            move = step * rng.normal(size=C.shape)
+            if share:  # only some centres move (a Q refit's common case)
+                move[rng.random(k) >= share] = 0.0
+            C = np.round((C + move) * 4) / 4 if coarse else C + move
         positions = cache.positions(keys)
         labels, bounds = cache.labels(0, C, X, positions)
         assert labels.tolist() == assign(X[None], C[None])[0].tolist()
@@ -79,8 +86,32 @@ def test_cached_labels_are_the_nearest_centres_after_the_centres_move(seed, k, d
         anchored = bounds.anchors[bounds.anchor]
         if k > 1:
             dist = np.sort(np.sqrt(((X[:, None, :] - anchored) ** 2).sum(-1)), axis=1)
-            assert (bounds.margins <= dist[:, 1] - dist[:, 0] + 1e-12 * (dist[:, 0] + dist[:, 1])).all()
+            tolerance = 1e-12 * (dist[:, 0] + dist[:, 1])
+            assert (bounds.margins <= dist[:, 1] - dist[:, 0] + tolerance).all()
+            assert (bounds.lowers <= dist[:, 1] + tolerance).all()
         cache.record(keys, [C], [labels], [bounds])
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_labels_settled_by_the_moved_centres_take_the_first_of_equal_distances(seed):
+    """On an integer grid, one centre moving at a time ties points between it and their own centre,
+    from either side in index order; the labels are still :func:`nearest`'s, first of equals."""
+    rng = np.random.default_rng(seed)
+    X = np.array([[x, y] for x in range(-6, 7) for y in range(-6, 7)], dtype=np.float64)
+    C = X[rng.choice(len(X), 8, replace=False)].copy()
+    keys = np.arange(len(X), dtype=np.uint64)
+    cache = LloydLabels()
+    labels, bounds = fitted_labels(X, C)
+    cache.record(keys, [C], [labels], [bounds])
+    settled = 0
+    for _ in range(60):
+        C = C.copy()
+        C[rng.integers(8)] += rng.integers(-2, 3, size=2)
+        labels, bounds = cache.labels(0, C, X, cache.positions(keys))
+        assert labels.tolist() == assign(X[None], C[None])[0].tolist()
+        settled += cache.last_settled
+        cache.record(keys, [C], [labels], [bounds])
+    assert settled > 0, "no label was settled by the moved centres alone"
 
 
 def test_small_moves_compute_few_labels_again_and_back_and_forth_wears_nothing_down():
@@ -89,8 +120,8 @@ def test_small_moves_compute_few_labels_again_and_back_and_forth_wears_nothing_d
     C = X[[0, 500, 1000, 1500, 2000]].copy()
     keys = np.arange(len(X), dtype=np.uint64)
     cache = LloydLabels()
-    labels, margins = fitted_labels(X, C)
-    cache.record(keys, [C], [labels], [LabelBounds.fresh(margins, C)])
+    labels, bounds = fitted_labels(X, C)
+    cache.record(keys, [C], [labels], [bounds])
     computed = []
     for step in range(40):
         moved = C + (0.3 if step % 2 == 0 else 0.0)
@@ -105,7 +136,7 @@ def test_the_cache_is_dropped_when_too_many_points_changed_since():
     keys = np.arange(8192, dtype=np.uint64)
     cache = LloydLabels()
     cache.record(keys, [np.zeros((2, 1))], [np.zeros(8192, dtype=np.int64)],
-                 [LabelBounds.fresh(np.zeros(8192), np.zeros((2, 1)))])
+                 [LabelBounds.fresh(np.zeros(8192), np.zeros(8192), np.zeros((2, 1)))])
     cache.inserted(keys[:2048])
     assert cache.positions(keys) is not None
     cache.inserted(keys[2048:2049])
@@ -125,7 +156,7 @@ def test_a_refit_reusing_labels_after_a_vector_replacement_equals_a_fresh_fit(mo
     labels_from = kernels.labels_from
 
     def counting(*args):
-        reused.append(int((args[6] >= 0).sum()))  # positions
+        reused.append(int((args[7] >= 0).sum()))  # positions
         return labels_from(*args)
 
     monkeypatch.setattr(lloyd_labels_module.kernels, "labels_from", counting)
@@ -142,3 +173,35 @@ def test_a_refit_reusing_labels_after_a_vector_replacement_equals_a_fresh_fit(mo
         # every update's snapped centres, not only the last: a wrong label early on can heal by the end
         assert np.array_equal(model._arrays["centres"], fresh._arrays["centres"])
     assert model.lloyd_refits_ > 1 and reused, "no refit took labels from the cache"
+
+
+def test_refits_whose_labels_the_moved_centres_settle_equal_fresh_fits(monkeypatch):
+    """Many clusters and deletes one at a time: most refits start where only a few centres moved, and
+    the labels those settle must give every update's snapped centres of a fresh fit on the survivors."""
+    settled = []
+    labels_from = kernels.labels_from
+
+    def counting(*args):
+        computed, settled_here = labels_from(*args)
+        settled.append(settled_here)
+        return computed, settled_here
+
+    monkeypatch.setattr(lloyd_labels_module.kernels, "labels_from", counting)
+    rng = np.random.default_rng(3)
+    X = np.concatenate([c + rng.normal(size=(40, 4)) for c in rng.normal(0, 3, size=(12, 4))])
+    ids = [f"p{i}" for i in range(len(X))]
+    model = QKMeans(k=12, seed=1, eps=0.2)
+    model.insert(ids, X)
+    model.flush()
+    alive = np.ones(len(X), dtype=bool)
+    for step, i in enumerate(rng.permutation(len(X))[:60]):
+        model.delete([ids[i]])
+        model.flush()
+        alive[i] = False
+        if step % 10 == 9:
+            order = rng.permutation(np.flatnonzero(alive))
+            fresh = QKMeans(k=12, seed=1, eps=0.2)
+            fresh.insert([ids[j] for j in order], X[order])
+            fresh.flush()
+            assert np.array_equal(model._arrays["centres"], fresh._arrays["centres"])
+    assert sum(settled) > 0, "no label was settled by the moved centres alone"
