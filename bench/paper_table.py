@@ -48,9 +48,9 @@ from stream_unlearn.base import UnlearningModel
 from stream_unlearn.warmup import warm_up
 
 QUICK_N = 4000
-# QKMeans eps per dataset (z-score units), from a small sweep over {0.05, 0.1, 0.2, 0.5} trading the
-# certificate pass rate against the loss ratio; --eps overrides all of them.
-DEFAULT_EPS = {"gaussian": 0.1, "shuttle": 0.1, "letter": 0.2, "fashion": 0.5}
+# QKMeans eps per dataset (z-score units), from sweeps trading the certificate pass rate against the loss
+# ratio, which must stay under the 1.05 target with room (bench/README.md); --eps overrides all of them.
+DEFAULT_EPS = {"gaussian": 0.1, "shuttle": 0.15, "letter": 0.3, "fashion": 0.5}
 QUICK_DELETIONS = 40
 
 
