@@ -482,19 +482,17 @@ def _moves(C, before, moved):
 
 
 @njit(**_OPTS)
-def anchor_moves(C, anchors, out, others, moved_centres, n_moved):
+def anchor_moves(C, anchors, out, moved_centres, n_moved):
     """``out[g, a]``: how far centre a of ``C`` moved from anchor g, plus the farthest any other
     centre moved, grown by the slack as :func:`_lloyd` grows its bounds (a label's margin must exceed
-    it); ``others[g, a]``: that farthest other move alone (a lower bound shrinks by it). The centres
-    that moved at all from anchor g, ascending: ``moved_centres[g, :n_moved[g]]``."""
+    it). The centres that moved at all from anchor g, ascending: ``moved_centres[g, :n_moved[g]]``."""
     k = C.shape[0]
     moved = np.empty(k)
     for g in range(anchors.shape[0]):
         far, far_at, second_far = _moves(C, anchors[g], moved)
         n_moved[g] = 0
         for a in range(k):
-            others[g, a] = second_far if a == far_at else far
-            out[g, a] = (moved[a] + others[g, a]) * (1.0 + _SLACK)
+            out[g, a] = (moved[a] + (second_far if a == far_at else far)) * (1.0 + _SLACK)
             if moved[a] > 0.0:  # 0 only where every coordinate is equal: the distances are the same
                 moved_centres[g, n_moved[g]] = a
                 n_moved[g] += 1
@@ -502,7 +500,7 @@ def anchor_moves(C, anchors, out, others, moved_centres, n_moved):
 
 @njit(inline="always", **_OPTS)
 def _nearest_among_moved(X, p, C, a, lower, moved_centres):
-    """The label of ``X[p]`` in ``C`` from the distances to its anchor label ``a`` and to the centres
+    """The label of ``X[p]`` in ``C`` from its distances to its anchor label ``a`` and to the centres
     that moved since the anchor (ascending), with its margin and lower bound against ``C``; label -1
     if those do not settle it.
 
@@ -538,8 +536,8 @@ def _nearest_among_moved(X, p, C, a, lower, moved_centres):
 
 
 @njit(**_OPTS)
-def labels_from(X, C, same, old_labels, old_margins, old_lowers, old_anchor, positions, moves, others,
-                moved_centres, n_moved, new_anchor, labels, margins, lowers, anchor):
+def labels_from(X, C, same, old_labels, old_margins, old_lowers, old_anchor, positions, moves, moved_centres,
+                n_moved, new_anchor, labels, margins, lowers, anchor):
     """Each point's :func:`nearest` centre in ``C`` with its margin, lower bound and anchor, from a
     fit's labels where they provably hold. Returns how many were computed in full, and how many
     settled by the centres that moved.
@@ -548,15 +546,11 @@ def labels_from(X, C, same, old_labels, old_margins, old_lowers, old_anchor, pos
     computed. If ``same`` (C is the cached fit's start, bit for bit) every
     cached label holds. Otherwise a cached label holds while its margin,
     exact against the centres of its anchor, exceeds ``moves[anchor, label]``
-    (:func:`anchor_moves`), or else, as :func:`_lloyd` tightens, while the
-    distance to its own centre in ``C``, computed, stays below its lower
-    bound less ``others[anchor, label]`` by the slack; either way it keeps
-    margin, lower bound and anchor. Else, when few centres moved from its
-    anchor, the distances to them and to its own centre may settle it
-    (:func:`_nearest_among_moved`). The rest are computed, against ``C``;
-    these and the settled ones take anchor ``new_anchor``.
+    (:func:`anchor_moves`), keeping margin, lower bound and anchor. Else the
+    distances to its own centre and to those that moved from its anchor may
+    settle it (:func:`_nearest_among_moved`). The rest are computed, against
+    ``C``; these and the settled ones take anchor ``new_anchor``.
     """
-    k = C.shape[0]
     computed = 0
     settled = 0
     for p in range(X.shape[0]):
@@ -566,18 +560,12 @@ def labels_from(X, C, same, old_labels, old_margins, old_lowers, old_anchor, pos
             g = old_anchor[q]
             holds = same or old_margins[q] > moves[g, a]
             if not holds and old_margins[q] > -np.inf:
-                # _lloyd's slack on the scale grown by the moves; at the anchor upper + lower is at
-                # most 2 lower - margin, and moves[g, a] exceeds the two moves
-                lower = old_lowers[q]
-                slack = _SLACK * (2.0 * lower - old_margins[q] + moves[g, a])
-                holds = np.sqrt(sqd(X, p, C, a)) + slack < lower - others[g, a]
-                if not holds and 2 * (n_moved[g] + 1) <= k:  # fewer distances than a full label's k
-                    label, margin, new_lower = _nearest_among_moved(X, p, C, a, lower, moved_centres[g, : n_moved[g]])
-                    if label >= 0:
-                        labels[p], margins[p], lowers[p] = label, margin, new_lower
-                        anchor[p] = new_anchor
-                        settled += 1
-                        continue
+                label, margin, lower = _nearest_among_moved(X, p, C, a, old_lowers[q], moved_centres[g, : n_moved[g]])
+                if label >= 0:
+                    labels[p], margins[p], lowers[p] = label, margin, lower
+                    anchor[p] = new_anchor
+                    settled += 1
+                    continue
             if holds:
                 labels[p] = a
                 margins[p] = old_margins[q]

@@ -15,14 +15,12 @@ could change, and its lower bound on the distance to any other centre
 (:func:`kernels.nearest_margin`), both exact against the centres it was
 computed under: its anchor. A label whose margin exceeds the centres' moves
 from its anchor holds, bounds and anchor kept, so centres that move back and
-forth over many refits do not wear them down. So does one whose distance to
-its own centre, computed, stays below its lower bound less the other
-centres' moves (Hamerly's second test: one distance instead of k). When few
-centres moved from a label's anchor (the common case: a grid step of one or
-two), the distances to them and to its own centre may settle it, since the
-others are still at least its lower bound away; it then takes this start as
-its anchor. Only the rest are computed. Either way the labels are those a
-fresh fit computes, so the sums and centroids keep their bits.
+forth over many refits do not wear them down. Otherwise the distances to
+its own centre and to the centres that moved from its anchor may settle it
+(usually one to a few moved: a grid step), since the unmoved ones are still
+at least its lower bound away; it then takes this start as its anchor. Only
+the rest are computed. Either way the labels are those a fresh fit computes,
+so the sums and centroids keep their bits.
 
 Points are matched by their 64-bit key (the canonical order's sort key); if
 two held points share one, the cache is not used. The cache lives in memory
@@ -124,16 +122,16 @@ class LloydLabels:
         old = self._bounds[update]
         G = len(old.anchors)
         k = len(start)
-        moves, others = np.empty((G, k)), np.empty((G, k))
+        moves = np.empty((G, k))
         moved_centres, n_moved = np.empty((G, k), dtype=np.int64), np.empty(G, dtype=np.int64)
-        kernels.anchor_moves(start, old.anchors, moves, others, moved_centres, n_moved)
+        kernels.anchor_moves(start, old.anchors, moves, moved_centres, n_moved)
         if G >= _MAX_ANCHORS:  # the anchors holding fewest labels retire (settled or computed again): room for this start
             moves[np.argsort(np.bincount(old.anchor, minlength=G), kind="stable")[: G + 1 - _MAX_ANCHORS]] = np.inf
         labels, anchor = np.empty(len(X), dtype=np.int64), np.empty(len(X), dtype=np.int16)
         margins, lowers = np.empty(len(X)), np.empty(len(X))
         self.last_computed, self.last_settled = kernels.labels_from(
             X, start, start.tobytes() == self._starts[update].tobytes(), self._labels[update], old.margins,
-            old.lowers, old.anchor, positions, moves, others, moved_centres, n_moved, G, labels, margins, lowers,
+            old.lowers, old.anchor, positions, moves, moved_centres, n_moved, G, labels, margins, lowers,
             anchor)
         used = np.bincount(anchor, minlength=G + 1) > 0  # keep the anchors still in use, renumbered
         if not used[:G].all():  # else the old numbers stand, and this start's is G if it is used
