@@ -508,9 +508,11 @@ def _nearest_among_moved(X, p, C, a, lower, moved_centres):
     nearest of the ones computed is closer than that by the slack, it is
     :func:`nearest`'s label (it takes the first of equals, as this does);
     its new lower bound is the smaller of ``lower`` and the second nearest
-    computed.
+    computed. A distance stops once past the second nearest so far, or past
+    ``lower``: it can change neither then (where rounding puts the cap, it
+    only makes the new lower bound smaller or the label unsettled).
     """
-    best, best_d, second_d = -1, np.inf, np.inf
+    best, best_d, second_d = -1, lower * lower, lower * lower
     own_pending = True
     t = 0
     while t < len(moved_centres) or own_pending:  # the moved centres and a, in index order
@@ -522,11 +524,13 @@ def _nearest_among_moved(X, p, C, a, lower, moved_centres):
         else:
             j = moved_centres[t]
             t += 1
-        dist = sqd(X, p, C, j)
+        dist = sqd_below(X, p, C, j, second_d)
         if dist < best_d:
             second_d, best_d, best = best_d, dist, j
         elif dist < second_d:
             second_d = dist
+    if best < 0:
+        return -1, -np.inf, -np.inf
     upper = np.sqrt(best_d)
     second = min(lower, np.sqrt(second_d))
     scale = _bound_scale(upper, second)
