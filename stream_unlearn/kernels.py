@@ -541,10 +541,10 @@ def _nearest_among_moved(X, p, C, a, lower, moved_centres):
 
 @njit(**_OPTS)
 def labels_from(X, C, same, old_labels, old_margins, old_lowers, old_anchor, positions, moves, moved_centres,
-                n_moved, new_anchor, labels, margins, lowers, anchor):
-    """Each point's :func:`nearest` centre in ``C`` with its margin, lower bound and anchor, from a
-    fit's labels where they provably hold. Returns how many were computed in full, and how many
-    settled by the centres that moved.
+                n_moved, new_anchor, labels, margins, lowers, anchor, anchor_counts):
+    """Each point's :func:`nearest` centre in ``C`` with its margin, lower bound and anchor, and the
+    points per anchor, from a fit's labels where they provably hold. Returns how many were computed in
+    full, and how many settled by the centres that moved.
 
     ``positions[p]``: point p's row in the cached arrays, -1 if it must be
     computed. If ``same`` (C is the cached fit's start, bit for bit) every
@@ -557,6 +557,7 @@ def labels_from(X, C, same, old_labels, old_margins, old_lowers, old_anchor, pos
     """
     computed = 0
     settled = 0
+    anchor_counts[:] = 0
     for p in range(X.shape[0]):
         q = positions[p]
         if q >= 0:
@@ -568,6 +569,7 @@ def labels_from(X, C, same, old_labels, old_margins, old_lowers, old_anchor, pos
                 if label >= 0:
                     labels[p], margins[p], lowers[p] = label, margin, lower
                     anchor[p] = new_anchor
+                    anchor_counts[new_anchor] += 1
                     settled += 1
                     continue
             if holds:
@@ -575,11 +577,20 @@ def labels_from(X, C, same, old_labels, old_margins, old_lowers, old_anchor, pos
                 margins[p] = old_margins[q]
                 lowers[p] = old_lowers[q]
                 anchor[p] = g
+                anchor_counts[g] += 1
                 continue
         labels[p], margins[p], lowers[p] = nearest_margin(X, p, C)
         anchor[p] = new_anchor
+        anchor_counts[new_anchor] += 1
         computed += 1
     return computed, settled
+
+
+@njit(**_OPTS)
+def renumber(values, numbers):
+    """``values[i] = numbers[values[i]]`` in place."""
+    for i in range(len(values)):
+        values[i] = numbers[values[i]]
 
 
 @njit(inline="always", **_OPTS)

@@ -128,12 +128,12 @@ class LloydLabels:
         if G >= _MAX_ANCHORS:  # the anchors holding fewest labels retire (settled or computed again): room for this start
             moves[np.argsort(np.bincount(old.anchor, minlength=G), kind="stable")[: G + 1 - _MAX_ANCHORS]] = np.inf
         labels, anchor = np.empty(len(X), dtype=np.int64), np.empty(len(X), dtype=np.int16)
-        margins, lowers = np.empty(len(X)), np.empty(len(X))
+        margins, lowers, counts = np.empty(len(X)), np.empty(len(X)), np.empty(G + 1, dtype=np.int64)
         self.last_computed, self.last_settled = kernels.labels_from(
             X, start, start.tobytes() == self._starts[update].tobytes(), self._labels[update], old.margins,
             old.lowers, old.anchor, positions, moves, moved_centres, n_moved, G, labels, margins, lowers,
-            anchor)
-        used = np.bincount(anchor, minlength=G + 1) > 0  # keep the anchors still in use, renumbered
+            anchor, counts)
+        used = counts > 0  # keep the anchors still in use, renumbered
         if not used[:G].all():  # else the old numbers stand, and this start's is G if it is used
-            anchor = (np.cumsum(used) - 1).astype(np.int16)[anchor]
+            kernels.renumber(anchor, (np.cumsum(used) - 1).astype(np.int16))
         return labels, LabelBounds(margins, lowers, anchor, np.concatenate([old.anchors, start[None]])[used])
