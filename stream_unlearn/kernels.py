@@ -452,7 +452,7 @@ def nearest_margin(X: np.ndarray, i: int, C: np.ndarray):
     the largest other one, before the label could change: a Hamerly bound,
     ``lower - upper - _SLACK * (upper + lower)`` with ``upper`` the distance
     to the nearest centre and ``lower`` the one to the second nearest, which
-    is returned too (:func:`labels_from` tightens with it). The slack is the
+    is returned too (:func:`labels_from` settles labels with it). The slack is the
     one :func:`_lloyd` skips with. Margin and lower are -inf where the
     analysis does not hold, inf with a single centre.
     """
