@@ -563,8 +563,14 @@ def labels_from(X, C, same, old_labels, old_margins, old_lowers, old_anchor, pos
         if q >= 0:
             a = old_labels[q]
             g = old_anchor[q]
-            holds = same or old_margins[q] > moves[g, a]
-            if not holds and old_margins[q] > -np.inf:
+            if same or old_margins[q] > moves[g, a]:
+                labels[p] = a
+                margins[p] = old_margins[q]
+                lowers[p] = old_lowers[q]
+                anchor[p] = g
+                anchor_counts[g] += 1
+                continue
+            if old_margins[q] > -np.inf:
                 label, margin, lower = _nearest_among_moved(X, p, C, a, old_lowers[q], moved_centres[g, : n_moved[g]])
                 if label >= 0:
                     labels[p], margins[p], lowers[p] = label, margin, lower
@@ -572,13 +578,6 @@ def labels_from(X, C, same, old_labels, old_margins, old_lowers, old_anchor, pos
                     anchor_counts[new_anchor] += 1
                     settled += 1
                     continue
-            if holds:
-                labels[p] = a
-                margins[p] = old_margins[q]
-                lowers[p] = old_lowers[q]
-                anchor[p] = g
-                anchor_counts[g] += 1
-                continue
         labels[p], margins[p], lowers[p] = nearest_margin(X, p, C)
         anchor[p] = new_anchor
         anchor_counts[new_anchor] += 1
