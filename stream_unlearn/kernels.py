@@ -1009,7 +1009,8 @@ def q_entry_cost(V, slots, skip, x, seeds):
 @njit(**_OPTS)
 def q_lloyd_certificate(x, sign, centres, sums, counts, peak_counts, theta, eps, gamma, n_new, max_abs, n_terms,
                         new_sums, new_counts):
-    """Redo one point's effect on every stored quantized-Lloyd iteration; True if nothing moves.
+    """Redo one point's effect on the stored quantized-Lloyd updates in order; returns how many of them
+    provably keep their snapped centres (all ``T``: nothing moves).
 
     Same arithmetic, operation for operation, as ``quantize.corrected_centroids``
     and ``quantize.snap`` in the fit (elementwise IEEE operations, no fused
@@ -1022,7 +1023,7 @@ def q_lloyd_certificate(x, sign, centres, sums, counts, peak_counts, theta, eps,
     count since the fit (``peak_counts``, ``max_abs`` likewise a peak): a
     stored sum keeps the rounding of every partial sum it went through,
     however small the cluster is now. ``new_sums``/``new_counts`` receive
-    the updated statistics.
+    the updated statistics (of the updates that hold).
     """
     T, k, d = sums.shape
     u = 2.0**-53
@@ -1050,28 +1051,28 @@ def q_lloyd_certificate(x, sign, centres, sums, counts, peak_counts, theta, eps,
                 z = centre / eps - theta[f]
                 cell = np.floor(z + 0.5)
                 if eps * (cell + theta[f]) != centres[t + 1, j, f]:
-                    return False
+                    return t
                 slack = (0.5 - abs(z - cell)) * eps
                 bound = (2.0 * (n_terms + 2) * u * (peak * max_abs[f]) / m
                          + 8.0 * u * (abs(mean) + abs(prev))
                          + 4.0 * u * eps * (abs(z) + 1.0))
                 if not slack > bound:
-                    return False
-    return True
+                    return t
+    return T
 
 
 @njit(**_OPTS)
 def q_certify_inserts(X, logu, cand, chosen, last_scores, scores, theta, eps, gamma, n_model, ops,
-                      potentials, peaks, centres, sums, counts, peak_counts, max_abs, lloyd):
+                      potentials, peaks, centres, sums, counts, peak_counts, max_abs):
     """Certify inserts ``X[0], X[1], ...`` in order; returns how many passed before the first that did not.
 
     For each point, in one compiled loop, exactly what the model does one
     point at a time: :func:`q_seeding_certificate` (with the point's race
-    log-uniforms ``logu[i]``), then, if ``lloyd``, :func:`q_lloyd_certificate`;
-    then the certified statistics are kept: ``potentials`` and ``peaks``,
-    and with ``lloyd`` also ``sums``, ``counts``, ``peak_counts`` and
-    ``max_abs``, updated in place (pass copies). Without ``lloyd`` (Lloyd's
-    cache already failed in this call) only the seeding is kept. It stops at
+    log-uniforms ``logu[i]``), then :func:`q_lloyd_certificate` on the
+    Lloyd updates kept (none, or a prefix, once Lloyd's cache failed in this
+    call); then the certified statistics are kept: ``potentials``, ``peaks``,
+    ``sums``, ``counts``, ``peak_counts`` and ``max_abs``, updated in place
+    (pass copies). It stops at
     the first point whose certificate fails or that would join a seeding
     race: the caller takes that one the slow way. A certificate costs ~5 us
     here against ~30 us of Python per point.
@@ -1094,18 +1095,15 @@ def q_certify_inserts(X, logu, cand, chosen, last_scores, scores, theta, eps, ga
             if entry_rank[j] >= 0:
                 return i
         n = n_model + 1
-        if lloyd:
-            for f in range(d):
-                new_max_abs[f] = max(max_abs[f], abs(x[f]))
-            if not q_lloyd_certificate(x, 1.0, centres, sums, counts, peak_counts, theta, eps, gamma, n, new_max_abs,
-                                       n + ops + 1, new_sums, new_counts):
-                return i
+        for f in range(d):
+            new_max_abs[f] = max(max_abs[f], abs(x[f]))
+        if q_lloyd_certificate(x, 1.0, centres, sums, counts, peak_counts, theta, eps, gamma, n, new_max_abs,
+                               n + ops + 1, new_sums, new_counts) < sums.shape[0]:
+            return i
         potentials[:] = new_potentials
         peaks[:] = new_peaks
         n_model = n
         ops += 1
-        if not lloyd:
-            continue
         sums[:] = new_sums
         counts[:] = new_counts
         max_abs[:] = new_max_abs

@@ -139,26 +139,25 @@ class QKMeans(UnlearningModel):
     def _certify_run(self, X: np.ndarray, logu: np.ndarray) -> int:
         """Certify inserts in one compiled loop while they pass (the common case); returns how many did.
 
-        Fitted: both certificates, as :meth:`_certify`. Seeding kept (Lloyd's
-        cache failed earlier in this call): the seeding certificate alone, as
-        :meth:`_certify` then does. The statistics are edited in copies, then
-        swapped in: a snapshot being written may still hold the arrays it captured.
+        Both certificates, as :meth:`_certify`: the seeding's and Lloyd's on
+        the updates kept (all of them when fitted). The statistics are edited
+        in copies, then swapped in: a snapshot being written may still hold
+        the arrays it captured.
         """
         a = self._arrays
         if not (self._fitted or self._seeding_kept) or a["fallback"]:
             return 0
-        lloyd = self._fitted
         edited = {name: a[name].copy() for name in ("potentials", "peaks", "sums", "counts", "peak_counts", "max_abs")}
         passed = int(kernels.q_certify_inserts(
             X, logu, a["candidate_vectors"], a["chosen"], a["last_scores"], a["scores"], self._theta, self.eps,
             self.gamma, self._n_model, self._ops, edited["potentials"], edited["peaks"], a["centres"], edited["sums"],
-            edited["counts"], edited["peak_counts"], edited["max_abs"], lloyd))
+            edited["counts"], edited["peak_counts"], edited["max_abs"]))
         if passed:
             a.update(edited)
             self._n_model += passed
             self._ops += passed
             self._changes_left -= passed
-            if lloyd:
+            if self._fitted:
                 self.certificates_passed_ += passed
         return passed
 
@@ -170,9 +169,10 @@ class QKMeans(UnlearningModel):
         """Apply one insert (+1, with its race log-uniforms) or delete (-1) without refitting if provably exact.
 
         ``call`` = (ids, i): the insert call's ids from i on are stored but not in the model yet.
-        When only the Lloyd certificate fails, the seeding is still certified
-        and kept, change after change, so that the refit can start from it
-        (:meth:`_refit_lloyd`); a failed seeding certificate drops it.
+        When only the Lloyd certificate fails, at some update, the seeding and
+        the updates before that one still hold: they are kept, and certified
+        change after change, so that the refit can start from the last of them
+        (:meth:`_refit_lloyd`); a failed seeding certificate drops them all.
         """
         self._changes_left -= 1
         if not (self._fitted or self._seeding_kept):
@@ -185,8 +185,10 @@ class QKMeans(UnlearningModel):
             self._fitted = self._seeding_kept = False
             self._dirty = True
             return
-        if self._fitted and self._lloyd_holds(x, sign):
-            self.certificates_passed_ += 1
+        lloyd = self._lloyd_after(x, sign)
+        if lloyd[0] == len(self._arrays["sums"]):
+            if self._fitted:
+                self.certificates_passed_ += 1
         else:
             if self._fitted:
                 self.certificates_failed_ += 1
@@ -194,8 +196,7 @@ class QKMeans(UnlearningModel):
             self._seeding_kept = self._changes_left * _SEEDING_CERTS_VS_SEEDING <= self._n_model
             if not self._seeding_kept:
                 return
-            self._n_model += sign
-            self._ops += 1
+        self._apply_lloyd(x, sign, lloyd)
         self._arrays["potentials"], self._arrays["peaks"], entries = seeding
         self._forgot_since_fit |= sign < 0
         for entry in entries:
@@ -263,22 +264,32 @@ class QKMeans(UnlearningModel):
         runners.pop()
         self._set_candidates(self._candidate_slots)
 
-    def _lloyd_holds(self, x: np.ndarray, sign: int) -> bool:
+    def _lloyd_after(self, x: np.ndarray, sign: int) -> tuple[int, np.ndarray, np.ndarray]:
+        """How many of the kept Lloyd updates, from the first, provably keep their snapped centres with
+        the change applied (all: it is certified), and their sums and counts with the change."""
         a = self._arrays
         sums, counts = np.empty_like(a["sums"]), np.empty_like(a["counts"])
-        max_abs = np.maximum(a["max_abs"], np.abs(x)) if sign > 0 else a["max_abs"]
         n = self._n_model + sign
-        holds = kernels.q_lloyd_certificate(
+        held = kernels.q_lloyd_certificate(
             np.ascontiguousarray(x, dtype=np.float64), float(sign), a["centres"], a["sums"], a["counts"],
-            a["peak_counts"], self._theta, self.eps, self.gamma, n, max_abs, max(n, self._n_model) + self._ops + 1, sums, counts)
-        if not holds:
-            return False
-        a["sums"], a["counts"], a["max_abs"] = sums, counts, max_abs
-        if sign > 0:
-            a["peak_counts"] = np.maximum(a["peak_counts"], counts)
-        self._n_model = n
+            a["peak_counts"], self._theta, self.eps, self.gamma, n, self._max_abs_with(x, sign),
+            max(n, self._n_model) + self._ops + 1, sums, counts)
+        return held, sums, counts
+
+    def _max_abs_with(self, x: np.ndarray, sign: int) -> np.ndarray:
+        max_abs = self._arrays["max_abs"]
+        return np.maximum(max_abs, np.abs(x)) if sign > 0 else max_abs
+
+    def _apply_lloyd(self, x: np.ndarray, sign: int, lloyd: tuple[int, np.ndarray, np.ndarray]) -> None:
+        """Take the change into the Lloyd statistics (:meth:`_lloyd_after`'s), dropping the updates from
+        the first that failed on: the ones before keep edited sums, as after a certified change."""
+        a = self._arrays
+        held, sums, counts = lloyd
+        a["centres"] = a["centres"][: held + 1]
+        a["sums"], a["counts"], a["max_abs"] = sums[:held], counts[:held], self._max_abs_with(x, sign)
+        a["peak_counts"] = np.maximum(a["peak_counts"][:held], a["counts"])
+        self._n_model += sign
         self._ops += 1
-        return True
 
     # -- fitting ------------------------------------------------------------------------
     def _recompute(self) -> np.ndarray:
@@ -325,31 +336,47 @@ class QKMeans(UnlearningModel):
         self._forgot_since_fit = False
         # the seeding's nearest seeds are Lloyd's first labels (unless a step chose no seed)
         first_labels = seeds.nearest[0] if (seeds.index[0] >= 0).all() else None
-        self._lloyd(keys, X, X[seeds.index[0]], max_abs, first_labels)
+        self._lloyd(keys, X, X[seeds.index[0]][None], max_abs, first_labels)
         self.refits_ += 1
 
     def _refit_lloyd(self, keys: np.ndarray, X: np.ndarray, max_abs: np.ndarray) -> None:
-        """The refit when only Lloyd changed: the kept seeding is the fresh fit's, so start from its seeds.
+        """The refit when only Lloyd changed: the kept seeding and the Lloyd updates kept with it are
+        the fresh fit's, so go on from the centres the last of them snapped.
 
-        ``_ops`` keeps counting: the seeding costs carry every change since the full fit.
+        ``_ops`` keeps counting: the seeding costs and the kept sums carry every change since the full fit.
         """
-        self._lloyd(keys, X, self._arrays["centres"][0], max_abs)
+        a = self._arrays
+        kept = len(a["sums"])
+        if kept:  # their sums were edited, not summed again: the largest |x| ever in them stays
+            max_abs = np.maximum(max_abs, a["max_abs"])
+        self._lloyd(keys, X, a["centres"][: kept + 1], max_abs, kept=(a["sums"], a["counts"], a["peak_counts"]))
         self.refits_ += 1
         self.lloyd_refits_ += 1
 
-    def _lloyd(self, keys: np.ndarray, X: np.ndarray, start: np.ndarray, max_abs: np.ndarray,
-               labels: np.ndarray | None = None) -> None:
-        """Quantized Lloyd from the seeds ``start`` until the snapped centres repeat or ``max_iter``.
+    def _lloyd(self, keys: np.ndarray, X: np.ndarray, starts: np.ndarray, max_abs: np.ndarray,
+               labels: np.ndarray | None = None, kept: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None) -> None:
+        """Quantized Lloyd from the last of ``starts`` until the snapped centres repeat or ``max_iter``.
 
-        ``keys``: the points' canonical keys. ``labels``: each point's nearest
-        seed, if already known (the seeding found them); later updates take
-        what they can from the last fit's labels (:class:`LloydLabels`).
+        ``keys``: the points' canonical keys. ``starts``: the seeds, then the
+        centres of the updates ``kept`` (their sums, counts and peak counts),
+        whose statistics stay. ``labels``: each point's nearest seed, if
+        already known (the seeding found them); other updates take what they
+        can from the last fit's labels (:class:`LloydLabels`).
         """
         n = len(X)
         weights = np.ones(n)
-        centres, sums, counts, all_labels, all_bounds = [start], [], [], [], []
+        centres, all_labels, all_bounds = list(starts), [], []
+        sums, counts, peak_counts = ([], [], []) if kept is None else (list(stats) for stats in kept)
         positions = self._lloyd_labels.positions(keys)
-        for update in range(self.max_iter):
+        for update in range(len(sums)):  # the kept updates' labels, for the next refit: the cache's
+            cached = self._lloyd_labels.labels(update, centres[update], X, positions)
+            if cached is None:
+                break
+            all_labels.append(cached[0])
+            all_bounds.append(cached[1])
+        if len(all_labels) < len(sums):  # the cache could not serve them: no cache after this fit
+            positions, all_labels = None, None
+        for update in range(len(sums), self.max_iter):
             if labels is not None:  # the seeding's: exact, with no margin to move by
                 bounds = LabelBounds.none(n, centres[-1])
             elif (cached := self._lloyd_labels.labels(update, centres[-1], X, positions)) is not None:
@@ -359,19 +386,24 @@ class QKMeans(UnlearningModel):
                 bounds = LabelBounds.fresh(margins, lowers, centres[-1])
             else:
                 s, c = cluster_sums(X, weights, labels, self.k)
-            all_labels.append(labels)
-            all_bounds.append(bounds)
+            if all_labels is not None:
+                all_labels.append(labels)
+                all_bounds.append(bounds)
             labels = None
             centre, _ = corrected_centroids(s, c, centres[-1], n, self.k, self.gamma)
             sums.append(s)
             counts.append(c)
+            peak_counts.append(c)
             centres.append(snap(centre, self.eps, self._theta)[0])
             if np.array_equal(centres[-1], centres[-2]):
                 break  # an exact fixpoint: every further update would repeat it
         self.n_iter_ = len(sums)
-        self._lloyd_labels.record(keys, centres[: len(sums)], all_labels, all_bounds)
+        if all_labels is None:
+            self._lloyd_labels.clear()
+        else:
+            self._lloyd_labels.record(keys, centres[: len(sums)], all_labels, all_bounds)
         self._arrays.update(centres=np.stack(centres), sums=np.stack(sums), counts=np.stack(counts),
-                            peak_counts=np.stack(counts), max_abs=max_abs)
+                            peak_counts=np.stack(peak_counts), max_abs=max_abs)
         self._n_model = n
         self._fitted, self._seeding_kept = True, False
 
