@@ -51,6 +51,9 @@ QUICK_N = 4000
 # QKMeans eps per dataset (z-score units), from sweeps trading the certificate pass rate against the loss
 # ratio, which must stay under the 1.05 target with room (bench/README.md); --eps overrides all of them.
 DEFAULT_EPS = {"gaussian": 0.1, "shuttle": 0.15, "letter": 0.3, "fashion": 0.5}
+# QKMeans Lloyd updates at most, per dataset (10 elsewhere): each update is one more snapped centroid a
+# deletion can move, so fewer updates certify more deletions and refit cheaper, at some loss (bench/README.md).
+DEFAULT_Q_ITER = {"letter": 6}
 QUICK_DELETIONS = 40
 
 
@@ -151,8 +154,9 @@ def run_dataset(name: str, args: argparse.Namespace) -> list[dict] | None:
 
     # -- the deletion-efficient models: every deletion paid -------------------------------
     eps = args.eps if args.eps is not None else DEFAULT_EPS.get(name, 0.2)
+    q_iter = args.q_iter if args.q_iter is not None else DEFAULT_Q_ITER.get(name, 10)
     configs: dict[str, tuple[type[UnlearningModel], dict]] = {
-        f"QKMeans eps={eps:g}": (QKMeans, {"eps": eps, "max_iter": args.q_iter}),
+        f"QKMeans eps={eps:g} T={q_iter}": (QKMeans, {"eps": eps, "max_iter": q_iter}),
         f"DCKMeans w={args.leaves}": (DCKMeans,
                                       {"n_leaves": args.leaves, "fanout": args.fanout, "node_k": args.node_k}),
     }
@@ -246,7 +250,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help=f"smoke run: n<={QUICK_N}, {QUICK_DELETIONS} deletions")
     parser.add_argument("--eps", type=float, default=None,
                         help=f"QKMeans eps for every dataset, z-score units (default per dataset: {DEFAULT_EPS})")
-    parser.add_argument("--q-iter", type=int, default=10, help="QKMeans Lloyd iterations (default %(default)s)")
+    parser.add_argument("--q-iter", type=int, default=None,
+                        help=f"QKMeans Lloyd iterations at most, every dataset (default per dataset: {DEFAULT_Q_ITER}, else 10)")
     defaults = DCKMeans().get_params()
     parser.add_argument("--leaves", type=int, default=defaults["n_leaves"], help="DCKMeans leaves (default %(default)s)")
     parser.add_argument("--fanout", type=int, default=None, help="DCKMeans fanout (default: by k and leaves, see DCKMeans)")
@@ -295,7 +300,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"Amortized runtime per operation = (train + {args.deletions if not args.quick else 'm'} deletions, each "
           "flushed) / (1 + deletions). Retraining rows are extrapolated from the timed refits named in the method "
           "column. sklearn: KMeans(n_init=1, init='k-means++', "
-          f"max_iter={args.max_iter}, tol=0). QKMeans eps (method column) in z-score units, {args.q_iter} iterations, "
+          f"max_iter={args.max_iter}, tol=0). QKMeans eps (method column) in z-score units, T = Lloyd iterations at most, "
           "Q pass = share of certificates that passed (the rest refit); "
           f"DCKMeans n_leaves={args.leaves}, fanout {args.fanout or 'by k'}, node_k {args.node_k or 'k'}, max_iter 10. Loss ratio: mean squared distance on the "
           f"survivors / our KMeans refit on the survivors, each the mean over {args.loss_seeds} seeds (seed "
