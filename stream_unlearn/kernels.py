@@ -24,13 +24,16 @@ _OPTS = {"cache": True, "boundscheck": False, "nogil": True}
 _SLACK = 1e-9
 _SKIP_MAX_FEATURES = 100_000
 _MIN_SCALE = 1e-150  # below it the bounds' relative rounding analysis does not hold (subnormals)
-#: Nodes of _SIMD_MIN_ITEMS to _SIMD_MAX_ITEMS items compute distances over
-#: transposed items (SIMD); others one pair at a time (same bits). Below, the
-#: transposed copy costs more than SIMD saves; above, the copy (as big as the
-#: node's data) stops fitting in cache and the pair loop is faster
-#: (100k x 25 seeding: 50 -> 35 ms), and the fit needs no second copy of X.
+#: Nodes of at least _SIMD_MIN_ITEMS items and at most _SIMD_MAX_VALUES values
+#: (items x features: 8 MiB of float64) compute distances over transposed
+#: items (SIMD); others one pair at a time (same bits). Below, the transposed
+#: copy costs more than SIMD saves; above, the copy (as big as the node's
+#: data) stops fitting in cache and the pair loop, which reads each item once
+#: for all of a step's candidates, is faster (seeding, SIMD / pair: 20k x 16
+#: 0.6, 49k x 9 0.64-0.88, 40k x 25 0.83-0.94, 60k x 25 1.05, 100k x 25 1.33,
+#: 3000 x 784 1.25), and the fit needs no second copy of a big X.
 _SIMD_MIN_ITEMS = 16
-_SIMD_MAX_ITEMS = 16_384
+_SIMD_MAX_VALUES = 1 << 20
 
 
 @njit(inline="always", **_OPTS)
@@ -125,7 +128,7 @@ def distances_to_row(XT, y, a0, a1, a2, a3, out):
 @njit(inline="always", **_OPTS)
 def _transposed_for_simd(X):
     """X.T as a C-contiguous (d, m) copy if the node's size takes the SIMD loops, else (d, 0)."""
-    if _SIMD_MIN_ITEMS <= X.shape[0] <= _SIMD_MAX_ITEMS:
+    if _SIMD_MIN_ITEMS <= X.shape[0] and X.shape[0] * X.shape[1] <= _SIMD_MAX_VALUES:
         return np.ascontiguousarray(X.T)
     return np.empty((X.shape[1], 0))
 
