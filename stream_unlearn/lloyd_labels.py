@@ -112,6 +112,10 @@ class LloydLabels:
         out = np.empty(len(keys), dtype=np.int64)
         return out if kernels.match_sorted_keys(self._keys, keys, changed, out) else None
 
+    def start(self, update: int) -> np.ndarray | None:
+        """The centres ``update`` of the last fit started from, if recorded."""
+        return self._starts[update] if update < len(self._starts) else None
+
     def labels(self, update: int, start: np.ndarray, X: np.ndarray,
                positions: np.ndarray | None) -> tuple[np.ndarray, LabelBounds] | None:
         """Every point's nearest centre in ``start`` at ``update`` and its bounds, from the cache where it
@@ -119,21 +123,28 @@ class LloydLabels:
         start = np.ascontiguousarray(start, dtype=np.float64)
         if positions is None or update >= len(self._starts) or start.shape != self._starts[update].shape:
             return None
-        old = self._bounds[update]
-        G = len(old.anchors)
+        return self.derive(start, X, self._labels[update], self._bounds[update], positions,
+                           start.tobytes() == self._starts[update].tobytes())
+
+    def derive(self, start: np.ndarray, X: np.ndarray, labels: np.ndarray, bounds: LabelBounds,
+               positions: np.ndarray, same: bool = False) -> tuple[np.ndarray, LabelBounds]:
+        """Every point's nearest centre in ``start`` and its bounds, from ``labels`` with their ``bounds``
+        (of the points at ``positions``, -1: compute) where they provably hold; ``same``: ``start`` is
+        the centres they were all computed under. Counts go to ``last_computed`` and ``last_settled``."""
+        start = np.ascontiguousarray(start, dtype=np.float64)
+        G = len(bounds.anchors)
         k = len(start)
         moves = np.empty((G, k))
         moved_centres, n_moved = np.empty((G, k), dtype=np.int64), np.empty(G, dtype=np.int64)
-        kernels.anchor_moves(start, old.anchors, moves, moved_centres, n_moved)
+        kernels.anchor_moves(start, bounds.anchors, moves, moved_centres, n_moved)
         if G >= _MAX_ANCHORS:  # the anchors holding fewest labels retire (settled or computed again): room for this start
-            moves[np.argsort(np.bincount(old.anchor, minlength=G), kind="stable")[: G + 1 - _MAX_ANCHORS]] = np.inf
-        labels, anchor = np.empty(len(X), dtype=np.int64), np.empty(len(X), dtype=np.int16)
+            moves[np.argsort(np.bincount(bounds.anchor, minlength=G), kind="stable")[: G + 1 - _MAX_ANCHORS]] = np.inf
+        new_labels, anchor = np.empty(len(X), dtype=np.int64), np.empty(len(X), dtype=np.int16)
         margins, lowers, counts = np.empty(len(X)), np.empty(len(X)), np.empty(G + 1, dtype=np.int64)
         self.last_computed, self.last_settled = kernels.labels_from(
-            X, start, start.tobytes() == self._starts[update].tobytes(), self._labels[update], old.margins,
-            old.lowers, old.anchor, positions, moves, moved_centres, n_moved, G, labels, margins, lowers,
-            anchor, counts)
+            X, start, same, labels, bounds.margins, bounds.lowers, bounds.anchor, positions, moves, moved_centres,
+            n_moved, G, new_labels, margins, lowers, anchor, counts)
         used = counts > 0  # keep the anchors still in use, renumbered
         if not used[:G].all():  # else the old numbers stand, and this start's is G if it is used
             kernels.renumber(anchor, (np.cumsum(used) - 1).astype(np.int16))
-        return labels, LabelBounds(margins, lowers, anchor, np.concatenate([old.anchors, start[None]])[used])
+        return new_labels, LabelBounds(margins, lowers, anchor, np.concatenate([bounds.anchors, start[None]])[used])

@@ -361,11 +361,13 @@ class QKMeans(UnlearningModel):
         centres of the updates ``kept`` (their sums, counts and peak counts),
         whose statistics stay. ``labels``: each point's nearest seed, if
         already known (the seeding found them); other updates take what they
-        can from the last fit's labels (:class:`LloydLabels`).
+        can from the last fit's labels or this fit's previous update
+        (:meth:`_labels_for`).
         """
         n = len(X)
         weights = np.ones(n)
         centres, all_labels, all_bounds = list(starts), [], []
+        previous = None  # this fit's last update: its labels, their bounds, and its start
         sums, counts, peak_counts = ([], [], []) if kept is None else (list(stats) for stats in kept)
         positions = self._lloyd_labels.positions(keys)
         for update in range(len(sums)):  # the kept updates' labels, for the next refit: the cache's
@@ -377,10 +379,11 @@ class QKMeans(UnlearningModel):
         if len(all_labels) < len(sums):  # the cache could not serve them: no cache after this fit
             positions, all_labels = None, None
         for update in range(len(sums), self.max_iter):
-            if labels is not None:  # the seeding's: exact, with no margin to move by
+            seeded = labels is not None
+            if seeded:  # the seeding's: exact, with no margin to move by
                 bounds = LabelBounds.none(n, centres[-1])
-            elif (cached := self._lloyd_labels.labels(update, centres[-1], X, positions)) is not None:
-                labels, bounds = cached
+            elif (derived := self._labels_for(update, centres[-1], X, positions, previous)) is not None:
+                labels, bounds = derived
             if labels is None:
                 s, c, labels, margins, lowers = assign_cluster_sums(X, centres[-1])
                 bounds = LabelBounds.fresh(margins, lowers, centres[-1])
@@ -389,6 +392,7 @@ class QKMeans(UnlearningModel):
             if all_labels is not None:
                 all_labels.append(labels)
                 all_bounds.append(bounds)
+            previous = None if seeded else (labels, bounds, centres[-1])
             labels = None
             centre, _ = corrected_centroids(s, c, centres[-1], n, self.k, self.gamma)
             sums.append(s)
@@ -406,6 +410,21 @@ class QKMeans(UnlearningModel):
                             peak_counts=np.stack(peak_counts), max_abs=max_abs)
         self._n_model = n
         self._fitted, self._seeding_kept = True, False
+
+    def _labels_for(self, update: int, start: np.ndarray, X: np.ndarray, positions: np.ndarray | None,
+                    previous: tuple[np.ndarray, LabelBounds, np.ndarray] | None) -> tuple[np.ndarray, LabelBounds] | None:
+        """The labels of ``update``, starting from ``start``, and their bounds, derived from the last fit's
+        labels of that update or from this fit's ``previous`` update, whichever started from centres
+        nearer ``start`` (fewer moved: fewer labels to settle); None if neither is there.
+
+        After a new seeding the last fit's starts differ in most centres, and
+        so does every start in a fit with no cache, while from one update to
+        the next of a fit many snapped centres stay put or move a cell.
+        """
+        cached = self._lloyd_labels.start(update) if positions is not None else None
+        if previous is not None and _centres_moved(start, previous[2]) < _centres_moved(start, cached):
+            return self._lloyd_labels.derive(start, X, previous[0], previous[1], np.arange(len(X)))
+        return self._lloyd_labels.labels(update, start, X, positions)
 
     # -- persistence ----------------------------------------------------------------------
     def _cache_state(self) -> dict[str, Any]:
@@ -465,6 +484,13 @@ class QKMeans(UnlearningModel):
         self._theta = phase(self.seed, d)
         self.n_iter_ = T
         self._fitted = True
+
+
+def _centres_moved(start: np.ndarray, other: np.ndarray | None) -> int:
+    """How many centres (rows) differ between ``start`` and ``other`` (all and one more if there is none)."""
+    if other is None or other.shape != start.shape:
+        return len(start) + 1
+    return int((start != other).any(axis=1).sum())
 
 
 def _largest_finite(potentials: np.ndarray) -> np.ndarray:

@@ -205,3 +205,48 @@ def test_refits_whose_labels_the_moved_centres_settle_equal_fresh_fits(monkeypat
             fresh.flush()
             assert np.array_equal(model._arrays["centres"], fresh._arrays["centres"])
     assert sum(settled) > 0, "no label was settled by the moved centres alone"
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.integers(20, 300), st.integers(1, 6), st.integers(2, 9), st.sampled_from([0.05, 0.3, 1.0]),
+       st.booleans(), st.integers(0, 2**31))
+def test_a_fits_updates_taking_labels_from_the_previous_one_give_the_bits_of_assigning_all(n, d, k, eps, coarse,
+                                                                                           seed):
+    """With no cache (a first fit), each update after the second derives its labels from the update
+    before it in the same fit: every update's snapped centres, sums and counts must be those of a
+    fit that assigns every point from scratch, ties included (coarse: points on a grid)."""
+    rng = np.random.default_rng(seed)
+    X = rng.normal(size=(n, d)) * 3 + rng.integers(0, 4, size=(n, 1)) * 4
+    if coarse:
+        X = np.round(X)
+    ids = [f"p{i}" for i in range(n)]
+
+    def fit(assign_all: bool) -> QKMeans:
+        model = QKMeans(k=k, seed=seed % 1000, eps=eps, max_iter=8)
+        if assign_all:
+            model._labels_for = lambda *args: None
+        model.insert(ids, X)
+        model.flush()
+        return model
+
+    mine, reference = fit(False)._arrays, fit(True)._arrays
+    for name in ("centres", "sums", "counts"):
+        assert np.array_equal(mine[name], reference[name]), name
+
+
+def test_first_fits_take_labels_from_their_previous_update():
+    """The property above is not vacuous: on data that needs several updates, the previous-update path runs."""
+    rng = np.random.default_rng(3)
+    X = rng.normal(size=(3000, 4)) * 3 + rng.integers(0, 6, size=(3000, 1)) * 3
+    model = QKMeans(k=8, seed=2, eps=0.05, max_iter=8)
+    calls = []
+    derive = model._lloyd_labels.derive
+
+    def counting(start, X, labels, bounds, positions, same=False):
+        calls.append(bool((positions == np.arange(len(X))).all()))
+        return derive(start, X, labels, bounds, positions, same)
+
+    model._lloyd_labels.derive = counting
+    model.insert([f"p{i}" for i in range(len(X))], X)
+    model.flush()
+    assert model.n_iter_ >= 4 and sum(calls) >= model.n_iter_ - 2
