@@ -899,7 +899,7 @@ def segment_order(keys, offsets, order):
 
 
 @njit(**_OPTS)
-def q_seeding_certificate(x, logu, sign, cand, chosen, potentials, last_scores, scale, new_potentials,
+def q_seeding_certificate(x, logu, sign, leaving, cand, chosen, potentials, last_scores, scale, new_potentials,
                           scores, entry_rank, entry_score, peaks, new_peaks):
     """True if adding (+1) or removing (-1) point ``x`` provably leaves the greedy race seeding unchanged.
 
@@ -927,6 +927,10 @@ def q_seeding_certificate(x, logu, sign, cand, chosen, potentials, last_scores, 
     its key, and the winner is judged among the runners that stay; the
     caller must still show the newcomer loses (:func:`q_entry_cost`).
     Steps it does not enter get rank -1.
+
+    A deleted point that was a runner leaves its race: ``leaving[j]``, its
+    slot in step j (else -1), is judged out of it like a pushed-out runner;
+    the caller must still show its successor loses (:func:`q_race_entrant`).
     """
     k, L, d = cand.shape
     u = 2.0**-53
@@ -936,7 +940,7 @@ def q_seeding_certificate(x, logu, sign, cand, chosen, potentials, last_scores, 
     pots = np.empty(L)  # each runner's cost with the change (inf: none, or it overflowed)
     prev = np.inf  # D^2 of x before step j: its distance to the nearest seed chosen so far
     for j in range(k):
-        dropped = -1
+        dropped = leaving[j]
         if sign > 0:
             if prev == 0.0:
                 score = -np.inf  # log(u) < 0 over zero mass
@@ -983,6 +987,42 @@ def q_seeding_certificate(x, logu, sign, cand, chosen, potentials, last_scores, 
         new_peaks[j] = top
         prev = min(prev, sqd(x2, 0, cand[j], chosen[j]))
     return True
+
+
+@njit(**_OPTS)
+def q_race_entrant(V, slots, logu, seeds, last_score):
+    """Who takes a leaving runner's place in a seeding race: the point with the highest race key below
+    the runners' (``last_score``, the L-th best), as the fit would rank it.
+
+    Over the points ``V[s]``, s in ``slots`` (``logu[t]``: the race
+    log-uniform of ``slots[t]`` at this step; ``seeds`` (j, d): the steps
+    before), the key is ``log(u) / D^2`` with D^2 the squared distance to
+    the nearest seed (no seed: ``log(u)``), the fit's bits; points with no
+    mass do not run. Returns (its position t or -1 if none, its key, how many
+    points have keys at or above ``last_score``, whether another point ties
+    its key: then only the canonical order decides).
+    """
+    best = -np.inf
+    best_t = -1
+    above = 0
+    tie = False
+    for t in range(len(slots)):
+        s = slots[t]
+        mass = 1.0
+        if seeds.shape[0] > 0:
+            mass = np.inf
+            for j in range(seeds.shape[0]):
+                mass = min(mass, sqd_below(V, s, seeds, j, mass))
+        if mass <= 0.0:
+            continue
+        score = logu[t] / mass
+        if score >= last_score:
+            above += 1
+        elif score > best:
+            best, best_t, tie = score, t, False
+        elif score == best:
+            tie = True
+    return best_t, best, above, tie
 
 
 @njit(**_OPTS)
@@ -1088,10 +1128,12 @@ def q_certify_inserts(X, logu, cand, chosen, last_scores, scores, theta, eps, ga
     new_sums = np.empty_like(sums)
     new_counts = np.empty_like(counts)
     new_max_abs = np.empty(d)
+    none_leaving = np.full(k, -1, np.int64)
     for i in range(X.shape[0]):
         x = X[i]
         scale = float(n_model + ops + 2)
-        if not q_seeding_certificate(x, logu[i], 1.0, cand, chosen, potentials, last_scores, scale, new_potentials,
+        if not q_seeding_certificate(x, logu[i], 1.0, none_leaving, cand, chosen, potentials, last_scores, scale,
+                                     new_potentials,
                                      scores, entry_rank, entry_score, peaks, new_peaks):
             return i
         for j in range(k):

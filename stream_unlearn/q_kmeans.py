@@ -25,7 +25,14 @@ from . import kernels
 from . import state as state_format
 from .base import UnlearningModel
 from .hashing import seed_key
-from .lloyd import assign_cluster_sums, cluster_sums, default_candidates, race_log_uniforms, race_seeds
+from .lloyd import (
+    assign_cluster_sums,
+    cluster_sums,
+    default_candidates,
+    race_log_uniforms,
+    race_log_uniforms_at,
+    race_seeds,
+)
 from .lloyd_labels import LabelBounds, LloydLabels
 from .quantize import corrected_centroids, phase, snap
 from .validation import MAX_ID_BYTES, check_int, check_real
@@ -83,6 +90,7 @@ class QKMeans(UnlearningModel):
         self.n_iter_ = 0
         self._race_salt = seed_key(self.seed, 2)
         self._no_logu = np.zeros(self.k)
+        self._none_leaving = np.full(self.k, -1, dtype=np.int64)
         self._lloyd_labels = LloydLabels()
 
     def get_params(self) -> dict[str, Any]:
@@ -197,41 +205,87 @@ class QKMeans(UnlearningModel):
             if not self._seeding_kept:
                 return
         self._apply_lloyd(x, sign, lloyd)
-        self._arrays["potentials"], self._arrays["peaks"], entries = seeding
+        self._arrays["potentials"], self._arrays["peaks"], reseats = seeding
         self._forgot_since_fit |= sign < 0
-        for entry in entries:
-            self._join_race(x, point_id, *entry)
+        for reseat in reseats:
+            self._reseat_runner(*reseat)
 
     def _seeding_after(self, x: np.ndarray, point_id: str, sign: int, logu: np.ndarray | None,
-                       call: tuple[Sequence[str], int]) -> tuple[np.ndarray, np.ndarray, list[tuple[int, int, float, float]]] | None:
-        """The seeding potentials and their peaks with the change applied, and the races a newcomer
-        joins (step, slot, race key, cost), if the seeding's winners provably stay; else None."""
+                       call: tuple[Sequence[str], int]) -> tuple[np.ndarray, np.ndarray, list[tuple]] | None:
+        """The seeding potentials and their peaks with the change applied, and the runners that change
+        seats (:meth:`_reseat_runner`'s arguments), if the seeding's winners provably stay; else None.
+
+        A newcomer may join races (pushing each one's last runner out); a
+        deleted runner leaves its races, its successor taking the last seat.
+        Either way the one who comes in must provably lose.
+        """
         a = self._arrays
-        if a["fallback"] or (sign < 0 and point_id in self._candidate_ids):
+        leaving = self._leaving_slots(point_id) if sign < 0 else self._none_leaving
+        if a["fallback"] or leaving is None:
             return None
         x = np.ascontiguousarray(x, dtype=np.float64)
         potentials = np.empty_like(a["potentials"])
         rank, key, peaks = np.empty(self.k, dtype=np.int64), np.empty(self.k), np.empty(self.k)
         scale = float(self._n_model + self._ops + 2)
         holds = kernels.q_seeding_certificate(
-            x, self._no_logu if logu is None else np.ascontiguousarray(logu), float(sign), a["candidate_vectors"],
-            a["chosen"], a["potentials"], a["last_scores"], scale, potentials, a["scores"], rank, key, a["peaks"],
-            peaks)
+            x, self._no_logu if logu is None else np.ascontiguousarray(logu), float(sign), leaving,
+            a["candidate_vectors"], a["chosen"], a["potentials"], a["last_scores"], scale, potentials, a["scores"],
+            rank, key, a["peaks"], peaks)
         if not holds:
             return None
-        entries = []
-        for j in np.flatnonzero(rank >= 0).tolist():
+        last = potentials.shape[1] - 1
+        reseats = []
+        for j in np.flatnonzero(rank >= 0).tolist():  # x comes in at its rank; the last runner goes
             cost = self._entry_cost(x, j, call)
-            winner = int(a["chosen"][j])
-            kept = {s: float(p) for s, p in enumerate(potentials[j, :-1].tolist()) if np.isfinite(p)}  # the last drops out
-            best = kept[winner]
-            others = [p for s, p in kept.items() if s != winner] + [cost]
-            top = max(abs(p) for p in [*kept.values(), cost, float(a["peaks"][j])])
-            if not min(others) - best > 4.0 * scale * _U * top:
-                return None  # the newcomer would win, or come within rounding of it
-            entries.append((j, int(rank[j]), float(key[j]), cost))
+            if (top := self._loses(potentials[j], last, cost, scale, j)) is None:
+                return None
+            reseats.append((j, last, int(rank[j]), point_id, x, float(key[j]), cost))
             peaks[j] = top
-        return potentials, peaks, entries
+        for j in np.flatnonzero(leaving >= 0).tolist():  # x goes; the best of the rest comes in last
+            successor = self._race_successor(j)
+            if successor is None or (top := self._loses(potentials[j], int(leaving[j]), successor[3], scale, j)) is None:
+                return None
+            reseats.append((j, int(leaving[j]), last, *successor))
+            peaks[j] = top
+        return potentials, peaks, reseats
+
+    def _loses(self, potentials: np.ndarray, out: int, cost: float, scale: float, step: int) -> float | None:
+        """If a runner of ``cost`` replacing runner ``out`` of ``step`` (``potentials``: the step's costs)
+        provably loses to the winner, with room for rounding: the step's new cost peak; else None."""
+        winner = int(self._arrays["chosen"][step])
+        kept = {s: float(p) for s, p in enumerate(potentials.tolist()) if s != out and np.isfinite(p)}
+        others = [p for s, p in kept.items() if s != winner] + [cost]
+        top = max(abs(p) for p in [*kept.values(), cost, float(self._arrays["peaks"][step])])
+        return top if min(others) - kept[winner] > 4.0 * scale * _U * top else None
+
+    def _leaving_slots(self, point_id: str) -> np.ndarray | None:
+        """Per seeding step, the slot of deleted ``point_id`` among its runners (-1: not one); None if it
+        won a step, or ran in a race with no spare runner (then the seeding changes)."""
+        if point_id not in self._candidate_ids:
+            return self._none_leaving
+        a = self._arrays
+        leaving = self._none_leaving.copy()
+        for j, runners in enumerate(self._candidate_slots):
+            if point_id in runners:
+                slot = runners.index(point_id)
+                if slot == a["chosen"][j] or a["last_scores"][j] == -np.inf:
+                    return None
+                leaving[j] = slot
+        return leaving
+
+    def _race_successor(self, step: int) -> tuple[str, np.ndarray, float, float] | None:
+        """The held point that takes a leaving runner's seat in ``step``'s race (id, vector, race key,
+        cost), as a fresh fit would rank it: one pass over the points; None if none or a tie."""
+        a = self._arrays
+        V, slots = self._store.held_rows()
+        logu = race_log_uniforms_at(self._store.keys_at(slots), self.k, self._race_salt, step)
+        seeds = np.ascontiguousarray(a["candidate_vectors"][np.arange(step), a["chosen"][:step]])
+        t, key, above, tie = kernels.q_race_entrant(V, slots, logu, seeds, float(a["last_scores"][step]))
+        if t < 0 or tie or above != a["potentials"].shape[1] - 1:
+            return None  # no point to take the seat, or the canonical order would decide between two
+        x = V[slots[t]].copy()
+        cost = float(kernels.q_entry_cost(V, slots, np.zeros(len(V), dtype=np.bool_), x, seeds))
+        return str(self._store.ids_at(slots[t : t + 1])[0]), x, float(key), cost
 
     def _set_candidates(self, runners: list[list[str | None]]) -> None:
         self._candidate_slots = runners
@@ -247,21 +301,23 @@ class QKMeans(UnlearningModel):
         seeds = np.ascontiguousarray(a["candidate_vectors"][np.arange(step), a["chosen"][:step]])
         return float(kernels.q_entry_cost(V, slots, skip, x, seeds))
 
-    def _join_race(self, x: np.ndarray, point_id: str, step: int, slot: int, key: float, cost: float) -> None:
-        """A certified newcomer runs in ``step``'s race from ``slot`` on; the last runner drops out."""
+    def _reseat_runner(self, step: int, out: int, seat: int, runner_id: str, x: np.ndarray, key: float,
+                       cost: float) -> None:
+        """In ``step``'s race, runner ``out`` leaves and ``runner_id`` (vector, race key, cost) takes seat
+        ``seat`` of the runners that stay, the race order kept; neither is the winner. The rows are edited
+        in copies: a snapshot being written may still hold the arrays it captured."""
         a = self._arrays
         for name, value in (("candidate_vectors", x), ("potentials", cost), ("scores", key)):
             row = a[name] = a[name].copy()
-            row[step, slot + 1 :] = row[step, slot:-1].copy()
-            row[step, slot] = value
+            row[step] = np.insert(np.delete(row[step], out, axis=0), seat, value, axis=0)
         chosen = a["chosen"] = a["chosen"].copy()
-        if slot <= chosen[step]:
-            chosen[step] += 1
+        winner = int(chosen[step]) - (out < chosen[step])
+        chosen[step] = winner + (seat <= winner)
         last_scores = a["last_scores"] = a["last_scores"].copy()
         last_scores[step] = a["scores"][step, -1]
         runners = self._candidate_slots[step]
-        runners.insert(slot, point_id)
-        runners.pop()
+        runners.pop(out)
+        runners.insert(seat, runner_id)
         self._set_candidates(self._candidate_slots)
 
     def _lloyd_after(self, x: np.ndarray, sign: int) -> tuple[int, np.ndarray, np.ndarray]:
@@ -441,7 +497,7 @@ class QKMeans(UnlearningModel):
             return {"fitted": False, "stats": stats}
         return {
             "fitted": True, "costs_tracked": True, "n_model": self._n_model, "ops": self._ops,
-            "candidate_slots": [list(row) for row in self._candidate_slots],  # a copy: _join_race edits rows
+            "candidate_slots": [list(row) for row in self._candidate_slots],  # a copy: _reseat_runner edits rows
             "fallback": bool(self._arrays["fallback"]),
             "arrays": {name: state_format.pack_array(self._arrays[name]) for name in _ARRAYS},
             "stats": stats,

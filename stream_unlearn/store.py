@@ -277,6 +277,10 @@ class PointStore:
         """
         return self._canonical.read(self._live_slots, self._keys.__getitem__, self._ids.__getitem__)
 
+    def keys_at(self, slots: np.ndarray) -> np.ndarray:
+        """The 64-bit keys of the points at ``slots`` (rows of :meth:`held_rows`)."""
+        return self._keys[slots]
+
     def ids_at(self, slots: np.ndarray) -> np.ndarray:
         """The ids held at ``slots`` (an object array of str, shaped like ``slots``)."""
         return self._ids[slots]

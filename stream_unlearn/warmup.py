@@ -43,4 +43,5 @@ def warm_up(algorithm: str, k: int, **params: Any) -> float:
         # A newcomer's entry cost into a seeding race: reached only when an insert makes the race's
         # top few, which no event above is sure to do (uncompiled, the first one took 1.3 s of a batch).
         model._entry_cost(X[0] + 0.25, 1, ([], 0))
+        model._race_successor(1)  # likewise, the successor of a deleted runner
     return time.perf_counter() - started

@@ -19,6 +19,7 @@ CAND = np.array([[[0.0], [10.0]], [[5.0], [20.0]]])
 CHOSEN = np.array([0, 0])
 POTENTIALS = np.array([[100.0, 200.0], [50.0, 80.0]])
 LAST = np.array([-1.0, -1.0])  # race keys of the last runner of each step
+NONE_LEAVING = np.array([-1, -1])  # no runner leaves a race
 
 
 def holds(x: float, sign: int, logu=(-2.0, -2.0), potentials=POTENTIALS, scores=None, chosen=CHOSEN,
@@ -26,10 +27,10 @@ def holds(x: float, sign: int, logu=(-2.0, -2.0), potentials=POTENTIALS, scores=
     """The certificate's verdict; without ``scores`` (the runners' race keys) a newcomer never joins a race."""
     rank, key = np.empty(2, dtype=np.int64), np.empty(2)
     scores = np.empty((2, 0)) if scores is None else np.asarray(scores, dtype=np.float64)
-    return bool(kernels.q_seeding_certificate(np.array([x]), np.array(logu), float(sign), CAND, np.asarray(chosen),
-                                              np.asarray(potentials, dtype=np.float64), np.asarray(last, dtype=float),
-                                              10.0, np.empty((2, 2)), scores, rank, key, np.asarray(peaks, dtype=float),
-                                              np.empty(2)))
+    return bool(kernels.q_seeding_certificate(np.array([x]), np.array(logu), float(sign), NONE_LEAVING, CAND,
+                                              np.asarray(chosen), np.asarray(potentials, dtype=np.float64),
+                                              np.asarray(last, dtype=float), 10.0, np.empty((2, 2)), scores, rank, key,
+                                              np.asarray(peaks, dtype=float), np.empty(2)))
 
 
 def test_a_far_from_the_race_point_is_certified():
@@ -117,8 +118,9 @@ SCORES = np.array([[-0.2, -1.0], [-0.3, -1.0]])  # the runners' race keys; the l
 def test_a_newcomer_may_join_a_race_only_where_the_outcome_is_provable():
     # step 0: key -0.5 ranks second, pushing the last runner (who lost) out: certified, pending its own cost
     rank, key = np.empty(2, dtype=np.int64), np.empty(2)
-    assert kernels.q_seeding_certificate(np.array([1.0]), np.array([-0.5, -2.0]), 1.0, CAND, CHOSEN, POTENTIALS,
-                                         LAST, 10.0, np.empty((2, 2)), SCORES, rank, key, np.zeros(2), np.empty(2))
+    assert kernels.q_seeding_certificate(np.array([1.0]), np.array([-0.5, -2.0]), 1.0, NONE_LEAVING, CAND, CHOSEN,
+                                         POTENTIALS, LAST, 10.0, np.empty((2, 2)), SCORES, rank, key, np.zeros(2),
+                                         np.empty(2))
     assert rank.tolist() == [1, -1] and key[0] == -0.5
     assert holds(1.0, +1, logu=(-0.5, -2.0), scores=SCORES)
     assert not holds(1.0, +1, logu=(-0.2, -2.0), scores=SCORES)  # ties a runner's key: the point order decides
@@ -129,12 +131,13 @@ def test_a_newcomer_may_join_a_race_only_where_the_outcome_is_provable():
 
 
 def test_after_every_certified_change_or_partial_refit_the_model_is_a_fresh_fits():
-    """Newcomers that join races (and lose) are certified: every runner, key, winner and cost then
-    equals a fresh fit's, batch inserts included (points later in a call are not yet in the model).
+    """Newcomers that join races (and lose), and deleted runners that leave them (their successors
+    losing), are certified: every runner, key, winner and cost then equals a fresh fit's, batch inserts
+    included (points later in a call are not yet in the model).
     When only Lloyd's certificate fails, at some update, the refit goes on from the seeding and the
     updates before that one, kept: its centres and counts are then a fresh fit's bit for bit, and so
     are the sums of every update it ran (the kept ones' were edited, within rounding)."""
-    joined = certified = partial = resumed = 0
+    joined = left = certified = partial = resumed = 0
     for seed in range(60):
         rng = np.random.default_rng(seed)
         k, d, n0 = int(rng.integers(2, 5)), int(rng.integers(1, 4)), int(rng.integers(8, 40))
@@ -149,7 +152,8 @@ def test_after_every_certified_change_or_partial_refit_the_model_is_a_fresh_fits
         while i < len(X):
             passed, refits = model.certificates_passed_, model.refits_
             runners = [list(r) for r in model._candidate_slots]
-            if rng.random() < 0.2:
+            deleting = rng.random() < 0.2
+            if deleting:
                 model.delete([next(j for j in ids[:i] if j in model)])
             else:
                 b = int(rng.integers(1, 6))
@@ -170,9 +174,43 @@ def test_after_every_certified_change_or_partial_refit_the_model_is_a_fresh_fits
                 resumed += kept > 0
             if model.certificates_passed_ > passed:
                 certified += 1
-                joined += model._candidate_slots != runners
+                joined += not deleting and model._candidate_slots != runners
+                left += deleting and model._candidate_slots != runners
         partial += model.lloyd_refits_
-    assert certified > 300 and joined > 20 and partial > 100 and resumed > 15
+    assert certified > 300 and joined > 20 and left > 5 and partial > 100 and resumed > 15
+
+
+def test_a_deleted_runner_leaves_its_races_to_the_successor_a_fresh_fit_would_seat():
+    """Deleting a seeding runner that did not win: the point with the next race key takes the last seat
+    (found in one pass, exact keys), and when it provably loses the deletion is certified. Every
+    runner, key, winner and cost then equals a fresh fit's on the survivors."""
+    left = 0
+    for seed in range(24):
+        rng = np.random.default_rng(seed)
+        k, d, n = int(rng.integers(2, 6)), int(rng.integers(1, 4)), int(rng.integers(40, 160))
+        X = rng.normal(size=(n, d)) * 3 + rng.integers(0, 4, size=(n, 1)) * 6
+        if seed % 3 == 0:
+            X = np.round(X)  # ties of distances, so of race keys too
+        ids = [f"p{i}" for i in range(n)]
+        model = QKMeans(k=k, seed=seed, eps=[0.05, 0.5, 2.0][seed % 3], max_iter=6)
+        model.insert(ids, X)
+        model.flush()
+        for _ in range(8):
+            chosen = model._arrays["chosen"]
+            losers = sorted({r for j, row in enumerate(model._candidate_slots) for s, r in enumerate(row)
+                             if r is not None and s != chosen[j]})
+            refits = model.refits_
+            model.delete([losers[int(rng.integers(len(losers)))]])
+            model.flush()
+            fresh = model.refit()
+            mine, theirs = model._arrays, fresh._arrays
+            assert np.array_equal(model.centroids_, fresh.centroids_)
+            for name in ("centres", "counts", "candidate_vectors", "chosen", "scores", "last_scores"):
+                assert np.array_equal(mine[name], theirs[name]), name
+            assert np.allclose(mine["potentials"], theirs["potentials"], rtol=1e-12, atol=0)
+            assert model._candidate_slots == fresh._candidate_slots
+            left += model.refits_ == refits
+    assert left > 40
 
 
 def test_a_state_whose_seeding_runners_do_not_match_k_is_refused():
