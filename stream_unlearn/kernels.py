@@ -1115,9 +1115,8 @@ def q_certify_inserts(X, logu, cand, chosen, last_scores, scores, theta, eps, ga
     Lloyd updates kept (none, or a prefix, once Lloyd's cache failed in this
     call); then the certified statistics are kept: ``potentials``, ``peaks``,
     ``sums``, ``counts``, ``peak_counts`` and ``max_abs``, updated in place
-    (pass copies). It stops at
-    the first point whose certificate fails or that would join a seeding
-    race: the caller takes that one the slow way. A certificate costs ~5 us
+    (pass copies). It stops at the first point whose certificate fails or
+    that would join a seeding race: the caller takes that one the slow way. A certificate costs ~5 us
     here against ~30 us of Python per point.
     """
     k, _, d = cand.shape
@@ -1133,8 +1132,7 @@ def q_certify_inserts(X, logu, cand, chosen, last_scores, scores, theta, eps, ga
         x = X[i]
         scale = float(n_model + ops + 2)
         if not q_seeding_certificate(x, logu[i], 1.0, none_leaving, cand, chosen, potentials, last_scores, scale,
-                                     new_potentials,
-                                     scores, entry_rank, entry_score, peaks, new_peaks):
+                                     new_potentials, scores, entry_rank, entry_score, peaks, new_peaks):
             return i
         for j in range(k):
             if entry_rank[j] >= 0:

@@ -84,7 +84,8 @@ def race_log_uniforms(keys: np.ndarray, k: int, salt: np.uint64) -> np.ndarray:
 
 def race_log_uniforms_at(keys: np.ndarray, k: int, salt: np.uint64, step: int) -> np.ndarray:
     """Row ``step`` of :func:`race_log_uniforms` alone: the same bits, for one step's race."""
-    return np.log(uniforms_per_mixed_salt(np.asarray(keys).reshape(-1), _race_steps(np.uint64(salt), k)[step : step + 1]))[0]
+    steps = _race_steps(np.uint64(salt), k)[step : step + 1]
+    return np.log(uniforms_per_mixed_salt(np.asarray(keys).reshape(-1), steps))[0]
 
 
 @lru_cache(maxsize=256)

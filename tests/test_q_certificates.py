@@ -130,6 +130,19 @@ def test_a_newcomer_may_join_a_race_only_where_the_outcome_is_provable():
     assert not holds(1.0, +1, logu=(-0.5, -2.0), scores=[[-0.2, -np.inf], [-0.3, -1.0]], last=[-np.inf, -1.0])
 
 
+def assert_as_fresh(model: QKMeans) -> QKMeans:
+    """The model's centroids, Lloyd centres and counts, and every seeding runner, key, winner and cost
+    (within rounding) equal a fresh fit's on its points; returns that fit."""
+    fresh = model.refit()
+    mine, theirs = model._arrays, fresh._arrays
+    assert np.array_equal(model.centroids_, fresh.centroids_)
+    for name in ("centres", "counts", "candidate_vectors", "chosen", "scores", "last_scores"):
+        assert np.array_equal(mine[name], theirs[name]), name
+    assert np.allclose(mine["potentials"], theirs["potentials"], rtol=1e-12, atol=0)
+    assert model._candidate_slots == fresh._candidate_slots
+    return fresh
+
+
 def test_after_every_certified_change_or_partial_refit_the_model_is_a_fresh_fits():
     """Newcomers that join races (and lose), and deleted runners that leave them (their successors
     losing), are certified: every runner, key, winner and cost then equals a fresh fit's, batch inserts
@@ -161,13 +174,7 @@ def test_after_every_certified_change_or_partial_refit_the_model_is_a_fresh_fits
                 i += b
             kept = len(model._arrays["sums"]) if model._seeding_kept else 0
             model.flush()
-            fresh = model.refit()
-            mine, theirs = model._arrays, fresh._arrays
-            assert np.array_equal(model.centroids_, fresh.centroids_)
-            for name in ("centres", "counts", "candidate_vectors", "chosen", "scores", "last_scores"):
-                assert np.array_equal(mine[name], theirs[name]), name
-            assert np.allclose(mine["potentials"], theirs["potentials"], rtol=1e-12, atol=0)
-            assert model._candidate_slots == fresh._candidate_slots
+            mine, theirs = model._arrays, assert_as_fresh(model)._arrays
             if model.refits_ > refits:  # refit, in full or from the kept updates: the fresh sums' bits
                 assert np.array_equal(mine["sums"][kept:], theirs["sums"][kept:])
                 assert np.allclose(mine["sums"][:kept], theirs["sums"][:kept], rtol=1e-12, atol=1e-9)
@@ -202,13 +209,7 @@ def test_a_deleted_runner_leaves_its_races_to_the_successor_a_fresh_fit_would_se
             refits = model.refits_
             model.delete([losers[int(rng.integers(len(losers)))]])
             model.flush()
-            fresh = model.refit()
-            mine, theirs = model._arrays, fresh._arrays
-            assert np.array_equal(model.centroids_, fresh.centroids_)
-            for name in ("centres", "counts", "candidate_vectors", "chosen", "scores", "last_scores"):
-                assert np.array_equal(mine[name], theirs[name]), name
-            assert np.allclose(mine["potentials"], theirs["potentials"], rtol=1e-12, atol=0)
-            assert model._candidate_slots == fresh._candidate_slots
+            assert_as_fresh(model)
             left += model.refits_ == refits
     assert left > 40
 
