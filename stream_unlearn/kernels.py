@@ -1116,8 +1116,8 @@ def q_certify_inserts(X, logu, cand, chosen, last_scores, scores, theta, eps, ga
     call); then the certified statistics are kept: ``potentials``, ``peaks``,
     ``sums``, ``counts``, ``peak_counts`` and ``max_abs``, updated in place
     (pass copies). It stops at the first point whose certificate fails or
-    that would join a seeding race: the caller takes that one the slow way. A certificate costs ~5 us
-    here against ~30 us of Python per point.
+    that would join a seeding race: the caller takes that one the slow way.
+    A certificate costs ~5 us here against ~30 us of Python per point.
     """
     k, _, d = cand.shape
     new_potentials = np.empty_like(potentials)

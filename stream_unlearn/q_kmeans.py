@@ -204,7 +204,7 @@ class QKMeans(UnlearningModel):
             self._seeding_kept = self._changes_left * _SEEDING_CERTS_VS_SEEDING <= self._n_model
             if not self._seeding_kept:
                 return
-        self._apply_lloyd(x, sign, lloyd)
+        self._apply_lloyd(sign, lloyd)
         self._arrays["potentials"], self._arrays["peaks"], reseats = seeding
         self._forgot_since_fit |= sign < 0
         for reseat in reseats:
@@ -279,13 +279,12 @@ class QKMeans(UnlearningModel):
         a = self._arrays
         V, slots = self._store.held_rows()
         logu = race_log_uniforms_at(self._store.keys_at(slots), self.k, self._race_salt, step)
-        seeds = np.ascontiguousarray(a["candidate_vectors"][np.arange(step), a["chosen"][:step]])
-        t, key, above, tie = kernels.q_race_entrant(V, slots, logu, seeds, float(a["last_scores"][step]))
+        t, key, above, tie = kernels.q_race_entrant(V, slots, logu, self._seeds_before(step),
+                                                    float(a["last_scores"][step]))
         if t < 0 or tie or above != a["potentials"].shape[1] - 1:
             return None  # no point to take the seat, or the canonical order would decide between two
         x = V[slots[t]].copy()
-        cost = float(kernels.q_entry_cost(V, slots, np.zeros(len(V), dtype=np.bool_), x, seeds))
-        return str(self._store.ids_at(slots[t : t + 1])[0]), x, float(key), cost
+        return str(self._store.ids_at(slots[t : t + 1])[0]), x, float(key), self._entry_cost(x, step, ((), 0))
 
     def _set_candidates(self, runners: list[list[str | None]]) -> None:
         self._candidate_slots = runners
@@ -297,9 +296,12 @@ class QKMeans(UnlearningModel):
         skip = np.zeros(len(V), dtype=np.bool_)
         ids, first = call
         skip[[self._store.slot(i) for i in ids[first:]]] = True
+        return float(kernels.q_entry_cost(V, slots, skip, x, self._seeds_before(step)))
+
+    def _seeds_before(self, step: int) -> np.ndarray:
+        """The seeds (step, d) the seeding chose before ``step``."""
         a = self._arrays
-        seeds = np.ascontiguousarray(a["candidate_vectors"][np.arange(step), a["chosen"][:step]])
-        return float(kernels.q_entry_cost(V, slots, skip, x, seeds))
+        return np.ascontiguousarray(a["candidate_vectors"][np.arange(step), a["chosen"][:step]])
 
     def _reseat_runner(self, step: int, out: int, seat: int, runner_id: str, x: np.ndarray, key: float,
                        cost: float) -> None:
@@ -320,29 +322,26 @@ class QKMeans(UnlearningModel):
         runners.insert(seat, runner_id)
         self._set_candidates(self._candidate_slots)
 
-    def _lloyd_after(self, x: np.ndarray, sign: int) -> tuple[int, np.ndarray, np.ndarray]:
+    def _lloyd_after(self, x: np.ndarray, sign: int) -> tuple[int, np.ndarray, np.ndarray, np.ndarray]:
         """How many of the kept Lloyd updates, from the first, provably keep their snapped centres with
-        the change applied (all: it is certified), and their sums and counts with the change."""
+        the change applied (all: it is certified), and their sums, counts and largest |x| with the change."""
         a = self._arrays
         sums, counts = np.empty_like(a["sums"]), np.empty_like(a["counts"])
+        max_abs = np.maximum(a["max_abs"], np.abs(x)) if sign > 0 else a["max_abs"]
         n = self._n_model + sign
         held = kernels.q_lloyd_certificate(
             np.ascontiguousarray(x, dtype=np.float64), float(sign), a["centres"], a["sums"], a["counts"],
-            a["peak_counts"], self._theta, self.eps, self.gamma, n, self._max_abs_with(x, sign),
+            a["peak_counts"], self._theta, self.eps, self.gamma, n, max_abs,
             max(n, self._n_model) + self._ops + 1, sums, counts)
-        return held, sums, counts
+        return held, sums, counts, max_abs
 
-    def _max_abs_with(self, x: np.ndarray, sign: int) -> np.ndarray:
-        max_abs = self._arrays["max_abs"]
-        return np.maximum(max_abs, np.abs(x)) if sign > 0 else max_abs
-
-    def _apply_lloyd(self, x: np.ndarray, sign: int, lloyd: tuple[int, np.ndarray, np.ndarray]) -> None:
+    def _apply_lloyd(self, sign: int, lloyd: tuple[int, np.ndarray, np.ndarray, np.ndarray]) -> None:
         """Take the change into the Lloyd statistics (:meth:`_lloyd_after`'s), dropping the updates from
         the first that failed on: the ones before keep edited sums, as after a certified change."""
         a = self._arrays
-        held, sums, counts = lloyd
+        held, sums, counts, max_abs = lloyd
         a["centres"] = a["centres"][: held + 1]
-        a["sums"], a["counts"], a["max_abs"] = sums[:held], counts[:held], self._max_abs_with(x, sign)
+        a["sums"], a["counts"], a["max_abs"] = sums[:held], counts[:held], max_abs
         a["peak_counts"] = np.maximum(a["peak_counts"][:held], a["counts"])
         self._n_model += sign
         self._ops += 1
