@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import itertools
 import os
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import lru_cache
@@ -151,7 +152,7 @@ def race_seeds(X: np.ndarray, w: np.ndarray, keys: np.ndarray, k: int, salt: np.
 
 def fit_ragged(
     X: np.ndarray, w: np.ndarray, logu: np.ndarray, offsets: np.ndarray, k: int, max_iter: int, n_candidates: int,
-    rows: np.ndarray | None = None,
+    rows: np.ndarray | None = None, parallel: bool = True,
 ) -> BatchResult:
     """Weighted k-means of each problem b on items ``offsets[b]:offsets[b+1]`` of X (N, d).
 
@@ -160,14 +161,16 @@ def fit_ragged(
     row ``X[rows[i]]`` instead (X a store's vectors: no gathered copy).
     """
     offsets = np.asarray(offsets, dtype=np.int64)
-    return fit_ranges(X, w, logu, offsets[:-1], offsets[1:], k, max_iter, n_candidates, rows)
+    return fit_ranges(X, w, logu, offsets[:-1], offsets[1:], k, max_iter, n_candidates, rows, parallel)
 
 
 def fit_ranges(
     X: np.ndarray, w: np.ndarray, logu: np.ndarray, starts: np.ndarray, stops: np.ndarray, k: int, max_iter: int,
-    n_candidates: int, rows: np.ndarray | None = None,
+    n_candidates: int, rows: np.ndarray | None = None, parallel: bool = True,
 ) -> BatchResult:
-    """``fit_ragged`` for problems on items ``starts[b]:stops[b]``: ranges anywhere in X, no copying."""
+    """``fit_ragged`` for problems on items ``starts[b]:stops[b]``: ranges anywhere in X, no copying.
+    ``parallel=False`` solves them all in the calling thread (a caller that is itself one of
+    :func:`in_parallel`'s runs)."""
     B = len(starts)
     d = X.shape[1]
     centroids = np.zeros((B, k, d))
@@ -187,15 +190,26 @@ def fit_ranges(
             kernels.fit_nodes_gathered(X, rows, w, logu, starts[a:b], stops[a:b], k, L, max_iter, centroids[a:b],
                                        weights[a:b], n_iter[a:b])
 
+    if parallel:
+        in_parallel(stops - starts, solve)
+    else:
+        solve(0, B)
+    return BatchResult(centroids, weights, n_iter)
+
+
+def in_parallel(sizes: np.ndarray, solve: Callable[[int, int], None]) -> None:
+    """``solve(a, b)`` over problems ``a:b``: contiguous runs of about equal work (items plus a fixed cost per
+    problem), one per thread, or all at once below :data:`_PARALLEL_NODES` problems. ``solve`` must release
+    the GIL to gain, and must not call this again (the pool's threads would wait on themselves)."""
+    B = len(sizes)
     threads = _threads()
     if B < _PARALLEL_NODES or threads < 2:
         solve(0, B)
-    else:  # contiguous runs of nodes with about equal work (items plus a fixed cost per node), one per thread
-        work = np.cumsum(stops - starts + 16)
-        cuts = [0, *np.searchsorted(work, work[-1] * np.arange(1, threads) / threads).tolist(), B]
-        for job in [_node_pool().submit(solve, a, b) for a, b in itertools.pairwise(cuts) if b > a]:
-            job.result()
-    return BatchResult(centroids, weights, n_iter)
+        return
+    work = np.cumsum(np.asarray(sizes, dtype=np.int64) + 16)
+    cuts = [0, *np.searchsorted(work, work[-1] * np.arange(1, threads) / threads).tolist(), B]
+    for job in [_node_pool().submit(solve, a, b) for a, b in itertools.pairwise(cuts) if b > a]:
+        job.result()
 
 
 def fit_range_into(
