@@ -143,12 +143,38 @@ def _decimal_lines(magnitude, negative, digits, out):
 
 
 def _keys_of_words(words: np.ndarray, lengths: np.ndarray, seed: int) -> np.ndarray:
-    """Mix each id's length, then each 8-byte word its bytes overlap, into its key."""
-    h = combine(seed_key(seed, 1), lengths)
-    for col in range(words.shape[1]):
-        mixed = mix64(h ^ words[:, col] ^ mix64(np.array([col + 1], dtype=np.uint64)))
-        h = np.where(lengths > np.uint64(col * 8), mixed, h)
-    return h
+    """Mix each id's length, then each 8-byte word its bytes overlap, into its key.
+
+    That is ``h = combine(seed_key(seed, 1), length)``, then for each word
+    ``col`` the id's bytes reach, ``h = mix64(h ^ word ^ mix64(col + 1))``:
+    one compiled pass (numpy's took ~4 ms per 100k ids in ten passes per word).
+    """
+    words = np.ascontiguousarray(words, dtype=np.uint64)
+    word_salts = mix64(np.arange(1, words.shape[1] + 1, dtype=np.uint64))
+    out = np.empty(len(lengths), dtype=np.uint64)
+    _mix_words(seed_key(seed, 1), np.ascontiguousarray(lengths, dtype=np.uint64), words, word_salts, out)
+    return out
+
+
+@njit(inline="always", cache=True, nogil=True)
+def _mix64_one(z):
+    """:func:`mix64` of one uint64."""
+    z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+    z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+    return z ^ (z >> np.uint64(31))
+
+
+@njit(cache=True, nogil=True)
+def _mix_words(key, lengths, words, word_salts, out):
+    golden = np.uint64(0x9E3779B97F4A7C15)
+    eight = np.uint64(8)
+    for i in range(len(lengths)):
+        n = lengths[i]
+        h = _mix64_one(key ^ _mix64_one(n + golden))
+        for col in range(words.shape[1]):
+            if n > np.uint64(col) * eight:
+                h = _mix64_one(h ^ words[i, col] ^ word_salts[col])
+        out[i] = h
 
 
 def _id_words(ids: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:

@@ -140,6 +140,19 @@ def test_int_array_ids_hash_as_their_decimal_strings(dtype, data, seed):
     assert decimal_strings(values) == texts
 
 
+def test_id_keys_are_pinned():
+    """The id hash is part of every stored model: snapshots keep keys and node results computed from them,
+    so a change of its bits (a faster kernel, a refactor) would make every old snapshot disagree with a
+    refit. These values were computed by the first (numpy) implementation."""
+    ids = ["alice", "42", "-7", "ünïcødé-id", "an-id-longer-than-sixteen-bytes"]
+    assert [hex(int(v)) for v in id_keys(ids, 0)] == [
+        "0x43089f00551c310a", "0x65f32613e071876f", "0x5ab8e46fad475261", "0x3355627b22dc6712", "0x716dee88136b1ee"]
+    assert [hex(int(v)) for v in id_keys(ids, 7)] == [
+        "0x1e04713b46fb1ed7", "0xae578608f9c49a8a", "0xe23c196838fd832e", "0x681ee7ff332e9ed4", "0xe61c1bca2fbb13fd"]
+    assert [hex(int(v)) for v in int_id_keys(np.array([42, -7, 0, 2**63 - 1]), 0)] == [
+        "0x65f32613e071876f", "0x5ab8e46fad475261", "0x7dec2568d8f4ec61", "0xf4215082df9817d3"]
+
+
 def test_a_model_fed_int_array_ids_is_the_model_fed_their_strings():
     ids = np.array([-(2**63), -7, 0, 5, 10**18, 2**63 - 1], dtype=np.int64)
     X = np.arange(18.0).reshape(6, 3)
