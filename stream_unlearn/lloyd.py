@@ -11,35 +11,20 @@ the exact-unlearning contract rests on it.
 from __future__ import annotations
 
 import itertools
-import os
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import lru_cache
 
 import numpy as np
 
 from . import kernels
+from .compute_pool import compute_pool, n_threads
 from .hashing import combine, mixed_salts, uniforms_per_mixed_salt
 
 #: Batches of at least this many nodes are split over threads (the solver
 #: releases the GIL). A node is always solved alone, in one thread, so this
 #: never changes a result.
 _PARALLEL_NODES = 16
-_pool: ThreadPoolExecutor | None = None
-
-
-@lru_cache(maxsize=1)
-def _threads() -> int:
-    """Cores this process may run on (read once: a flush must not pay a system call per level)."""
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-
-
-def _node_pool() -> ThreadPoolExecutor:
-    global _pool
-    if _pool is None:
-        _pool = ThreadPoolExecutor(max_workers=_threads(), thread_name_prefix="kmeans-nodes")
-    return _pool
 
 
 @dataclass(frozen=True)
@@ -202,13 +187,13 @@ def in_parallel(sizes: np.ndarray, solve: Callable[[int, int], None]) -> None:
     problem), one per thread, or all at once below :data:`_PARALLEL_NODES` problems. ``solve`` must release
     the GIL to gain, and must not call this again (the pool's threads would wait on themselves)."""
     B = len(sizes)
-    threads = _threads()
+    threads = n_threads()
     if B < _PARALLEL_NODES or threads < 2:
         solve(0, B)
         return
     work = np.cumsum(np.asarray(sizes, dtype=np.int64) + 16)
     cuts = [0, *np.searchsorted(work, work[-1] * np.arange(1, threads) / threads).tolist(), B]
-    for job in [_node_pool().submit(solve, a, b) for a, b in itertools.pairwise(cuts) if b > a]:
+    for job in [compute_pool().submit(solve, a, b) for a, b in itertools.pairwise(cuts) if b > a]:
         job.result()
 
 
