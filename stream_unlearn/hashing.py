@@ -166,6 +166,7 @@ def _mix64_one(z):
 
 @njit(cache=True, nogil=True)
 def _mix_words(key, lengths, words, word_salts, out):
+    """``out[i]``: the key of id i from its byte length and words (see :func:`_keys_of_words`)."""
     golden = np.uint64(0x9E3779B97F4A7C15)
     eight = np.uint64(8)
     for i in range(len(lengths)):

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Callable
+from concurrent import futures
 from dataclasses import dataclass
 from functools import lru_cache
 
@@ -193,7 +194,9 @@ def in_parallel(sizes: np.ndarray, solve: Callable[[int, int], None]) -> None:
         return
     work = np.cumsum(np.asarray(sizes, dtype=np.int64) + 16)
     cuts = [0, *np.searchsorted(work, work[-1] * np.arange(1, threads) / threads).tolist(), B]
-    for job in [compute_pool().submit(solve, a, b) for a, b in itertools.pairwise(cuts) if b > a]:
+    jobs = [compute_pool().submit(solve, a, b) for a, b in itertools.pairwise(cuts) if b > a]
+    futures.wait(jobs)  # all of them, also when one fails: none may still be writing when the caller goes on
+    for job in jobs:
         job.result()
 
 
