@@ -235,17 +235,22 @@ class QKMeans(UnlearningModel):
             return None
         last = potentials.shape[1] - 1
         reseats = []
-        for j in np.flatnonzero(rank >= 0).tolist():  # x comes in at its rank; the last runner goes
+        # (k-long rows: a list beats numpy's per-call cost, ~6 us of a ~55 us certified delete each)
+        for j, at in enumerate(rank.tolist()):  # x comes in at its rank; the last runner goes
+            if at < 0:
+                continue
             cost = self._entry_cost(x, j, call)
             if (top := self._loses(potentials[j], last, cost, scale, j)) is None:
                 return None
-            reseats.append((j, last, int(rank[j]), point_id, x, float(key[j]), cost))
+            reseats.append((j, last, at, point_id, x, float(key[j]), cost))
             peaks[j] = top
-        for j in np.flatnonzero(leaving >= 0).tolist():  # x goes; the best of the rest comes in last
+        for j, seat in enumerate(leaving.tolist()):  # x goes; the best of the rest comes in last
+            if seat < 0:
+                continue
             successor = self._race_successor(j)
-            if successor is None or (top := self._loses(potentials[j], int(leaving[j]), successor[3], scale, j)) is None:
+            if successor is None or (top := self._loses(potentials[j], seat, successor[3], scale, j)) is None:
                 return None
-            reseats.append((j, int(leaving[j]), last, *successor))
+            reseats.append((j, seat, last, *successor))
             peaks[j] = top
         return potentials, peaks, reseats
 
