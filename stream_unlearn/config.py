@@ -9,7 +9,8 @@ never starts with a value it would choke on later.
 Conventions worth knowing:
 
 * ``--metrics-port 0`` disables the Prometheus endpoint (there is no way to
-  discover a random port from outside, so "0 = any port" would be useless).
+  discover a random port from outside, so "0 = any port" would be useless),
+  and with it ``/healthz``; ``--stall-timeout 0`` keeps ``/healthz`` at 200.
 * ``--tombstone-horizon inf`` keeps tombstones forever (exact semantics for
   arbitrarily late events, memory grows with distinct deleted ids).
 * ``--dim 0`` takes the vector dimension from the first valid insert.
@@ -99,6 +100,7 @@ class WorkerConfig:
     max_ts_ahead: float = 24 * 3600.0
     metrics_port: int = 9464
     metrics_addr: str = "127.0.0.1"
+    stall_timeout: float = 300.0
     max_batch: int = 5000
     fetch_max_wait_ms: int = 50
     isolation_level: str = "read_committed"
@@ -193,6 +195,12 @@ def _validate(c: WorkerConfig) -> None:
          f"--max-ts-ahead must be >= 0 seconds (or inf), got {c.max_ts_ahead}")
     need(0 <= c.metrics_port <= 65535, f"--metrics-port must lie in [0, 65535] (0 = off), got {c.metrics_port}")
     need(bool(c.metrics_addr), "--metrics-addr must not be empty")
+    need(math.isfinite(c.stall_timeout) and c.stall_timeout >= 0,
+         f"--stall-timeout must be a finite number of seconds >= 0 (0 = never), got {c.stall_timeout}")
+    # A new owner's loop step waits up to the handover timeout for a partition's lock: a live wait.
+    need(c.stall_timeout == 0 or c.stall_timeout > c.handover_timeout,
+         f"--stall-timeout ({c.stall_timeout:g} s) must exceed --handover-timeout ({c.handover_timeout:g} s), "
+         "which one loop step may spend waiting for a partition (or be 0)")
     need(1 <= c.max_batch <= 1_000_000, f"--max-batch must lie in [1, 1000000], got {c.max_batch}")
     need(0 <= c.fetch_max_wait_ms <= 10_000, f"--fetch-max-wait-ms must lie in [0, 10000], got {c.fetch_max_wait_ms}")
     need(c.isolation_level in ISOLATION_LEVELS,
@@ -290,6 +298,8 @@ _HELP: dict[str, str] = {
                     "(bad_ts), since they would push the tombstone horizon past honest events (inf = no limit)",
     "metrics_port": "Prometheus port (0 = no endpoint)",
     "metrics_addr": "address the Prometheus endpoint binds to",
+    "stall_timeout": "seconds without a poll loop step after which /healthz (beside /metrics) answers 503, for "
+                     "container liveness probes (0 = never; before the first step it answers 200)",
     "max_batch": "maximum records per poll (one model update per poll)",
     "fetch_max_wait_ms": "longest the broker may hold a fetch to fill it (latency floor when traffic is light)",
     "isolation_level": "read_committed = events of transactions that were aborted, or are still open, are not "

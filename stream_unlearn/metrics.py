@@ -15,8 +15,8 @@ run the worker with it to measure the cost of metrics.
 Typical use by the worker::
 
     m = WorkerMetrics(algorithm="dc", k=5, seed=0, version=__version__, partitions=3)
-    m.serve(9464, "0.0.0.0")
-    ...                                   # per polled batch:
+    m.serve(9464, "0.0.0.0", stall_after=300)   # /metrics, and /healthz for container probes
+    ...                                   # per poll loop step: m.heartbeat(); per polled batch:
     m.events("insert", "applied", n)      # every decoded/handled record, one outcome each
     m.dead_letter("not_msgpack")          # and m.events(type, "dead_letter")
     m.model_update(seconds, events=n)     # once per applied batch
@@ -49,6 +49,7 @@ from prometheus_client.platform_collector import PlatformCollector
 from prometheus_client.process_collector import ProcessCollector
 
 from .bulk_histogram import BulkHistogram
+from .liveness import Liveness
 from .wire import BAD_RECORD_REASONS
 
 __all__ = [
@@ -116,6 +117,7 @@ class WorkerMetrics:
         self._server = None
         self._thread: threading.Thread | None = None
         self._lock = threading.Lock()
+        self._liveness = Liveness()
 
         # Process/runtime metrics (process_*, python_*), scoped to this registry.
         ProcessCollector(registry=r)
@@ -320,15 +322,25 @@ class WorkerMetrics:
 
     # -- exporter ------------------------------------------------------------
 
-    def serve(self, port: int, addr: str = "127.0.0.1") -> int:
-        """Serve ``/metrics`` on ``addr:port`` from a daemon thread; return the bound port."""
+    def heartbeat(self) -> None:
+        """The poll loop completed a step (see :mod:`.liveness`)."""
+        self._liveness.beat()
+
+    def serve(self, port: int, addr: str = "127.0.0.1", stall_after: float = 0.0) -> int:
+        """Serve ``/metrics`` and ``/healthz`` on ``addr:port`` from a daemon thread; return the bound port.
+
+        ``/healthz`` is 503 once no :meth:`heartbeat` came for ``stall_after`` seconds (0: never).
+        """
         with self._lock:
             if self._server is not None:
                 raise RuntimeError("metrics server already started")
+            self._liveness.stall_after = stall_after
             started = start_http_server(port, addr=addr, registry=self.registry)
             if not isinstance(started, tuple):  # prometheus_client < 0.17
                 raise RuntimeError("prometheus_client >= 0.17 is required")  # noqa: TRY004 - a version, not an argument
             self._server, self._thread = started
+            # The same server, with the liveness route in front of the metrics app (wsgiref's set_app).
+            self._server.set_app(self._liveness.wsgi(self._server.get_app()))
             return int(self._server.server_address[1])
 
     def close(self) -> None:
@@ -408,7 +420,10 @@ class NullMetrics:
     def tombstones(self, n: int) -> None:
         pass
 
-    def serve(self, port: int, addr: str = "127.0.0.1") -> int:
+    def heartbeat(self) -> None:
+        pass
+
+    def serve(self, port: int, addr: str = "127.0.0.1", stall_after: float = 0.0) -> int:
         return 0
 
     def close(self) -> None:

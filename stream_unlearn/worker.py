@@ -307,7 +307,7 @@ class Worker:
                                          partitions=self.n_partitions)
         self._accounting = ModelAccounting(self.metrics)
         if self._own_metrics and c.metrics_port:
-            self.metrics_port = self.metrics.serve(c.metrics_port, c.metrics_addr)
+            self.metrics_port = self.metrics.serve(c.metrics_port, c.metrics_addr, c.stall_timeout)
             log.info("metrics on http://%s:%d/metrics", c.metrics_addr, self.metrics_port)
         if c.group:
             self._consumer.subscribe(topics=list(c.input_topics), listener=self._rebalance.listener())
@@ -560,6 +560,7 @@ class Worker:
             self._slots.start_round(now, self.config.snapshot_interval, len(self._due))
         if self._due:
             self._snapshot_next()
+        self.metrics.heartbeat()
         return n
 
     def _fetch_positions(self) -> dict[tuple[str, int], int]:

@@ -20,6 +20,7 @@ import yaml
 from stream_unlearn import wire
 from stream_unlearn.cli import build_parser
 from stream_unlearn.config import TOPIC_SUMMARIES, WorkerConfig
+from stream_unlearn.liveness import HEALTH_PATH
 
 ROOT = Path(__file__).resolve().parent.parent
 DOCKER = ROOT / "docker"
@@ -264,7 +265,7 @@ def test_demo_producer_uses_existing_produce_flags(tmp_path):
     assert p["entrypoint"][-1] == "/opt/demo/demo-producer.sh"
     assert any(v.endswith(":/opt/demo/demo-producer.sh:ro") for v in p["volumes"])
     assert env(p)["INSERT_TOPIC"] == wire.TOPIC_INSERTS and env(p)["DELETE_TOPIC"] == wire.TOPIC_DELETES
-    assert p["healthcheck"] == {"disable": True}  # the image's healthcheck probes the worker's metrics
+    assert p["healthcheck"] == {"disable": True}  # the image's healthcheck probes the worker's loop
 
 
 # ---------------------------------------------------------------- Dockerfile
@@ -320,7 +321,7 @@ def test_dockerfile_entrypoint_healthcheck_volume_expose():
     assert instrs["ENTRYPOINT"] == '["stream-unlearn"]'
     assert instrs["CMD"] == '["worker"]'
     hc = instrs["HEALTHCHECK"]
-    assert "CMD" in hc and "python" in hc and "urllib.request" in hc and "/metrics" in hc
+    assert "CMD" in hc and "python" in hc and "urllib.request" in hc and f"{HEALTH_PATH}'" in hc
     assert "STREAM_UNLEARN_METRICS_PORT" in hc and f"'{METRICS_PORT}'" in hc
     assert instrs["EXPOSE"].split() == [str(METRICS_PORT)]
     envs = dict(re.findall(r"(STREAM_UNLEARN_\w+)=(\S+)", instrs["ENV"]))

@@ -27,6 +27,7 @@ from worker_support import (
     chunks,
     create_topics,
     fresh_fit,
+    health,
     make_config,
     make_stream,
     records_handled,
@@ -47,6 +48,9 @@ from stream_unlearn.inspect_cmd import load_model_for_reading
 #: 77 s in: a snapshot's receipts waited 30 s for Kafka, then the next snapshot waited 30 s for them
 #: to be acknowledged, and that timeout was fatal.
 OUTAGE = 95.0
+#: The liveness limit of the outage test's worker: far below the outage, so a loop that waited for Kafka
+#: instead of stepping would show on /healthz.
+STALL_TIMEOUT = 10.0
 
 
 def _assert_exactly_forgotten(config, snaps: Path, survivors: dict, n_deletes: int) -> None:
@@ -63,7 +67,8 @@ def _broker_of_our_own(tmp_path: Path) -> Iterator[tuple[EmbeddedBroker, WorkerC
     """A broker for this test alone (it gets frozen), its topics, and a one-worker config with metrics."""
     with EmbeddedBroker(port=0) as broker:
         config = make_config(broker.bootstrap, Topics.fresh(new_topic_name), tmp_path / "snaps", group=False,
-                             snapshot_interval=1.0, metrics_port=free_port())
+                             snapshot_interval=1.0, metrics_port=free_port(), handover_timeout=1.0,
+                             stall_timeout=STALL_TIMEOUT)
         create_topics(config)
         yield broker, config
 
@@ -147,8 +152,15 @@ def test_a_broker_outage_with_work_pending_delays_snapshots_and_loses_nothing(tm
             sent += 3
             wait_until(lambda: records_handled(metrics_port) >= sent or proc.poll() is not None, 60, "part two")
             with _frozen(broker):
-                time.sleep(OUTAGE)
+                # The loop keeps stepping through the outage: its liveness probe never turns 503.
+                probes = []
+                frozen_until = time.monotonic() + OUTAGE
+                while time.monotonic() < frozen_until:
+                    probes.append(health(metrics_port))
+                    time.sleep(1.0)
                 assert proc.poll() is None, log.read_text()[-3000:]
+            stalled = [reason for status, reason in probes if status != 200]
+            assert not stalled and all(reason.startswith("ok") for _, reason in probes), stalled[:3]
             deferred = worker_metric(metrics_port, "stream_unlearn_snapshot_failures_total", reason="kafka_timeout")
             assert deferred >= 1  # a snapshot waited for Kafka in the outage: the case under test
             sent += send_steps(config, after)

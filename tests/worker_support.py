@@ -250,6 +250,20 @@ def worker_metric(metrics_port: int, name: str, **labels: str) -> float:
         return 0.0
 
 
+def health(metrics_port: int) -> tuple[int, str]:
+    """A worker process's ``/healthz``: (HTTP status, its one-line reason)."""
+    import urllib.error
+    import urllib.request
+
+    from stream_unlearn.liveness import HEALTH_PATH
+
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}{HEALTH_PATH}", timeout=5) as response:
+            return response.status, response.read().decode()
+    except urllib.error.HTTPError as error:
+        return error.code, error.read().decode()
+
+
 def records_handled(metrics_port: int) -> float:
     """Records a worker process has handled so far (0 while it starts)."""
     return worker_metric(metrics_port, "stream_unlearn_events_total")
