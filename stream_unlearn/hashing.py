@@ -227,16 +227,11 @@ def uniforms_per_mixed_salt(keys: np.ndarray, mixed: np.ndarray) -> np.ndarray:
 
 @njit(cache=True, nogil=True)
 def _uniforms_per_salt(keys, mixed_salts, out):
-    m1, m2 = np.uint64(0xBF58476D1CE4E5B9), np.uint64(0x94D049BB133111EB)
-    s30, s27, s31, s11 = np.uint64(30), np.uint64(27), np.uint64(31), np.uint64(11)
+    s11 = np.uint64(11)
     for j in range(len(mixed_salts)):
         salt = mixed_salts[j]
         for i in range(len(keys)):
-            z = keys[i] ^ salt
-            z = (z ^ (z >> s30)) * m1
-            z = (z ^ (z >> s27)) * m2
-            z = z ^ (z >> s31)
-            out[j, i] = (np.float64(z >> s11) + 0.5) * 2.0**-53
+            out[j, i] = (np.float64(_mix64_one(keys[i] ^ salt) >> s11) + 0.5) * 2.0**-53
 
 
 def canonical_order(keys: np.ndarray, ids_of: Callable[[], Sequence[str]]) -> np.ndarray:
