@@ -1069,7 +1069,6 @@ def q_lloyd_certificate(x, sign, centres, sums, counts, peak_counts, theta, eps,
     the updated statistics (of the updates that hold).
     """
     T, k, d = sums.shape
-    u = 2.0**-53
     balance = gamma * n_new / k
     x2 = x.reshape(1, d)
     new_sums[:] = sums
@@ -1082,26 +1081,92 @@ def q_lloyd_certificate(x, sign, centres, sums, counts, peak_counts, theta, eps,
         for j in range(k):
             c = new_counts[t, j]
             peak = max(c, peak_counts[t, j])
-            m = c if c > 0.0 else 1.0
-            ratio = c / balance if balance > 0.0 else 1.0
             for f in range(d):
-                prev = centres[t, j, f]
-                mean = new_sums[t, j, f] / m
-                if c > 0.0:
-                    centre = ratio * mean + (1.0 - ratio) * prev if ratio < 1.0 else mean
-                else:
-                    centre = prev
-                z = centre / eps - theta[f]
-                cell = np.floor(z + 0.5)
-                if eps * (cell + theta[f]) != centres[t + 1, j, f]:
-                    return t
-                slack = (0.5 - abs(z - cell)) * eps
-                bound = (2.0 * (n_terms + 2) * u * (peak * max_abs[f]) / m
-                         + 8.0 * u * (abs(mean) + abs(prev))
-                         + 4.0 * u * eps * (abs(z) + 1.0))
-                if not slack > bound:
+                snapped, room = _snapped_with_room(new_sums[t, j, f], c, peak, balance, centres[t, j, f], eps,
+                                                   theta[f], max_abs[f], n_terms)
+                if snapped != centres[t + 1, j, f] or not room:
                     return t
     return T
+
+
+@njit(inline="always", **_OPTS)
+def _snapped_with_room(total, c, peak, balance, prev, eps, theta_f, max_abs_f, n_terms):
+    """One coordinate of a quantized Lloyd update from a cluster's sum ``total`` of ``c`` points (the
+    arithmetic of ``quantize.corrected_centroids`` and ``quantize.snap``, operation for operation):
+    the snapped value, and whether it lies farther inside its grid cell than two computations of
+    ``total`` by up to ``n_terms`` additions of terms each at most ``max_abs_f``, in clusters that
+    never held more than ``peak``, may differ (see :func:`q_lloyd_certificate`)."""
+    u = 2.0**-53
+    m = c if c > 0.0 else 1.0
+    ratio = c / balance if balance > 0.0 else 1.0
+    mean = total / m
+    if c > 0.0:
+        centre = ratio * mean + (1.0 - ratio) * prev if ratio < 1.0 else mean
+    else:
+        centre = prev
+    z = centre / eps - theta_f
+    cell = np.floor(z + 0.5)
+    slack = (0.5 - abs(z - cell)) * eps
+    bound = (2.0 * (n_terms + 2) * u * (peak * max_abs_f) / m
+             + 8.0 * u * (abs(mean) + abs(prev))
+             + 4.0 * u * eps * (abs(z) + 1.0))
+    return eps * (cell + theta_f), slack > bound
+
+
+@njit(**_OPTS)
+def q_edit_stale(X, sign, starts, sums, counts, peak_counts):
+    """Take points ``X`` joining (``sign`` +1) or leaving (-1) into quantized Lloyd updates' statistics
+    whose snapped centres are no longer certified (see ``QKMeans._stale``): each point's sum and count
+    go to its nearest centre of ``starts[t]``, as that update labelled it; peaks follow the counts."""
+    T, d = sums.shape[0], sums.shape[2]
+    for i in range(X.shape[0]):
+        for t in range(T):
+            lab = nearest(X, i, starts[t])
+            for f in range(d):
+                sums[t, lab, f] += sign * X[i, f]
+            counts[t, lab] += sign
+            peak_counts[t, lab] = max(peak_counts[t, lab], counts[t, lab])
+
+
+@njit(**_OPTS)
+def q_edited_update(X, labels, old_labels, sums, counts, peak_counts, prev, theta, eps, gamma, n_terms, max_abs,
+                    out):
+    """One quantized Lloyd update from an earlier computation of it instead of a pass over every point.
+
+    ``sums``/``counts``/``peak_counts`` (k, d)/(k,)/(k,): the update's statistics
+    with the points labelled ``old_labels``; each point whose label is now
+    ``labels[i]`` moves over, in place (its sum and count out of one cluster,
+    into the other; peaks count every point a cluster held on the way). Then
+    the centres, snapped into ``out``, if each lies farther inside its grid
+    cell than the edited sums and a fresh left-to-right pass may differ by
+    rounding (``n_terms``: additions ``sums`` went through before, besides
+    these moves). Returns the points moved, or -1 where a centre is too
+    close to its cell edge: then only the fresh pass decides.
+    """
+    n, d = X.shape
+    k = sums.shape[0]
+    moved = 0
+    for i in range(n):
+        new, old = labels[i], old_labels[i]
+        if new == old:
+            continue
+        moved += 1
+        for f in range(d):
+            sums[new, f] += X[i, f]
+            sums[old, f] -= X[i, f]
+        counts[new] += 1.0
+        counts[old] -= 1.0
+        peak_counts[new] = max(peak_counts[new], counts[new])
+    balance = gamma * n / k
+    certain = True
+    for j in range(k):
+        c = counts[j]
+        peak = max(c, peak_counts[j])
+        for f in range(d):
+            out[j, f], room = _snapped_with_room(sums[j, f], c, peak, balance, prev[j, f], eps, theta[f], max_abs[f],
+                                                 n_terms + moved)
+            certain &= room
+    return moved if certain else -1
 
 
 @njit(**_OPTS)

@@ -116,6 +116,22 @@ class LloydLabels:
         """The centres ``update`` of the last fit started from, if recorded."""
         return self._starts[update] if update < len(self._starts) else None
 
+    def recorded(self, update: int, start: np.ndarray, X: np.ndarray, positions: np.ndarray) -> np.ndarray | None:
+        """Each point's label at ``update`` of the last fit, if that update started from ``start``: the
+        cache's where it has one (``positions``), the nearest centre of ``start`` for points inserted
+        since; None if the cache holds no such update."""
+        if update >= len(self._starts) or self._starts[update].tobytes() != np.asarray(start, np.float64).tobytes():
+            return None
+        out = np.empty(len(X), dtype=np.int64)
+        known = positions >= 0
+        out[known] = self._labels[update][positions[known]]
+        if not known.all():
+            new = np.flatnonzero(~known)
+            fresh = np.empty(len(new), dtype=np.int64)
+            kernels.assign_rows(np.ascontiguousarray(X[new]), self._starts[update], fresh)
+            out[new] = fresh
+        return out
+
     def labels(self, update: int, start: np.ndarray, X: np.ndarray,
                positions: np.ndarray | None) -> tuple[np.ndarray, LabelBounds] | None:
         """Every point's nearest centre in ``start`` at ``update`` and its bounds, from the cache where it

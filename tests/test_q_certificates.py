@@ -13,6 +13,7 @@ from test_exact_contract import fresh_fit, make_vectors, point_id
 
 from stream_unlearn import QKMeans, kernels
 from stream_unlearn import state as state_format
+from stream_unlearn.quantize import corrected_centroids, snap
 
 # Two seeding steps, two candidates each, on a line; candidate 0 won both steps.
 CAND = np.array([[[0.0], [10.0]], [[5.0], [20.0]]])
@@ -149,8 +150,9 @@ def test_after_every_certified_change_or_partial_refit_the_model_is_a_fresh_fits
     included (points later in a call are not yet in the model).
     When only Lloyd's certificate fails, at some update, the refit goes on from the seeding and the
     updates before that one, kept: its centres and counts are then a fresh fit's bit for bit, and so
-    are the sums of every update it ran (the kept ones' were edited, within rounding)."""
-    joined = left = certified = partial = resumed = 0
+    are the sums of a full refit; a partial one's are within rounding (the kept updates' were edited,
+    and so were those it reran from the statistics the failure dropped, by the points that moved)."""
+    joined = left = certified = partial = resumed = edited = 0
     for seed in range(60):
         rng = np.random.default_rng(seed)
         k, d, n0 = int(rng.integers(2, 5)), int(rng.integers(1, 4)), int(rng.integers(8, 40))
@@ -163,7 +165,7 @@ def test_after_every_certified_change_or_partial_refit_the_model_is_a_fresh_fits
         model.flush()
         i = n0
         while i < len(X):
-            passed, refits = model.certificates_passed_, model.refits_
+            passed, refits, lloyd_refits = model.certificates_passed_, model.refits_, model.lloyd_refits_
             runners = [list(r) for r in model._candidate_slots]
             deleting = rng.random() < 0.2
             if deleting:
@@ -175,16 +177,18 @@ def test_after_every_certified_change_or_partial_refit_the_model_is_a_fresh_fits
             kept = len(model._arrays["sums"]) if model._seeding_kept else 0
             model.flush()
             mine, theirs = model._arrays, assert_as_fresh(model)._arrays
-            if model.refits_ > refits:  # refit, in full or from the kept updates: the fresh sums' bits
-                assert np.array_equal(mine["sums"][kept:], theirs["sums"][kept:])
-                assert np.allclose(mine["sums"][:kept], theirs["sums"][:kept], rtol=1e-12, atol=1e-9)
+            if model.lloyd_refits_ > lloyd_refits:  # from the kept updates: sums within rounding
+                assert np.allclose(mine["sums"], theirs["sums"], rtol=1e-12, atol=1e-9)
                 resumed += kept > 0
+            elif model.refits_ > refits:  # in full: the fresh sums' bits
+                assert np.array_equal(mine["sums"], theirs["sums"])
             if model.certificates_passed_ > passed:
                 certified += 1
                 joined += not deleting and model._candidate_slots != runners
                 left += deleting and model._candidate_slots != runners
         partial += model.lloyd_refits_
-    assert certified > 300 and joined > 20 and left > 5 and partial > 100 and resumed > 15
+        edited += model.edited_updates_
+    assert certified > 300 and joined > 20 and left > 5 and partial > 100 and resumed > 15 and edited > 200
 
 
 def test_a_deleted_runner_leaves_its_races_to_the_successor_a_fresh_fit_would_seat():
@@ -404,3 +408,39 @@ def test_the_compiled_run_of_insert_certificates_keeps_what_one_at_a_time_keeps(
             assert fast._candidate_slots == slow._candidate_slots
             assert np.array_equal(fast.centroids_, slow.centroids_)
     assert in_runs > 2000
+
+
+def test_an_edited_lloyd_update_is_the_fresh_one_or_declines():
+    """``kernels.q_edited_update``: moving the points whose labels changed between two sums gives the
+    counts of a fresh pass and, where each centre lies well inside its cell, its snapped centres;
+    a centre on a cell edge (rounding could flip its snap) is declined (-1): a fresh pass decides."""
+    rng = np.random.default_rng(3)
+    X = rng.normal(size=(200, 3)) * 4
+    start = rng.normal(size=(4, 3)) * 4
+    old_labels = rng.integers(0, 4, size=200)
+    labels = old_labels.copy()
+    labels[rng.choice(200, size=17, replace=False)] = (old_labels[:17] + 1) % 4
+    theta, eps, gamma = rng.random(3), 0.5, 0.2
+
+    def sums_of(lab: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        s, c = np.zeros((4, 3)), np.zeros(4)
+        np.add.at(s, lab, X)
+        np.add.at(c, lab, 1.0)
+        return s, c
+
+    s, c = sums_of(old_labels)
+    peaks = c.copy()
+    snapped = np.empty((4, 3))
+    moved = kernels.q_edited_update(X, labels, old_labels, s, c, peaks, start, theta, eps, gamma, 200, np.abs(X).max(0),
+                                    snapped)
+    fresh_s, fresh_c = sums_of(labels)
+    centre, _ = corrected_centroids(fresh_s, fresh_c, start, 200, 4, gamma)
+    assert moved == int((labels != old_labels).sum()) > 0
+    assert np.array_equal(c, fresh_c) and np.allclose(s, fresh_s, rtol=1e-12, atol=1e-12)
+    assert np.all(peaks >= np.maximum(c, sums_of(old_labels)[1]))
+    assert np.array_equal(snapped, snap(centre, eps, theta)[0])
+    # Put cluster 0's first coordinate exactly on a cell edge: z = cell + 0.5.
+    s, c = sums_of(labels)
+    s[0, 0] = c[0] * eps * (3.5 + theta[0])
+    assert kernels.q_edited_update(X, labels, labels, s, c, c.copy(), start, theta, eps, gamma, 200,
+                                   np.abs(X).max(0), snapped) == -1
