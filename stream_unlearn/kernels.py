@@ -401,22 +401,38 @@ def cluster_sums(X, w, labels, k, sums, counts):
 
 
 @njit(**_OPTS)
-def assign_cluster_sums(X, C, sums, counts, labels, margins, lowers):
-    """:func:`cluster_sums` of unit-weight items under :func:`nearest` labels (written to ``labels``),
-    in one pass over X; each item's :func:`nearest_margin` into ``margins`` and ``lowers``.
+def cluster_sums_of_rows(V, rows, labels, k, sums, counts):
+    """:func:`cluster_sums` of unit-weight items ``V[rows[i]]``, items in the order of ``rows`` (the same
+    additions: ``1.0 * x`` is ``x``), read where they are."""
+    sums[:] = 0.0
+    counts[:] = 0.0
+    d = V.shape[1]
+    for i in range(len(rows)):
+        lab = labels[i]
+        counts[lab] += 1.0
+        r = rows[i]
+        for f in range(d):
+            sums[lab, f] += V[r, f]
 
-    Same additions in the same order (items left to right; ``1.0 * x`` is
-    ``x``), so the same bits as the two passes; a big X is read once.
+
+@njit(**_OPTS)
+def assign_cluster_sums(V, rows, C, sums, counts, labels, margins, lowers):
+    """:func:`cluster_sums_of_rows` of items ``V[rows[i]]`` under :func:`nearest` labels (written to
+    ``labels``), in one pass; each item's :func:`nearest_margin` into ``margins`` and ``lowers``.
+
+    Same additions in the same order, so the same bits as the two passes;
+    a big V is read once.
     """
     sums[:] = 0.0
     counts[:] = 0.0
-    d = X.shape[1]
-    for i in range(X.shape[0]):
-        lab, margins[i], lowers[i] = nearest_margin(X, i, C)
+    d = V.shape[1]
+    for i in range(len(rows)):
+        r = rows[i]
+        lab, margins[i], lowers[i] = nearest_margin(V, r, C)
         labels[i] = lab
         counts[lab] += 1.0
         for f in range(d):
-            sums[lab, f] += X[i, f]
+            sums[lab, f] += V[r, f]
 
 
 @njit(**_OPTS)
@@ -543,11 +559,11 @@ def _nearest_among_moved(X, p, C, a, lower, moved_centres):
 
 
 @njit(**_OPTS)
-def labels_from(X, C, same, old_labels, old_margins, old_lowers, old_anchor, positions, moves, moved_centres,
+def labels_from(V, rows, C, same, old_labels, old_margins, old_lowers, old_anchor, positions, moves, moved_centres,
                 n_moved, new_anchor, labels, margins, lowers, anchor, anchor_counts):
-    """Each point's :func:`nearest` centre in ``C`` with its margin, lower bound and anchor, and the
-    points per anchor, from a fit's labels where they provably hold. Returns how many were computed in
-    full, and how many settled by the centres that moved.
+    """Each point's (``V[rows[p]]``) :func:`nearest` centre in ``C`` with its margin, lower bound and
+    anchor, and the points per anchor, from a fit's labels where they provably hold. Returns how many
+    were computed in full, and how many settled by the centres that moved.
 
     ``positions[p]``: point p's row in the cached arrays, -1 if it must be
     computed. If ``same`` (C is the cached fit's start, bit for bit) every
@@ -557,11 +573,14 @@ def labels_from(X, C, same, old_labels, old_margins, old_lowers, old_anchor, pos
     distances to its own centre and to those that moved from its anchor may
     settle it (:func:`_nearest_among_moved`). The rest are computed, against
     ``C``; these and the settled ones take anchor ``new_anchor``.
+
+    The labels that need distances are worked out in the order of their
+    rows in V, not of p (each label is its own: the same results): rows read
+    where they are then come in memory order.
     """
-    computed = 0
-    settled = 0
     anchor_counts[:] = 0
-    for p in range(X.shape[0]):
+    pending = np.zeros(V.shape[0], np.int64)  # row -> p + 1 of a label that needs distances
+    for p in range(len(rows)):
         q = positions[p]
         if q >= 0:
             a = old_labels[q]
@@ -573,17 +592,25 @@ def labels_from(X, C, same, old_labels, old_margins, old_lowers, old_anchor, pos
                 anchor[p] = g
                 anchor_counts[g] += 1
                 continue
-            if old_margins[q] > -np.inf:
-                label, margin, lower = _nearest_among_moved(X, p, C, a, old_lowers[q], moved_centres[g, : n_moved[g]])
-                if label >= 0:
-                    labels[p], margins[p], lowers[p] = label, margin, lower
-                    anchor[p] = new_anchor
-                    anchor_counts[new_anchor] += 1
-                    settled += 1
-                    continue
-        labels[p], margins[p], lowers[p] = nearest_margin(X, p, C)
+        pending[rows[p]] = p + 1
+    computed = 0
+    settled = 0
+    for r in range(V.shape[0]):
+        if pending[r] == 0:
+            continue
+        p = pending[r] - 1
+        q = positions[p]
         anchor[p] = new_anchor
         anchor_counts[new_anchor] += 1
+        if q >= 0 and old_margins[q] > -np.inf:
+            g = old_anchor[q]
+            label, margin, lower = _nearest_among_moved(V, r, C, old_labels[q], old_lowers[q],
+                                                        moved_centres[g, : n_moved[g]])
+            if label >= 0:
+                labels[p], margins[p], lowers[p] = label, margin, lower
+                settled += 1
+                continue
+        labels[p], margins[p], lowers[p] = nearest_margin(V, r, C)
         computed += 1
     return computed, settled
 
@@ -1129,21 +1156,22 @@ def q_edit_stale(X, sign, starts, sums, counts, peak_counts):
 
 
 @njit(**_OPTS)
-def q_edited_update(X, labels, old_labels, sums, counts, peak_counts, prev, theta, eps, gamma, n_terms, max_abs,
-                    out):
+def q_edited_update(V, rows, labels, old_labels, sums, counts, peak_counts, prev, theta, eps, gamma, n_terms,
+                    max_abs, out):
     """One quantized Lloyd update from an earlier computation of it instead of a pass over every point.
 
     ``sums``/``counts``/``peak_counts`` (k, d)/(k,)/(k,): the update's statistics
     with the points labelled ``old_labels``; each point whose label is now
     ``labels[i]`` moves over, in place (its sum and count out of one cluster,
-    into the other; peaks count every point a cluster held on the way). Then
+    into the other; point i is ``V[rows[i]]``; peaks count every point a
+    cluster held on the way). Then
     the centres, snapped into ``out``, if each lies farther inside its grid
     cell than the edited sums and a fresh left-to-right pass may differ by
     rounding (``n_terms``: additions ``sums`` went through before, besides
     these moves). Returns the points moved, or -1 where a centre is too
     close to its cell edge: then only the fresh pass decides.
     """
-    n, d = X.shape
+    n, d = len(rows), V.shape[1]
     k = sums.shape[0]
     moved = 0
     for i in range(n):
@@ -1151,9 +1179,10 @@ def q_edited_update(X, labels, old_labels, sums, counts, peak_counts, prev, thet
         if new == old:
             continue
         moved += 1
+        r = rows[i]
         for f in range(d):
-            sums[new, f] += X[i, f]
-            sums[old, f] -= X[i, f]
+            sums[new, f] += V[r, f]
+            sums[old, f] -= V[r, f]
         counts[new] += 1.0
         counts[old] -= 1.0
         peak_counts[new] = max(peak_counts[new], counts[new])

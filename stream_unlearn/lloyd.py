@@ -96,16 +96,19 @@ def assign(X: np.ndarray, C: np.ndarray) -> np.ndarray:
     return out
 
 
-def assign_cluster_sums(X: np.ndarray, C: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray,
-                                                                np.ndarray]:
+def assign_cluster_sums(X: np.ndarray, C: np.ndarray, rows: np.ndarray | None = None
+                        ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """``cluster_sums(X, 1, labels, k)`` and ``labels = assign(X, C)``, for unit weights, in one pass over
-    X (C-contiguous float64); and each point's margin and lower bound (:func:`kernels.nearest_margin`)."""
+    X (C-contiguous float64); and each point's margin and lower bound (:func:`kernels.nearest_margin`).
+    With ``rows``, the points are ``X[rows]`` (read in place)."""
+    rows = all_rows(X) if rows is None else rows
     sums = np.empty(C.shape)
     counts = np.empty(C.shape[0])
-    labels = np.empty(len(X), dtype=np.int64)
-    margins = np.empty(len(X))
-    lowers = np.empty(len(X))
-    kernels.assign_cluster_sums(X, np.ascontiguousarray(C, dtype=np.float64), sums, counts, labels, margins, lowers)
+    labels = np.empty(len(rows), dtype=np.int64)
+    margins = np.empty(len(rows))
+    lowers = np.empty(len(rows))
+    kernels.assign_cluster_sums(X, rows, np.ascontiguousarray(C, dtype=np.float64), sums, counts, labels, margins,
+                                lowers)
     return sums, counts, labels, margins, lowers
 
 
@@ -115,6 +118,19 @@ def cluster_sums(X: np.ndarray, w: np.ndarray, labels: np.ndarray, k: int) -> tu
     counts = np.empty(k)
     kernels.cluster_sums(X, w, labels, k, sums, counts)
     return sums, counts
+
+
+def cluster_sums_of_rows(V: np.ndarray, rows: np.ndarray, labels: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`cluster_sums` of unit-weight points ``V[rows]``, read in place (the same bits)."""
+    sums = np.empty((k, V.shape[1]))
+    counts = np.empty(k)
+    kernels.cluster_sums_of_rows(V, rows, labels, k, sums, counts)
+    return sums, counts
+
+
+def all_rows(X: np.ndarray) -> np.ndarray:
+    """Row numbers of every point of X, in order: X as a (V, rows) pair."""
+    return np.arange(len(X), dtype=np.int64)
 
 
 def _seed_arrays(B: int, k: int, L: int) -> tuple[np.ndarray, ...]:

@@ -34,6 +34,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from . import kernels
+from .lloyd import all_rows
 
 #: Drop the cache once the points inserted since the fit exceed this share of the points it labelled
 #: (and at least _MIN_CHANGES): their keys are kept until the next refit, and a cache that old saves little.
@@ -116,37 +117,42 @@ class LloydLabels:
         """The centres ``update`` of the last fit started from, if recorded."""
         return self._starts[update] if update < len(self._starts) else None
 
-    def recorded(self, update: int, start: np.ndarray, X: np.ndarray, positions: np.ndarray) -> np.ndarray | None:
+    def recorded(self, update: int, start: np.ndarray, X: np.ndarray, positions: np.ndarray,
+                 rows: np.ndarray | None = None) -> np.ndarray | None:
         """Each point's label at ``update`` of the last fit, if that update started from ``start``: the
         cache's where it has one (``positions``), the nearest centre of ``start`` for points inserted
-        since; None if the cache holds no such update."""
+        since; None if the cache holds no such update. The points are ``X[rows]`` (all of X without)."""
         if update >= len(self._starts) or self._starts[update].tobytes() != np.asarray(start, np.float64).tobytes():
             return None
-        out = np.empty(len(X), dtype=np.int64)
+        out = np.empty(len(positions), dtype=np.int64)
         known = positions >= 0
         out[known] = self._labels[update][positions[known]]
         if not known.all():
             new = np.flatnonzero(~known)
             fresh = np.empty(len(new), dtype=np.int64)
-            kernels.assign_rows(np.ascontiguousarray(X[new]), self._starts[update], fresh)
+            kernels.assign_rows(np.ascontiguousarray(X[new if rows is None else rows[new]]), self._starts[update],
+                                fresh)
             out[new] = fresh
         return out
 
-    def labels(self, update: int, start: np.ndarray, X: np.ndarray,
-               positions: np.ndarray | None) -> tuple[np.ndarray, LabelBounds] | None:
+    def labels(self, update: int, start: np.ndarray, X: np.ndarray, positions: np.ndarray | None,
+               rows: np.ndarray | None = None) -> tuple[np.ndarray, LabelBounds] | None:
         """Every point's nearest centre in ``start`` at ``update`` and its bounds, from the cache where it
-        provably holds; None if the cache has no such update."""
+        provably holds; None if the cache has no such update. The points are ``X[rows]``."""
         start = np.ascontiguousarray(start, dtype=np.float64)
         if positions is None or update >= len(self._starts) or start.shape != self._starts[update].shape:
             return None
         return self.derive(start, X, self._labels[update], self._bounds[update], positions,
-                           start.tobytes() == self._starts[update].tobytes())
+                           start.tobytes() == self._starts[update].tobytes(), rows)
 
     def derive(self, start: np.ndarray, X: np.ndarray, labels: np.ndarray, bounds: LabelBounds,
-               positions: np.ndarray, same: bool = False) -> tuple[np.ndarray, LabelBounds]:
+               positions: np.ndarray, same: bool = False, rows: np.ndarray | None = None
+               ) -> tuple[np.ndarray, LabelBounds]:
         """Every point's nearest centre in ``start`` and its bounds, from ``labels`` with their ``bounds``
         (of the points at ``positions``, -1: compute) where they provably hold; ``same``: ``start`` is
-        the centres they were all computed under. Counts go to ``last_computed`` and ``last_settled``."""
+        the centres they were all computed under. Counts go to ``last_computed`` and ``last_settled``.
+        The points are ``X[rows]``, read in place (all of X without ``rows``)."""
+        rows = all_rows(X) if rows is None else rows
         start = np.ascontiguousarray(start, dtype=np.float64)
         G = len(bounds.anchors)
         k = len(start)
@@ -155,10 +161,11 @@ class LloydLabels:
         kernels.anchor_moves(start, bounds.anchors, moves, moved_centres, n_moved)
         if G >= _MAX_ANCHORS:  # the anchors holding fewest labels retire (settled or computed again): room for this start
             moves[np.argsort(np.bincount(bounds.anchor, minlength=G), kind="stable")[: G + 1 - _MAX_ANCHORS]] = np.inf
-        new_labels, anchor = np.empty(len(X), dtype=np.int64), np.empty(len(X), dtype=np.int16)
-        margins, lowers, counts = np.empty(len(X)), np.empty(len(X)), np.empty(G + 1, dtype=np.int64)
+        n = len(rows)
+        new_labels, anchor = np.empty(n, dtype=np.int64), np.empty(n, dtype=np.int16)
+        margins, lowers, counts = np.empty(n), np.empty(n), np.empty(G + 1, dtype=np.int64)
         self.last_computed, self.last_settled = kernels.labels_from(
-            X, start, same, labels, bounds.margins, bounds.lowers, bounds.anchor, positions, moves, moved_centres,
+            X, rows, start, same, labels, bounds.margins, bounds.lowers, bounds.anchor, positions, moves, moved_centres,
             n_moved, G, new_labels, margins, lowers, anchor, counts)
         used = counts > 0  # keep the anchors still in use, renumbered
         if not used[:G].all():  # else the old numbers stand, and this start's is G if it is used

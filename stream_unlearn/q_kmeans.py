@@ -26,8 +26,9 @@ from . import state as state_format
 from .base import UnlearningModel
 from .hashing import seed_key
 from .lloyd import (
+    all_rows,
     assign_cluster_sums,
-    cluster_sums,
+    cluster_sums_of_rows,
     default_candidates,
     race_log_uniforms,
     race_log_uniforms_at,
@@ -382,11 +383,11 @@ class QKMeans(UnlearningModel):
         if self._seeding_kept or not self._fitted:
             keys, slots = self._store.canonical_slots()
             V = self._store.vector_rows()
-            X, max_abs = np.empty((len(slots), V.shape[1])), np.empty(V.shape[1])
-            kernels.take_rows_abs_max(V, slots, X, max_abs)
-            if self._seeding_kept:
-                self._refit_lloyd(keys, X, max_abs)
-            else:
+            if self._seeding_kept:  # read in place: the updates left after a failed certificate touch few rows
+                self._refit_lloyd(keys, V, slots)
+            else:  # the seeding reads every row many times: in canonical order, one copy
+                X, max_abs = np.empty((len(slots), V.shape[1])), np.empty(V.shape[1])
+                kernels.take_rows_abs_max(V, slots, X, max_abs)
                 self._fit(keys, slots, X, max_abs)
         return self._arrays["centres"][-1].copy()
 
@@ -418,7 +419,7 @@ class QKMeans(UnlearningModel):
         self._forgot_since_fit = False
         # the seeding's nearest seeds are Lloyd's first labels (unless a step chose no seed)
         first_labels = seeds.nearest[0] if (seeds.index[0] >= 0).all() else None
-        self._lloyd(keys, X, X[seeds.index[0]][None], max_abs, first_labels)
+        self._lloyd(keys, X, all_rows(X), X[seeds.index[0]][None], max_abs, first_labels)
         self.refits_ += 1
 
     def _edit_stale(self, X: np.ndarray, sign: int) -> None:
@@ -426,40 +427,42 @@ class QKMeans(UnlearningModel):
         if self._stale is not None and len(X):
             kernels.q_edit_stale(X, float(sign), *(self._stale[name] for name in _STALE))
 
-    def _refit_lloyd(self, keys: np.ndarray, X: np.ndarray, max_abs: np.ndarray) -> None:
+    def _refit_lloyd(self, keys: np.ndarray, V: np.ndarray, rows: np.ndarray) -> None:
         """The refit when only Lloyd changed: the kept seeding and the Lloyd updates kept with it are
-        the fresh fit's, so go on from the centres the last of them snapped.
+        the fresh fit's, so go on from the centres the last of them snapped. The points are
+        ``V[rows]`` in canonical order.
 
-        ``_ops`` keeps counting: the seeding costs and the kept sums carry every change since the full fit.
+        ``_ops`` keeps counting: the seeding costs and the kept sums carry every change since the full
+        fit; so does the largest |x| (every point held came in through a certificate, which took its
+        |x| in): the bound for sums edited, not summed again.
         """
         a = self._arrays
         kept = len(a["sums"])
-        if kept or self._stale is not None:  # sums edited, not summed again: the largest |x| ever in them stays
-            max_abs = np.maximum(max_abs, a["max_abs"])
-        self._lloyd(keys, X, a["centres"][: kept + 1], max_abs, kept=(a["sums"], a["counts"], a["peak_counts"]))
+        self._lloyd(keys, V, rows, a["centres"][: kept + 1], a["max_abs"],
+                    kept=(a["sums"], a["counts"], a["peak_counts"]))
         self.refits_ += 1
         self.lloyd_refits_ += 1
 
-    def _lloyd(self, keys: np.ndarray, X: np.ndarray, starts: np.ndarray, max_abs: np.ndarray,
+    def _lloyd(self, keys: np.ndarray, X: np.ndarray, rows: np.ndarray, starts: np.ndarray, max_abs: np.ndarray,
                labels: np.ndarray | None = None, kept: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None) -> None:
         """Quantized Lloyd from the last of ``starts`` until the snapped centres repeat or ``max_iter``.
 
-        ``keys``: the points' canonical keys. ``starts``: the seeds, then the
+        The points are ``X[rows]``, in canonical order (``keys``: their
+        canonical keys), read in place. ``starts``: the seeds, then the
         centres of the updates ``kept`` (their sums, counts and peak counts),
         whose statistics stay. ``labels``: each point's nearest seed, if
         already known (the seeding found them); other updates take what they
         can from the last fit's labels or this fit's previous update
         (:meth:`_labels_for`).
         """
-        n = len(X)
-        weights = np.ones(n)
+        n = len(rows)
         centres, all_labels, all_bounds = list(starts), [], []
         previous = None  # this fit's last update: its labels, their bounds, and its start
         moved_most = 0  # points an edited update moved, at most: additions its sums went through besides
         sums, counts, peak_counts = ([], [], []) if kept is None else (list(stats) for stats in kept)
         positions = self._lloyd_labels.positions(keys)
         for update in range(len(sums)):  # the kept updates' labels, for the next refit: the cache's
-            cached = self._lloyd_labels.labels(update, centres[update], X, positions)
+            cached = self._lloyd_labels.labels(update, centres[update], X, positions, rows)
             if cached is None:
                 break
             all_labels.append(cached[0])
@@ -470,14 +473,14 @@ class QKMeans(UnlearningModel):
             seeded = labels is not None
             if seeded:  # the seeding's: exact, with no margin to move by
                 bounds = LabelBounds.none(n, centres[-1])
-            elif (derived := self._labels_for(update, centres[-1], X, positions, previous)) is not None:
+            elif (derived := self._labels_for(update, centres[-1], X, rows, positions, previous)) is not None:
                 labels, bounds = derived
             edited = None
             if labels is None:
-                s, c, labels, margins, lowers = assign_cluster_sums(X, centres[-1])
+                s, c, labels, margins, lowers = assign_cluster_sums(X, centres[-1], rows)
                 bounds = LabelBounds.fresh(margins, lowers, centres[-1])
-            elif (edited := self._edited_update(update, X, labels, positions, centres[-1], max_abs)) is None:
-                s, c = cluster_sums(X, weights, labels, self.k)
+            elif (edited := self._edited_update(update, X, rows, labels, positions, centres[-1], max_abs)) is None:
+                s, c = cluster_sums_of_rows(X, rows, labels, self.k)
             if all_labels is not None:
                 all_labels.append(labels)
                 all_bounds.append(bounds)
@@ -511,8 +514,8 @@ class QKMeans(UnlearningModel):
         self._n_model = n
         self._fitted, self._seeding_kept = True, False
 
-    def _edited_update(self, update: int, X: np.ndarray, labels: np.ndarray, positions: np.ndarray | None,
-                       start: np.ndarray, max_abs: np.ndarray
+    def _edited_update(self, update: int, X: np.ndarray, rows: np.ndarray, labels: np.ndarray,
+                       positions: np.ndarray | None, start: np.ndarray, max_abs: np.ndarray
                        ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, int] | None:
         """Lloyd ``update`` from ``start`` with the points' ``labels``, from its dropped statistics
         (:attr:`_stale`) edited by the points whose labels moved since that update last ran: the
@@ -527,16 +530,16 @@ class QKMeans(UnlearningModel):
         if stale is None or positions is None or not 0 <= update - stale["first"] < len(stale["sums"]):
             return None
         i = update - stale["first"]
-        old_labels = self._lloyd_labels.recorded(update, stale["starts"][i], X, positions)
+        old_labels = self._lloyd_labels.recorded(update, stale["starts"][i], X, positions, rows)
         if old_labels is None:
             return None
         s, c, peaks = stale["sums"][i].copy(), stale["counts"][i].copy(), stale["peak_counts"][i].copy()
         snapped = np.empty_like(start)
-        moved = int(kernels.q_edited_update(X, labels, old_labels, s, c, peaks, start, self._theta, self.eps,
-                                            self.gamma, len(X) + self._ops + 1, max_abs, snapped))
+        moved = int(kernels.q_edited_update(X, rows, labels, old_labels, s, c, peaks, start, self._theta, self.eps,
+                                            self.gamma, len(rows) + self._ops + 1, max_abs, snapped))
         return None if moved < 0 else (snapped, s, c, peaks, moved)
 
-    def _labels_for(self, update: int, start: np.ndarray, X: np.ndarray, positions: np.ndarray | None,
+    def _labels_for(self, update: int, start: np.ndarray, X: np.ndarray, rows: np.ndarray, positions: np.ndarray | None,
                     previous: tuple[np.ndarray, LabelBounds, np.ndarray] | None) -> tuple[np.ndarray, LabelBounds] | None:
         """The labels of ``update``, starting from ``start``, and their bounds, derived from the last fit's
         labels of that update or from this fit's ``previous`` update, whichever started from centres
@@ -548,8 +551,8 @@ class QKMeans(UnlearningModel):
         """
         cached = self._lloyd_labels.start(update) if positions is not None else None
         if previous is not None and _centres_moved(start, previous[2]) < _centres_moved(start, cached):
-            return self._lloyd_labels.derive(start, X, previous[0], previous[1], np.arange(len(X)))
-        return self._lloyd_labels.labels(update, start, X, positions)
+            return self._lloyd_labels.derive(start, X, previous[0], previous[1], np.arange(len(rows)), rows=rows)
+        return self._lloyd_labels.labels(update, start, X, positions, rows)
 
     # -- persistence ----------------------------------------------------------------------
     def _cache_state(self) -> dict[str, Any]:

@@ -242,9 +242,9 @@ def test_first_fits_take_labels_from_their_previous_update():
     calls = []
     derive = model._lloyd_labels.derive
 
-    def counting(start, X, labels, bounds, positions, same=False):
-        calls.append(bool((positions == np.arange(len(X))).all()))
-        return derive(start, X, labels, bounds, positions, same)
+    def counting(start, X, labels, bounds, positions, same=False, rows=None):
+        calls.append(bool((positions == np.arange(len(positions))).all()))
+        return derive(start, X, labels, bounds, positions, same, rows)
 
     model._lloyd_labels.derive = counting
     model.insert([f"p{i}" for i in range(len(X))], X)

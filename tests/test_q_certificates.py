@@ -431,8 +431,9 @@ def test_an_edited_lloyd_update_is_the_fresh_one_or_declines():
     s, c = sums_of(old_labels)
     peaks = c.copy()
     snapped = np.empty((4, 3))
-    moved = kernels.q_edited_update(X, labels, old_labels, s, c, peaks, start, theta, eps, gamma, 200, np.abs(X).max(0),
-                                    snapped)
+    V, rows = X[::-1].copy(), np.arange(199, -1, -1)  # point i is V[rows[i]]: read in place
+    moved = kernels.q_edited_update(V, rows, labels, old_labels, s, c, peaks, start, theta, eps, gamma, 200,
+                                    np.abs(X).max(0), snapped)
     fresh_s, fresh_c = sums_of(labels)
     centre, _ = corrected_centroids(fresh_s, fresh_c, start, 200, 4, gamma)
     assert moved == int((labels != old_labels).sum()) > 0
@@ -442,5 +443,5 @@ def test_an_edited_lloyd_update_is_the_fresh_one_or_declines():
     # Put cluster 0's first coordinate exactly on a cell edge: z = cell + 0.5.
     s, c = sums_of(labels)
     s[0, 0] = c[0] * eps * (3.5 + theta[0])
-    assert kernels.q_edited_update(X, labels, labels, s, c, c.copy(), start, theta, eps, gamma, 200,
+    assert kernels.q_edited_update(V, rows, labels, labels, s, c, c.copy(), start, theta, eps, gamma, 200,
                                    np.abs(X).max(0), snapped) == -1
