@@ -356,7 +356,8 @@ def test_dc_explicit_partitions_are_validated():
 @pytest.mark.parametrize("algorithm, compiled", [
     ("dc", ["fit_nodes", "fit_path", "segment_order", "assign_rows"]),
     ("q", ["seed_node", "q_seeding_certificate", "q_lloyd_certificate", "q_certify_inserts", "q_entry_cost",
-           "q_race_entrant", "take_rows_abs_max", "cluster_sums"]),
+           "q_race_entrant", "take_rows_abs_max", "cluster_sums_of_rows", "q_edit_stale", "q_edited_update",
+           "labels_from"]),
     ("kmeans", ["fit_nodes"]),
 ])
 def test_warm_up_compiles_the_kernels_an_algorithm_uses(algorithm, compiled):
