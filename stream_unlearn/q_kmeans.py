@@ -357,9 +357,10 @@ class QKMeans(UnlearningModel):
         dropped ones go to :attr:`_stale`, the change taken in."""
         a = self._arrays
         held, sums, counts, max_abs = lloyd
-        x = np.ascontiguousarray(x, dtype=np.float64).reshape(1, -1)
-        self._edit_stale(x, sign)
         T = len(a["sums"])
+        if self._stale is not None or held < T:  # (a certified change, the common case, needs neither)
+            x = np.ascontiguousarray(x, dtype=np.float64).reshape(1, -1)
+            self._edit_stale(x, sign)
         if held < T:  # update `held` took x in already (the certificate's edit), the later ones not yet
             dropped = {"starts": a["centres"][held:T], "sums": sums[held:T].copy(), "counts": counts[held:T].copy(),
                        "peak_counts": np.maximum(a["peak_counts"][held:T], counts[held:T])}
@@ -488,18 +489,15 @@ class QKMeans(UnlearningModel):
             labels = None
             if edited is None:
                 centre, _ = corrected_centroids(s, c, centres[-1], n, self.k, self.gamma)
-                sums.append(s)
-                counts.append(c)
-                peak_counts.append(c)
-                centres.append(snap(centre, self.eps, self._theta)[0])
+                snapped, peaks = snap(centre, self.eps, self._theta)[0], c
             else:
                 snapped, s, c, peaks, moved = edited
-                sums.append(s)
-                counts.append(c)
-                peak_counts.append(peaks)
-                centres.append(snapped)
                 moved_most = max(moved_most, moved)
                 self.edited_updates_ += 1
+            sums.append(s)
+            counts.append(c)
+            peak_counts.append(peaks)
+            centres.append(snapped)
             if np.array_equal(centres[-1], centres[-2]):
                 break  # an exact fixpoint: every further update would repeat it
         self._stale = None
